@@ -1,0 +1,185 @@
+"""Building blocks shared by both kinds: the base model, bounded string types and conditions.
+
+Every constraint is declared once here and reaches both the typed model (pydantic checks it) and the CRD
+(the generator copies it into the OpenAPI schema, CEL rules included), so the API server and the operator
+agree on what is valid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from annotated_types import GroupedMetadata
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "kubetune.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+CATEGORY = "kubetune"
+
+# RFC 1123 names as Kubernetes checks them.
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+LABEL_KEY_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+# Kubernetes resource.Quantity, e.g. "500m", "2", "16Gi", "1.5G".
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+# A decimal number written as a string: no floats in specs (Kubernetes convention).
+NUMBER_PATTERN = r"^[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$"
+
+# Storage URIs. Bucket names follow S3's rules; keys may not climb out of their prefix.
+_S3 = r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9!_.*'()/=+@,:-]*)?"
+_PVC = r"pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[A-Za-z0-9_.=+@,:-][A-Za-z0-9_./=+@,:-]*)?"
+_HF = r"hf://[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(@[A-Za-z0-9_./-]{1,255})?"
+MODEL_URI_PATTERN = f"^({_S3}|{_HF}|{_PVC})$"
+DATA_URI_PATTERN = f"^({_S3}|{_PVC})$"
+NO_TRAVERSAL_RULE = {
+    # CEL's matches() searches anywhere in the string (RE2); character classes avoid escaping.
+    "rule": "!self.matches('/[.][.]?(/|$)') && !self.matches('://.*//')",
+    "message": "must not contain '.' or '..' path segments or empty segments",
+}
+
+
+class ApiModel(BaseModel):
+    """camelCase on the wire, snake_case in Python, unknown fields refused."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+def cel(rule: str, message: str, **extra: str) -> dict[str, str]:
+    """One CEL validation rule as `x-kubernetes-validations` carries it."""
+    return {"rule": rule, "message": message, **extra}
+
+
+def rules(*items: dict[str, str]) -> dict[str, Any]:
+    return {"x-kubernetes-validations": list(items)}
+
+
+def _interval_text(gt: float | None, ge: float | None, lt: float | None, le: float | None) -> str:
+    low = f"({gt:g}" if gt is not None else f"[{ge:g}" if ge is not None else "(0"
+    high = f"{lt:g})" if lt is not None else f"{le:g}]" if le is not None else "inf)"
+    return f"{low}, {high}"
+
+
+@dataclass(frozen=True)
+class Decimal(GroupedMetadata):
+    """A number kept as a string in the API, range-checked by pydantic and by a CEL rule alike.
+
+    Use as `Annotated[str, Decimal(gt=0, le=1)]`.
+    """
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    description: str = ""
+
+    @property
+    def message(self) -> str:
+        return f"must be a number in {_interval_text(self.gt, self.ge, self.lt, self.le)}"
+
+    def cel_rule(self) -> str:
+        bounds = (">", self.gt), (">=", self.ge), ("<", self.lt), ("<=", self.le)
+        return " && ".join(f"double(self) {op} {float(bound)!r}" for op, bound in bounds if bound is not None)
+
+    def check(self, value: str) -> str:
+        number = float(value)
+        ok = math.isfinite(number)
+        ok = ok and (self.gt is None or number > self.gt) and (self.ge is None or number >= self.ge)
+        ok = ok and (self.lt is None or number < self.lt) and (self.le is None or number <= self.le)
+        if not ok:
+            raise ValueError(f"{value!r} {self.message}")
+        return value
+
+    def __iter__(self) -> Iterator[Any]:
+        rule = self.cel_rule()
+        extra = rules(cel(rule, self.message)) if rule else {}
+        yield Field(
+            pattern=NUMBER_PATTERN,
+            max_length=32,
+            description=self.description or None,
+            json_schema_extra=extra,
+        )
+        yield AfterValidator(self.check)
+
+
+DnsName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]
+DnsLabel = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN)]
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
+Quantity = Annotated[str, Field(max_length=32, pattern=QUANTITY_PATTERN)]
+ModelUri = Annotated[
+    str, Field(max_length=1024, pattern=MODEL_URI_PATTERN, json_schema_extra=rules(NO_TRAVERSAL_RULE))
+]
+DataUri = Annotated[
+    str, Field(max_length=1024, pattern=DATA_URI_PATTERN, json_schema_extra=rules(NO_TRAVERSAL_RULE))
+]
+NodeSelector = Annotated[
+    dict[Annotated[str, Field(max_length=317, pattern=LABEL_KEY_PATTERN)], LabelValue],
+    Field(
+        max_length=32,
+        json_schema_extra=rules(
+            cel(
+                "self.all(k, size(k) <= 317 && k.matches('" + LABEL_KEY_PATTERN.replace("\\", "\\\\") + "'))",
+                "keys must be valid label keys",
+            ),
+        ),
+    ),
+]
+
+
+class SecretReference(ApiModel):
+    """A Secret in the resource's own namespace. Its keys are mounted into pods; the operator never reads it."""
+
+    name: DnsName
+
+
+class LocalObjectReference(ApiModel):
+    name: DnsName
+
+
+class Toleration(ApiModel):
+    key: Annotated[str, Field(max_length=317, pattern=LABEL_KEY_PATTERN)] | None = None
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: LabelValue | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: Annotated[int, Field(ge=0, le=31_536_000)] | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "self.operator != 'Exists' || !has(self.value)", "value must be empty when operator is Exists"
+            ),
+            cel("has(self.key) || self.operator == 'Exists'", "an empty key needs operator Exists"),
+            cel(
+                "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+                "tolerationSeconds applies only to effect NoExecute",
+                fieldPath=".tolerationSeconds",
+            ),
+        )
+    )
+
+
+class Condition(ApiModel):
+    """metav1.Condition."""
+
+    type: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Z][A-Za-z0-9]*$")]
+    status: Literal["True", "False", "Unknown"]
+    reason: Annotated[
+        str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    ]
+    message: Annotated[str, Field(max_length=1024)] = ""
+    last_transition_time: Annotated[str, Field(max_length=64)]
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+
+
+Conditions = Annotated[
+    list[Condition],
+    Field(
+        max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    ),
+]

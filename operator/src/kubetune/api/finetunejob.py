@@ -1,0 +1,375 @@
+"""FineTuneJob: a dataset in S3 becomes a validated, trained, evaluated and exported model."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, get_args
+
+from pydantic import ConfigDict, Field
+
+from kubetune.api.common import (
+    ApiModel,
+    Conditions,
+    DataUri,
+    Decimal,
+    DnsName,
+    LabelValue,
+    ModelUri,
+    NodeSelector,
+    Quantity,
+    SecretReference,
+    Toleration,
+    cel,
+    rules,
+)
+
+DatasetFormat = Literal["auto", "openai", "sharegpt", "alpaca", "prompt-completion", "text", "preference"]
+Method = Literal["lora", "qlora", "full", "dpo"]
+Metric = Literal["perplexity", "rougeL", "bleu"]
+Phase = Literal[
+    "Pending", "Validating", "Queued", "Running", "Evaluating", "Succeeded", "Failed", "Suspended"
+]
+ColumnRole = Literal[
+    "messages", "role", "content", "conversations", "from", "value", "system",
+    "instruction", "input", "output", "prompt", "completion", "chosen", "rejected", "text",
+]  # fmt: skip
+
+IMMUTABLE = "self == oldSelf"
+
+
+class BaseModelSource(ApiModel):
+    uri: ModelUri = Field(description="s3://BUCKET/PREFIX/, hf://ORG/NAME[@REVISION] or pvc://CLAIM/PATH")
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(cel(IMMUTABLE, "spec.baseModel is immutable; create a new FineTuneJob"))
+    )
+
+
+class Dataset(ApiModel):
+    uri: DataUri = Field(description="JSONL, JSON, CSV or Parquet at s3://BUCKET/KEY or pvc://CLAIM/PATH")
+    format: DatasetFormat = "auto"
+    eval_split: (
+        Annotated[str, Decimal(gt=0, le=0.5, description="Fraction of rows held out for evaluation")] | None
+    ) = None
+    eval_uri: DataUri | None = Field(
+        default=None, description="A separate evaluation file; never overlaps training"
+    )
+    column_map: (
+        Annotated[
+            dict[ColumnRole, Annotated[str, Field(min_length=1, max_length=128)]],
+            Field(
+                max_length=16, description="Maps the format's standard field names to this dataset's columns"
+            ),
+        ]
+        | None
+    ) = None
+    max_samples: Annotated[int, Field(ge=1, le=100_000_000)] | None = None
+    chat_template: Annotated[str, Field(min_length=1, max_length=16_384)] | None = Field(
+        default=None, description="A Jinja chat template overriding the tokenizer's; saved with the outputs"
+    )
+    invalid_row_tolerance: Annotated[
+        str, Decimal(ge=0, lt=1, description="Fraction of rows that may be invalid before validation fails")
+    ] = "0"
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(IMMUTABLE, "spec.dataset is immutable; create a new FineTuneJob"),
+            cel(
+                "has(self.evalSplit) != has(self.evalUri)",
+                "exactly one of spec.dataset.evalSplit or spec.dataset.evalUri must be set",
+            ),
+            cel(
+                "!has(self.columnMap) || self.columnMap.all(k, ["
+                + ", ".join(f"'{role}'" for role in get_args(ColumnRole))
+                + "].exists(r, r == k))",
+                "spec.dataset.columnMap keys must be standard field names such as prompt, completion, messages",
+            ),
+        )
+    )
+
+
+class Lora(ApiModel):
+    r: Annotated[int, Field(ge=1, le=1024)] = 16
+    alpha: Annotated[int, Field(ge=1, le=4096)] = 32
+    dropout: Annotated[str, Decimal(ge=0, lt=1)] = "0.05"
+    target_modules: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.*-]+$")]],
+        Field(min_length=1, max_length=64, json_schema_extra={"x-kubernetes-list-type": "set"}),
+    ] = ["all-linear"]
+
+    model_config = ConfigDict(json_schema_extra=rules(cel(IMMUTABLE, "spec.lora is immutable")))
+
+
+class Dpo(ApiModel):
+    beta: Annotated[str, Decimal(gt=0, le=10)] = "0.1"
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
+
+
+class Hyperparameters(ApiModel):
+    epochs: Annotated[int, Field(ge=1, le=100)] = 3
+    max_steps: Annotated[int, Field(ge=1, le=10_000_000)] | None = Field(
+        default=None, description="Stops after this many optimizer steps; overrides epochs"
+    )
+    learning_rate: Annotated[str, Decimal(gt=0, le=1)] = "2e-4"
+    warmup_ratio: Annotated[str, Decimal(gt=0, le=0.5)] | None = Field(
+        default=None,
+        description="Warmup as a fraction of all steps; 0.03 when neither this nor warmupSteps is set",
+    )
+    warmup_steps: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
+    batch_size: Annotated[int, Field(ge=1, le=1024, description="Per device")] = 8
+    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=1024)] = 1
+    max_seq_length: Annotated[int, Field(ge=16, le=131_072)] = 2048
+    packing: bool = False
+    gradient_checkpointing: bool = True
+    weight_decay: Annotated[str, Decimal(ge=0, lt=1)] = "0"
+    max_grad_norm: Annotated[str, Decimal(gt=0, le=1000)] = "1.0"
+    early_stopping_patience: Annotated[int, Field(ge=1, le=100)] | None = Field(
+        default=None, description="Evaluations without eval-loss improvement before training stops"
+    )
+    seed: Annotated[int, Field(ge=0, le=2_147_483_647)] = 42
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(IMMUTABLE, "spec.hyperparameters is immutable; create a new FineTuneJob"),
+            cel(
+                "!(has(self.warmupRatio) && has(self.warmupSteps))",
+                "set at most one of spec.hyperparameters.warmupRatio and spec.hyperparameters.warmupSteps",
+            ),
+        )
+    )
+
+
+class Threshold(ApiModel):
+    min: Annotated[str, Decimal(ge=0)] | None = None
+    max: Annotated[str, Decimal(ge=0)] | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel("has(self.min) || has(self.max)", "a threshold needs min, max or both"),
+            cel(
+                "!has(self.min) || !has(self.max) || double(self.min) <= double(self.max)",
+                "min must be <= max",
+            ),
+        )
+    )
+
+
+Thresholds = Annotated[dict[Metric, Threshold], Field(max_length=3)]
+METRIC_NAMES: tuple[str, ...] = get_args(Metric)
+_METRIC_LIST = "[" + ", ".join(f"'{m}'" for m in METRIC_NAMES) + "]"
+THRESHOLD_KEYS_RULE = cel(
+    f"self.all(k, {_METRIC_LIST}.exists(m, m == k))", "keys must be one of " + ", ".join(METRIC_NAMES)
+)
+
+
+class Evaluation(ApiModel):
+    metrics: Annotated[
+        list[Metric], Field(min_length=1, max_length=3, json_schema_extra={"x-kubernetes-list-type": "set"})
+    ] = ["perplexity"]
+    thresholds: Annotated[Thresholds, Field(json_schema_extra=rules(THRESHOLD_KEYS_RULE))] | None = None
+    max_samples: Annotated[int, Field(ge=1, le=100_000)] = 200
+    max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 128
+    compare_baseline: bool = Field(default=True, description="Also evaluate the base model, for comparison")
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "!has(self.thresholds) || self.thresholds.all(k, k in self.metrics)",
+                "every metric in spec.evaluation.thresholds must be listed in spec.evaluation.metrics",
+            ),
+        )
+    )
+
+
+class Resources(ApiModel):
+    gpus: Annotated[int, Field(ge=0, le=64, description="GPUs per node; 0 runs on CPU")] = 1
+    gpu_product: LabelValue | None = Field(
+        default=None, description="nvidia.com/gpu.product node label value"
+    )
+    nodes: Annotated[int, Field(ge=1, le=64)] = 1
+    cpu: Quantity | None = None
+    memory: Quantity | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "self.gpus > 0 || !has(self.gpuProduct)",
+                "spec.resources.gpuProduct needs spec.resources.gpus > 0",
+            ),
+            cel("self.gpus > 0 || self.nodes == 1", "spec.resources.nodes > 1 needs spec.resources.gpus > 0"),
+        )
+    )
+
+
+class Scheduling(ApiModel):
+    queue_name: LabelValue | None = Field(default=None, description="Kueue LocalQueue")
+    priority_class_name: DnsName | None = None
+    node_selector: NodeSelector | None = None
+    tolerations: Annotated[list[Toleration], Field(max_length=32)] | None = None
+
+
+class Checkpoint(ApiModel):
+    every_steps: Annotated[int, Field(ge=1, le=1_000_000)] = 500
+    keep_last: Annotated[int, Field(ge=1, le=100)] = 3
+
+
+Quantization = Literal["gguf-q4_k_m", "gguf-q8_0", "gguf-f16"]
+
+
+class Output(ApiModel):
+    uri: DataUri = Field(description="Prefix that receives the adapter, merged model, exports and manifest")
+    merge: bool = False
+    quantize: (
+        Annotated[
+            list[Quantization], Field(max_length=3, json_schema_extra={"x-kubernetes-list-type": "set"})
+        ]
+        | None
+    ) = None
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel("self.uri == oldSelf.uri", "spec.output.uri is immutable", fieldPath=".uri"),
+            cel(
+                "self.uri.endsWith('/')",
+                "spec.output.uri must end with '/' (it is a prefix)",
+                fieldPath=".uri",
+            ),
+        )
+    )
+
+
+class FineTuneJobSpec(ApiModel):
+    base_model: BaseModelSource
+    dataset: Dataset
+    method: Method = "lora"
+    lora: Lora | None = None
+    dpo: Dpo | None = None
+    hyperparameters: Hyperparameters | None = None
+    evaluation: Evaluation | None = None
+    resources: Resources | None = None
+    scheduling: Scheduling | None = None
+    checkpoint: Checkpoint | None = None
+    output: Output
+    storage_secret_ref: SecretReference | None = Field(
+        default=None,
+        description="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, mounted into pods only",
+    )
+    suspend: bool = False
+    active_deadline_seconds: Annotated[int, Field(ge=60, le=30 * 24 * 3600)] | None = None
+    backoff_limit: Annotated[int, Field(ge=0, le=100)] = 3
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel("self.method == oldSelf.method", "spec.method is immutable", fieldPath=".method"),
+            cel(
+                "self.method != 'dpo' || self.dataset.format == 'preference'",
+                "spec.method dpo needs spec.dataset.format: preference",
+                fieldPath=".dataset.format",
+            ),
+            cel(
+                "self.dataset.format != 'preference' || self.method == 'dpo'",
+                "spec.dataset.format preference trains only with spec.method: dpo",
+                fieldPath=".method",
+            ),
+            cel(
+                "self.method != 'full' || !has(self.lora)",
+                "spec.lora must not be set when spec.method is full",
+            ),
+            cel("self.method == 'dpo' || !has(self.dpo)", "spec.dpo is only allowed when spec.method is dpo"),
+            cel(
+                "self.method != 'qlora' || !has(self.resources) || self.resources.gpus > 0",
+                "spec.method qlora needs a GPU: set spec.resources.gpus >= 1",
+                fieldPath=".resources.gpus",
+            ),
+            cel(
+                "!has(self.output.quantize) || size(self.output.quantize) == 0"
+                " || self.output.merge || self.method == 'full'",
+                "spec.output.quantize needs spec.output.merge: true (quantized exports are built from the merged model)",
+                fieldPath=".output.quantize",
+            ),
+            cel(
+                "!has(self.evaluation) || !has(self.evaluation.thresholds) || !has(self.dataset.maxSamples)"
+                " || self.dataset.maxSamples >= 2",
+                "spec.dataset.maxSamples must leave rows for evaluation",
+                fieldPath=".dataset.maxSamples",
+            ),
+        )
+    )
+
+
+class TokenStats(ApiModel):
+    p50: int | None = None
+    p95: int | None = None
+    max: int | None = None
+    truncated: int | None = None
+
+
+class DatasetStatus(ApiModel):
+    rows: int | None = None
+    eval_rows: int | None = None
+    invalid_rows: int | None = None
+    duplicates_dropped: int | None = None
+    leakage_rows: int | None = None
+    sha256: Annotated[str, Field(max_length=64)] | None = None
+    format: Annotated[str, Field(max_length=32)] | None = None
+    tokens: TokenStats | None = None
+
+
+class Estimate(ApiModel):
+    gpu_memory_bytes: int | None = None
+    gpu_memory_bytes_per_gpu: int | None = None
+    fits_on_requested_gpus: bool | None = None
+
+
+class Progress(ApiModel):
+    step: int | None = None
+    total_steps: int | None = None
+    percent: Annotated[int, Field(ge=0, le=100)] | None = None
+    epoch: Annotated[str, Field(max_length=32)] | None = None
+    train_loss: Annotated[str, Field(max_length=32)] | None = None
+    eval_loss: Annotated[str, Field(max_length=32)] | None = None
+    tokens_per_second: int | None = None
+    eta_seconds: int | None = None
+    updated_at: Annotated[str, Field(max_length=64)] | None = None
+
+
+class CheckpointStatus(ApiModel):
+    step: int
+    uri: Annotated[str, Field(max_length=1024)]
+    eval_loss: Annotated[str, Field(max_length=32)] | None = None
+    time: Annotated[str, Field(max_length=64)] | None = None
+
+
+MetricValues = Annotated[dict[str, Annotated[str, Field(max_length=32)]], Field(max_length=16)]
+
+
+class EvaluationStatus(ApiModel):
+    metrics: MetricValues | None = None
+    baseline: MetricValues | None = None
+    passed: bool | None = None
+    failed_thresholds: Annotated[list[Annotated[str, Field(max_length=256)]], Field(max_length=16)] | None = (
+        None
+    )
+
+
+class Outputs(ApiModel):
+    adapter_uri: Annotated[str, Field(max_length=1024)] | None = None
+    merged_uri: Annotated[str, Field(max_length=1024)] | None = None
+    manifest_uri: Annotated[str, Field(max_length=1024)] | None = None
+    quantized_uris: Annotated[list[Annotated[str, Field(max_length=1024)]], Field(max_length=8)] | None = None
+
+
+class FineTuneJobStatus(ApiModel):
+    phase: Phase | None = None
+    observed_generation: int | None = None
+    conditions: Conditions | None = None
+    dataset: DatasetStatus | None = None
+    estimate: Estimate | None = None
+    progress: Progress | None = None
+    restarts: int | None = None
+    resumed_from_step: int | None = None
+    checkpoints: Annotated[list[CheckpointStatus], Field(max_length=100)] | None = None
+    evaluation: EvaluationStatus | None = None
+    outputs: Outputs | None = None
+    start_time: Annotated[str, Field(max_length=64)] | None = None
+    completion_time: Annotated[str, Field(max_length=64)] | None = None

@@ -1,0 +1,40 @@
+"""The `kubetune` command (also installed as the kubectl plugin `kubectl kubetune`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from kubetune.api.manifests import crd_files
+
+
+def _crds(args: argparse.Namespace) -> int:
+    files = crd_files()
+    if args.output_dir:
+        out = Path(args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            (out / name).write_text(text)
+            print(f"wrote {out / name}")
+    else:
+        sys.stdout.write("---\n".join(files.values()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubetune", description="Fine-tune and serve LLMs on Kubernetes.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    crds = commands.add_parser("crds", help="print the CustomResourceDefinitions (or write them to a folder)")
+    crds.add_argument("--output-dir", "-o", help="write one file per CRD into this folder")
+    crds.set_defaults(run=_crds)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
