@@ -1,0 +1,106 @@
+"""TrainerConfig: the one contract between the operator and the trainer image.
+
+The operator renders it into a ConfigMap from the FineTuneJob spec with every default resolved; the trainer
+reads the same typed model back. Results flow the other way only through Kubernetes objects (the pod's
+termination message, the job's status) and the trainer's metrics endpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from kubetune.api.common import ApiModel
+from kubetune.api.finetunejob import (
+    Checkpoint,
+    Dpo,
+    Evaluation,
+    FineTuneJobSpec,
+    Hyperparameters,
+    Lora,
+    Resources,
+)
+
+CONFIG_FILE_NAME = "trainer-config.json"
+DEFAULT_WARMUP_RATIO = "0.03"
+Stage = Literal["validate", "train", "evaluate", "export", "all", "bench"]
+
+
+class JobIdentity(ApiModel):
+    name: str
+    namespace: str
+    uid: str = ""
+    generation: int = 1
+
+
+class ArtifactLayout(ApiModel):
+    """Where each stage reads and writes, all under the job's output prefix."""
+
+    root: str
+
+    @staticmethod
+    def _join(root: str, *parts: str) -> str:
+        return root.rstrip("/") + "/" + "/".join(parts)
+
+    @property
+    def validation_report(self) -> str:
+        return self._join(self.root, "validation", "report.json")
+
+    @property
+    def prepared_data(self) -> str:
+        return self._join(self.root, "validation", "data") + "/"
+
+    @property
+    def checkpoints(self) -> str:
+        return self._join(self.root, "checkpoints") + "/"
+
+    @property
+    def adapter(self) -> str:
+        return self._join(self.root, "adapter") + "/"
+
+    @property
+    def merged(self) -> str:
+        return self._join(self.root, "merged") + "/"
+
+    @property
+    def exports(self) -> str:
+        return self._join(self.root, "exports") + "/"
+
+    @property
+    def evaluation_report(self) -> str:
+        return self._join(self.root, "evaluation", "metrics.json")
+
+    @property
+    def manifest(self) -> str:
+        return self._join(self.root, "manifest.json")
+
+
+class TrainerConfig(ApiModel):
+    job: JobIdentity
+    spec: FineTuneJobSpec = Field(description="The job's spec with every default resolved")
+    metrics_port: Annotated[int, Field(ge=1024, le=65535)] = 9400
+    progress_interval_seconds: Annotated[int, Field(ge=1, le=300)] = 15
+
+    @property
+    def artifacts(self) -> ArtifactLayout:
+        return ArtifactLayout(root=self.spec.output.uri)
+
+
+def resolve_defaults(spec: FineTuneJobSpec) -> FineTuneJobSpec:
+    """Fill every optional section the way the trainer will run it, so the config shows the truth."""
+    hyper = spec.hyperparameters or Hyperparameters()
+    if hyper.warmup_ratio is None and hyper.warmup_steps is None:
+        hyper = hyper.model_copy(update={"warmup_ratio": DEFAULT_WARMUP_RATIO})
+    lora = None if spec.method == "full" else (spec.lora or Lora())
+    dpo = (spec.dpo or Dpo()) if spec.method == "dpo" else None
+    return spec.model_copy(
+        update={
+            "hyperparameters": hyper,
+            "lora": lora,
+            "dpo": dpo,
+            "evaluation": spec.evaluation or Evaluation(),
+            "resources": spec.resources or Resources(),
+            "checkpoint": spec.checkpoint or Checkpoint(),
+        }
+    )
