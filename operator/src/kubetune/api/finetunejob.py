@@ -287,12 +287,6 @@ class FineTuneJobSpec(ApiModel):
                 "spec.output.quantize needs spec.output.merge: true (quantized exports are built from the merged model)",
                 fieldPath=".output.quantize",
             ),
-            cel(
-                "!has(self.evaluation) || !has(self.evaluation.thresholds) || !has(self.dataset.maxSamples)"
-                " || self.dataset.maxSamples >= 2",
-                "spec.dataset.maxSamples must leave rows for evaluation",
-                fieldPath=".dataset.maxSamples",
-            ),
         )
     )
 

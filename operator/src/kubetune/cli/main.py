@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from kubetune.api.manifests import crd_files
+from kubetune.api.reference import api_reference
 
 
 def _crds(args: argparse.Namespace) -> int:
@@ -22,12 +23,19 @@ def _crds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _api_reference(args: argparse.Namespace) -> int:
+    sys.stdout.write(api_reference())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubetune", description="Fine-tune and serve LLMs on Kubernetes.")
     commands = parser.add_subparsers(dest="command", required=True)
     crds = commands.add_parser("crds", help="print the CustomResourceDefinitions (or write them to a folder)")
     crds.add_argument("--output-dir", "-o", help="write one file per CRD into this folder")
     crds.set_defaults(run=_crds)
+    reference = commands.add_parser("api-reference", help="print the API reference (docs/api.md) as Markdown")
+    reference.set_defaults(run=_api_reference)
     return parser
 
 

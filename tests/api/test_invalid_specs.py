@@ -1,0 +1,377 @@
+"""A table of specs a user can get wrong: each is refused at admission with a message naming its field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.api.conftest import DELETE, load_example, with_changes
+
+JOB = load_example("01-lora-basic/finetunejob.yaml")
+DEPLOYMENT = load_example("05-serve-canary/modeldeployment.yaml")
+LONG_NAME = "a" * 53
+
+# (case id, changes to the valid example, the field the error must name, a fragment of its message)
+INVALID_JOBS: list[tuple[str, dict[str, Any], str, str]] = [
+    ("unknown-method", {"spec.method": "sft"}, "spec.method", "Unsupported value"),
+    ("http-model-uri", {"spec.baseModel.uri": "http://models/x/"}, "spec.baseModel.uri", "should match"),
+    ("model-uri-traversal", {"spec.baseModel.uri": "s3://models/a/../../etc/"}, "spec.baseModel.uri", "'..'"),
+    ("hf-uri-without-name", {"spec.baseModel.uri": "hf://meta-llama"}, "spec.baseModel.uri", "should match"),
+    ("missing-base-model", {"spec.baseModel": DELETE}, "spec.baseModel", "Required value"),
+    ("uppercase-bucket", {"spec.dataset.uri": "s3://Data/rows.jsonl"}, "spec.dataset.uri", "should match"),
+    ("unknown-format", {"spec.dataset.format": "csv"}, "spec.dataset.format", "Unsupported value"),
+    (
+        "split-and-eval-uri",
+        {"spec.dataset.evalUri": "s3://data/eval.jsonl"},
+        "spec.dataset",
+        "exactly one of",
+    ),
+    ("no-eval-split", {"spec.dataset.evalSplit": DELETE}, "spec.dataset", "exactly one of"),
+    ("eval-split-too-big", {"spec.dataset.evalSplit": "0.9"}, "spec.dataset.evalSplit", "number in (0, 0.5]"),
+    ("eval-split-not-a-number", {"spec.dataset.evalSplit": "ten"}, "spec.dataset.evalSplit", "should match"),
+    ("eval-split-float", {"spec.dataset.evalSplit": 0.05}, "spec.dataset.evalSplit", "string"),
+    ("column-map-bad-key", {"spec.dataset.columnMap": {"question": "q"}}, "spec.dataset", "columnMap keys"),
+    (
+        "max-samples-zero",
+        {"spec.dataset.maxSamples": 0},
+        "spec.dataset.maxSamples",
+        "greater than or equal to 1",
+    ),
+    (
+        "tolerance-one",
+        {"spec.dataset.invalidRowTolerance": "1"},
+        "spec.dataset.invalidRowTolerance",
+        "[0, 1)",
+    ),
+    ("lora-rank-zero", {"spec.lora.r": 0}, "spec.lora.r", "greater than or equal to 1"),
+    ("lora-alpha-huge", {"spec.lora.alpha": 5000}, "spec.lora.alpha", "less than or equal to 4096"),
+    ("lora-dropout-one", {"spec.lora.dropout": "1.0"}, "spec.lora.dropout", "number in [0, 1)"),
+    ("no-target-modules", {"spec.lora.targetModules": []}, "spec.lora.targetModules", "at least 1"),
+    (
+        "duplicate-modules",
+        {"spec.lora.targetModules": ["q_proj", "q_proj"]},
+        "spec.lora.targetModules[1]",
+        "Duplicate",
+    ),
+    (
+        "module-with-space",
+        {"spec.lora.targetModules": ["q proj"]},
+        "spec.lora.targetModules[0]",
+        "should match",
+    ),
+    (
+        "zero-epochs",
+        {"spec.hyperparameters.epochs": 0},
+        "spec.hyperparameters.epochs",
+        "greater than or equal",
+    ),
+    (
+        "zero-learning-rate",
+        {"spec.hyperparameters.learningRate": "0"},
+        "spec.hyperparameters.learningRate",
+        "(0, 1]",
+    ),
+    (
+        "float-learning-rate",
+        {"spec.hyperparameters.learningRate": 0.0002},
+        "spec.hyperparameters.learningRate",
+        "string",
+    ),
+    ("no-warmup", {"spec.hyperparameters.warmupRatio": "0"}, "spec.hyperparameters.warmupRatio", "(0, 0.5]"),
+    (
+        "two-warmups",
+        {"spec.hyperparameters.warmupRatio": "0.1", "spec.hyperparameters.warmupSteps": 10},
+        "spec.hyperparameters",
+        "at most one",
+    ),
+    (
+        "zero-warmup-steps",
+        {"spec.hyperparameters.warmupSteps": 0},
+        "spec.hyperparameters.warmupSteps",
+        "greater than",
+    ),
+    (
+        "constant-schedule",
+        {"spec.hyperparameters.scheduler": "constant"},
+        "spec.hyperparameters.scheduler",
+        "Unsupported",
+    ),
+    ("zero-batch", {"spec.hyperparameters.batchSize": 0}, "spec.hyperparameters.batchSize", "greater than"),
+    (
+        "tiny-seq-length",
+        {"spec.hyperparameters.maxSeqLength": 8},
+        "spec.hyperparameters.maxSeqLength",
+        "greater than",
+    ),
+    ("negative-seed", {"spec.hyperparameters.seed": -1}, "spec.hyperparameters.seed", "greater than"),
+    (
+        "misspelt-field",
+        {"spec.hyperparameters.learningrate": "1e-4"},
+        "spec.hyperparameters.learningrate",
+        "unknown field",
+    ),
+    (
+        "unknown-metric",
+        {"spec.evaluation.metrics": ["accuracy"]},
+        "spec.evaluation.metrics[0]",
+        "Unsupported value",
+    ),
+    (
+        "threshold-on-unlisted-metric",
+        {"spec.evaluation.thresholds": {"rougeL": {"min": "0.3"}}},
+        "spec.evaluation",
+        "must be listed in spec.evaluation.metrics",
+    ),
+    (
+        "empty-threshold",
+        {"spec.evaluation.thresholds": {"perplexity": {}}},
+        "spec.evaluation.thresholds[perplexity]",
+        "min, max",
+    ),
+    (
+        "threshold-min-above-max",
+        {"spec.evaluation.thresholds": {"perplexity": {"min": "9", "max": "8"}}},
+        "spec.evaluation.thresholds[perplexity]",
+        "min must be <= max",
+    ),
+    ("negative-gpus", {"spec.resources.gpus": -1}, "spec.resources.gpus", "greater than or equal to 0"),
+    (
+        "gpu-product-without-gpus",
+        {"spec.resources": {"gpus": 0, "gpuProduct": "NVIDIA-H100-80GB-HBM3"}},
+        "spec.resources",
+        "gpuProduct needs",
+    ),
+    ("multinode-cpu", {"spec.resources": {"gpus": 0, "nodes": 2}}, "spec.resources", "nodes > 1 needs"),
+    ("memory-not-quantity", {"spec.resources.memory": "lots"}, "spec.resources.memory", "should match"),
+    (
+        "qlora-on-cpu",
+        {"spec.method": "qlora", "spec.resources": {"gpus": 0}},
+        "spec.resources.gpus",
+        "qlora needs a GPU",
+    ),
+    ("dpo-without-preference", {"spec.method": "dpo"}, "spec.dataset.format", "dpo needs"),
+    ("preference-with-lora", {"spec.dataset.format": "preference"}, "spec.method", "trains only with"),
+    (
+        "full-with-lora-section",
+        {"spec.method": "full", "spec.lora": {"r": 8}},
+        "spec",
+        "spec.lora must not be set",
+    ),
+    ("dpo-section-for-lora", {"spec.dpo": {"beta": "0.1"}}, "spec", "spec.dpo is only allowed"),
+    ("output-not-prefix", {"spec.output.uri": "s3://artifacts/run"}, "spec.output.uri", "must end with '/'"),
+    (
+        "quantize-without-merge",
+        {"spec.output.quantize": ["gguf-q4_k_m"]},
+        "spec.output.quantize",
+        "merge: true",
+    ),
+    (
+        "unknown-quantization",
+        {"spec.output.quantize": ["awq"], "spec.output.merge": True},
+        "spec.output.quantize[0]",
+        "Unsupported",
+    ),
+    (
+        "secret-name-invalid",
+        {"spec.storageSecretRef.name": "S3_Creds"},
+        "spec.storageSecretRef.name",
+        "should match",
+    ),
+    (
+        "queue-name-with-space",
+        {"spec.scheduling.queueName": "gpu queue"},
+        "spec.scheduling.queueName",
+        "should match",
+    ),
+    (
+        "exists-toleration-with-value",
+        {"spec.scheduling.tolerations": [{"key": "gpu", "operator": "Exists", "value": "yes"}]},
+        "spec.scheduling.tolerations[0]",
+        "value must be empty",
+    ),
+    (
+        "toleration-seconds-on-noschedule",
+        {
+            "spec.scheduling.tolerations": [
+                {"key": "g", "value": "v", "effect": "NoSchedule", "tolerationSeconds": 5}
+            ]
+        },
+        "spec.scheduling.tolerations[0].tolerationSeconds",
+        "NoExecute",
+    ),
+    (
+        "bad-node-selector-key",
+        {"spec.scheduling.nodeSelector": {"bad key!": "v"}},
+        "spec.scheduling.nodeSelector",
+        "label keys",
+    ),
+    (
+        "deadline-too-short",
+        {"spec.activeDeadlineSeconds": 10},
+        "spec.activeDeadlineSeconds",
+        "greater than or equal to 60",
+    ),
+    ("backoff-huge", {"spec.backoffLimit": 1000}, "spec.backoffLimit", "less than or equal to 100"),
+    (
+        "checkpoint-every-zero",
+        {"spec.checkpoint.everySteps": 0},
+        "spec.checkpoint.everySteps",
+        "greater than",
+    ),
+    ("missing-output", {"spec.output": DELETE}, "spec.output", "Required value"),
+    ("name-too-long", {"metadata.name": LONG_NAME}, "metadata.name", "at most 52 characters"),
+]
+
+INVALID_DEPLOYMENTS: list[tuple[str, dict[str, Any], str, str]] = [
+    ("two-sources", {"spec.source.modelUri": "s3://models/x/"}, "spec.source", "exactly one of"),
+    ("no-source", {"spec.source": {}}, "spec.source", "exactly one of"),
+    ("checkpoint-step-zero", {"spec.source.checkpoint": "step-0"}, "spec.source.checkpoint", "should match"),
+    ("checkpoint-newest", {"spec.source.checkpoint": "newest"}, "spec.source.checkpoint", "should match"),
+    (
+        "checkpoint-with-model-uri",
+        {"spec.source": {"modelUri": "s3://m/x/", "adapterUris": ["s3://m/a/"], "checkpoint": "best"}},
+        "spec.source.checkpoint",
+        "needs spec.source.fineTuneJobRef",
+    ),
+    (
+        "adapters-with-job",
+        {"spec.source.adapterUris": ["s3://m/a/"]},
+        "spec.source.adapterUris",
+        "needs spec.source.modelUri",
+    ),
+    ("unknown-runtime", {"spec.runtime": "triton"}, "spec.runtime", "Unsupported value"),
+    (
+        "adapter-mode-without-adapters",
+        {"spec.source": {"modelUri": "s3://m/x/"}},
+        "spec.serve",
+        "needs spec.source.adapterUris",
+    ),
+    ("negative-replicas", {"spec.replicas": -1}, "spec.replicas", "greater than or equal to 0"),
+    ("steps-decreasing", {"spec.rollout.steps": [50, 10, 100]}, "spec.rollout.steps", "strictly increasing"),
+    ("steps-not-ending-at-100", {"spec.rollout.steps": [10, 50]}, "spec.rollout.steps", "end at 100"),
+    (
+        "step-over-100",
+        {"spec.rollout.steps": [10, 150]},
+        "spec.rollout.steps[1]",
+        "less than or equal to 100",
+    ),
+    (
+        "error-rate-above-one",
+        {"spec.rollout.analysis.maxErrorRate": "2"},
+        "spec.rollout.analysis.maxErrorRate",
+        "[0, 1]",
+    ),
+    (
+        "unknown-strategy",
+        {"spec.rollout.strategy": "bluegreen"},
+        "spec.rollout.strategy",
+        "Unsupported value",
+    ),
+    (
+        "pause-and-abort",
+        {"spec.rollout.paused": True, "spec.rollout.abort": True},
+        "spec.rollout",
+        "cannot both",
+    ),
+    (
+        "autoscaling-min-above-max",
+        {"spec.autoscaling.minReplicas": 9},
+        "spec.autoscaling",
+        "minReplicas must be <=",
+    ),
+    ("replicas-outside-autoscaling", {"spec.replicas": 20}, "spec.replicas", "within spec.autoscaling"),
+    (
+        "metric-with-space",
+        {"spec.autoscaling.metric": "queue depth"},
+        "spec.autoscaling.metric",
+        "should match",
+    ),
+    (
+        "gate-unknown-metric",
+        {"spec.gate.thresholds": {"accuracy": {"min": "0.9"}}},
+        "spec.gate.thresholds",
+        "keys must be",
+    ),
+    ("serving-gpus-too-many", {"spec.resources.gpus": 16}, "spec.resources.gpus", "less than or equal to 8"),
+    ("served-name-invalid", {"spec.servedModelName": "Support_Bot"}, "spec.servedModelName", "should match"),
+]
+
+# Changes an update may not make: training inputs are fixed once the job exists.
+IMMUTABLE_JOB_CHANGES: list[tuple[str, dict[str, Any], str]] = [
+    ("base-model", {"spec.baseModel.uri": "s3://models/other/"}, "spec.baseModel"),
+    ("dataset", {"spec.dataset.uri": "s3://data/other.jsonl"}, "spec.dataset"),
+    ("method", {"spec.method": "qlora"}, "spec.method"),
+    ("output-uri", {"spec.output.uri": "s3://artifacts/elsewhere/"}, "spec.output.uri"),
+    ("hyperparameters", {"spec.hyperparameters": {"epochs": 9}}, "spec.hyperparameters"),
+]
+
+
+def _refusal(admission, kind: str, obj: dict[str, Any], old: dict[str, Any] | None = None):
+    from kubetune.emulator.admission import AdmissionError
+
+    with pytest.raises(AdmissionError) as refused:
+        admission[kind].admit(obj, old, version="v1alpha1")
+    return refused.value
+
+
+def _assert_names_field(error, field: str, fragment: str) -> None:
+    status = error.to_status(kind="X", group="kubetune.dev", name="x")
+    assert status["code"] == 422
+    causes = {cause.field: cause.message for cause in error.causes}
+    assert field in causes, f"expected a cause on {field}, got {causes}"
+    assert fragment in causes[field]
+    assert field in status["message"]
+
+
+def test_the_table_is_big_enough() -> None:
+    assert len(INVALID_JOBS) + len(INVALID_DEPLOYMENTS) >= 40
+    assert len({case[0] for case in INVALID_JOBS + INVALID_DEPLOYMENTS}) == len(
+        INVALID_JOBS + INVALID_DEPLOYMENTS
+    )
+
+
+def test_the_base_examples_are_valid(admission) -> None:
+    admission["FineTuneJob"].admit(JOB, version="v1alpha1")
+    admission["ModelDeployment"].admit(DEPLOYMENT, version="v1alpha1")
+
+
+@pytest.mark.parametrize(
+    ("case", "changes", "field", "fragment"), INVALID_JOBS, ids=[c[0] for c in INVALID_JOBS]
+)
+def test_invalid_finetunejob_is_refused_naming_the_field(admission, case, changes, field, fragment) -> None:
+    error = _refusal(admission, "FineTuneJob", with_changes(JOB, changes))
+    _assert_names_field(error, field, fragment)
+
+
+@pytest.mark.parametrize(
+    ("case", "changes", "field", "fragment"), INVALID_DEPLOYMENTS, ids=[c[0] for c in INVALID_DEPLOYMENTS]
+)
+def test_invalid_modeldeployment_is_refused_naming_the_field(
+    admission, case, changes, field, fragment
+) -> None:
+    error = _refusal(admission, "ModelDeployment", with_changes(DEPLOYMENT, changes))
+    _assert_names_field(error, field, fragment)
+
+
+@pytest.mark.parametrize(
+    ("case", "changes", "field"), IMMUTABLE_JOB_CHANGES, ids=[c[0] for c in IMMUTABLE_JOB_CHANGES]
+)
+def test_training_inputs_are_immutable(admission, case, changes, field) -> None:
+    old = admission["FineTuneJob"].admit(JOB, version="v1alpha1")
+    error = _refusal(admission, "FineTuneJob", with_changes(old, changes), old)
+    _assert_names_field(error, field, "immutable")
+
+
+def test_mutable_fields_may_change(admission) -> None:
+    old = admission["FineTuneJob"].admit(JOB, version="v1alpha1")
+    changed = with_changes(
+        old, {"spec.suspend": True, "spec.scheduling.queueName": "gpu-b", "spec.backoffLimit": 5}
+    )
+    admission["FineTuneJob"].admit(changed, old, version="v1alpha1")
+
+
+def test_all_problems_are_reported_at_once(admission) -> None:
+    obj = with_changes(JOB, {"spec.method": "sft", "spec.lora.r": 0, "spec.hyperparameters.epochs": 0})
+    fields = {cause.field for cause in _refusal(admission, "FineTuneJob", obj).causes}
+    assert {"spec.method", "spec.lora.r", "spec.hyperparameters.epochs"} <= fields
