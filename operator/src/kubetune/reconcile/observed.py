@@ -1,0 +1,140 @@
+"""What the operator saw of a FineTuneJob's children, parsed from raw API objects into plain values."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubetune.render.finetunejob import CONFIG_HASH_ANNOTATION, STAGE_LABEL, Stage
+
+_IMAGE_PULL_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+_CONFIG_ERROR_REASONS = {"CreateContainerConfigError", "CreateContainerError"}
+
+
+@dataclass(frozen=True)
+class PodView:
+    name: str
+    phase: str
+    ip: str | None = None
+    created: str = ""
+    summary: dict[str, Any] | None = None  # the trainer's JSON termination message
+    terminated_reason: str | None = None  # e.g. OOMKilled, Error, Completed
+    exit_code: int | None = None
+    waiting_reason: str | None = None
+    waiting_message: str | None = None
+    unschedulable_message: str | None = None
+
+    @property
+    def image_pull_failed(self) -> bool:
+        return self.waiting_reason in _IMAGE_PULL_REASONS
+
+    @property
+    def config_error(self) -> bool:
+        return self.waiting_reason in _CONFIG_ERROR_REASONS
+
+
+@dataclass(frozen=True)
+class JobView:
+    name: str
+    stage: str
+    suspended: bool = False
+    active: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    complete: bool = False
+    failure_reason: str | None = None
+    failure_message: str | None = None
+    config_hash: str | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    pods: tuple[PodView, ...] = ()
+
+    def newest_pod(self, phase: str | None = None) -> PodView | None:
+        pods = [p for p in self.pods if phase is None or p.phase == phase]
+        return max(pods, key=lambda p: (p.created, p.name)) if pods else None
+
+    def summary(self) -> dict[str, Any] | None:
+        """The termination message of the newest finished pod (succeeded first)."""
+        for phase in ("Succeeded", "Failed"):
+            pod = self.newest_pod(phase)
+            if pod is not None and pod.summary is not None:
+                return pod.summary
+        return None
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything reconcile needs to know about the world, fetched by the adapters."""
+
+    now: str
+    config_map: bool = False
+    service: bool = False
+    jobs: dict[str, JobView] = field(default_factory=dict)
+    live: dict[str, Any] | None = None  # progress scraped from the running trainer's metrics endpoint
+
+    def job(self, stage: Stage) -> JobView | None:
+        return self.jobs.get(stage)
+
+
+def parse_summary(message: str | None) -> dict[str, Any] | None:
+    if not message:
+        return None
+    try:
+        value = json.loads(message)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def pod_view(pod: dict[str, Any]) -> PodView:
+    status = pod.get("status") or {}
+    statuses = status.get("containerStatuses") or []
+    trainer = next((c for c in statuses if c.get("name") == "trainer"), statuses[0] if statuses else {})
+    state = trainer.get("state") or {}
+    terminated = state.get("terminated") or {}
+    waiting = state.get("waiting") or {}
+    scheduled: dict[str, Any] = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"), {}
+    )
+    unschedulable = scheduled.get("message") if scheduled.get("reason") == "Unschedulable" else None
+    return PodView(
+        name=pod["metadata"]["name"],
+        phase=status.get("phase", "Pending"),
+        ip=status.get("podIP"),
+        created=pod["metadata"].get("creationTimestamp", ""),
+        summary=parse_summary(terminated.get("message")),
+        terminated_reason=terminated.get("reason"),
+        exit_code=terminated.get("exitCode"),
+        waiting_reason=waiting.get("reason"),
+        waiting_message=waiting.get("message"),
+        unschedulable_message=unschedulable,
+    )
+
+
+def _job_name_of(pod: dict[str, Any]) -> str | None:
+    labels = pod["metadata"].get("labels") or {}
+    return labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
+
+
+def job_view(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobView:
+    status = job.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
+    failed = conditions.get("Failed")
+    name = job["metadata"]["name"]
+    mine = [p for p in pods if _job_name_of(p) == name]
+    return JobView(
+        name=name,
+        stage=(job["metadata"].get("labels") or {}).get(STAGE_LABEL, ""),
+        suspended=bool((job.get("spec") or {}).get("suspend")),
+        active=int(status.get("active") or 0),
+        succeeded=int(status.get("succeeded") or 0),
+        failed=int(status.get("failed") or 0),
+        complete="Complete" in conditions,
+        failure_reason=failed.get("reason") if failed else None,
+        failure_message=failed.get("message") if failed else None,
+        config_hash=(job["metadata"].get("annotations") or {}).get(CONFIG_HASH_ANNOTATION),
+        start_time=status.get("startTime"),
+        completion_time=status.get("completionTime"),
+        pods=tuple(pod_view(p) for p in mine),
+    )

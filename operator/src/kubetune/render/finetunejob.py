@@ -1,0 +1,329 @@
+"""FineTuneJob children, rendered as plain dicts: the config, the validation Job, the training Job and the
+finishing (evaluate + export) Job, plus a headless Service for multi-node rendezvous.
+
+Three Jobs rather than one pod running every stage: each phase boundary is then visible as a Kubernetes
+object (no scraping needed to know where a job stands), a failed evaluation never re-runs training, and
+the CPU-only validation never holds a GPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+from kubetune.api.common import API_VERSION
+from kubetune.api.finetunejob import FineTuneJobSpec
+from kubetune.api.trainer_config import CONFIG_FILE_NAME, JobIdentity, TrainerConfig, resolve_defaults
+from kubetune.render.pod import (
+    CONFIG_MOUNT,
+    GPU_PRODUCT_LABEL,
+    METRICS_PORT,
+    TERMINATION_LOG,
+    Manifest,
+    OperatorDefaults,
+    cache_env,
+    container_security_context,
+    gpu_resources,
+    merge_tolerations,
+    pod_security_context,
+    scratch_volumes,
+    storage_env_from,
+)
+
+Stage = Literal["validate", "train", "finish"]
+STAGES: tuple[Stage, ...] = ("validate", "train", "finish")
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+PART_OF = "app.kubernetes.io/part-of"
+JOB_LABEL = "kubetune.dev/finetunejob"
+STAGE_LABEL = "kubetune.dev/stage"
+CONFIG_HASH_ANNOTATION = "kubetune.dev/config-hash"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
+RENDEZVOUS_PORT = 29500
+INDEX_FIELD = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+# Exit code the trainer uses for bad input (dataset, config): retrying cannot help.
+EXIT_INVALID_INPUT = 2
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The FineTuneJob as its children need it."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int = 1
+
+    def reference(self) -> Manifest:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": "FineTuneJob",
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def child_name(owner: Owner, stage: Stage | Literal["config"]) -> str:
+    return f"{owner.name}-{stage}"
+
+
+def selector_labels(owner: Owner) -> dict[str, str]:
+    return {MANAGED_BY: "kubetune", JOB_LABEL: owner.name}
+
+
+def _metadata(owner: Owner, name: str, labels: dict[str, str] | None = None) -> Manifest:
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": {**selector_labels(owner), PART_OF: "kubetune", **(labels or {})},
+        "ownerReferences": [owner.reference()],
+    }
+
+
+def trainer_config(owner: Owner, spec: FineTuneJobSpec) -> TrainerConfig:
+    identity = JobIdentity(
+        name=owner.name, namespace=owner.namespace, uid=owner.uid, generation=owner.generation
+    )
+    return TrainerConfig(job=identity, spec=resolve_defaults(spec))
+
+
+def config_json(config: TrainerConfig) -> str:
+    return json.dumps(
+        config.model_dump(mode="json", by_alias=True, exclude_none=True), indent=2, sort_keys=True
+    )
+
+
+def config_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def config_map(owner: Owner, spec: FineTuneJobSpec) -> Manifest:
+    text = config_json(trainer_config(owner, spec))
+    metadata = _metadata(owner, child_name(owner, "config"))
+    metadata["annotations"] = {CONFIG_HASH_ANNOTATION: config_hash(text)}
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": {CONFIG_FILE_NAME: text}}
+
+
+def _trainer_container(
+    command: list[str],
+    spec: FineTuneJobSpec,
+    defaults: OperatorDefaults,
+    *,
+    resources: Manifest,
+    mounts: list[Manifest],
+) -> Manifest:
+    secret = spec.storage_secret_ref.name if spec.storage_secret_ref else None
+    container: Manifest = {
+        "name": "trainer",
+        "image": defaults.trainer_image,
+        "imagePullPolicy": defaults.image_pull_policy,
+        "command": command,
+        "env": cache_env(),
+        "resources": resources,
+        "securityContext": container_security_context(),
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True}, *mounts],
+    }
+    env_from = storage_env_from(secret)
+    if env_from:
+        container["envFrom"] = env_from
+    return container
+
+
+def _pod_spec(owner: Owner, containers: list[Manifest], volumes: list[Manifest]) -> Manifest:
+    return {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": pod_security_context(),
+        "containers": containers,
+        "volumes": [{"name": "config", "configMap": {"name": child_name(owner, "config")}}, *volumes],
+    }
+
+
+def _stage_command(stage: str) -> list[str]:
+    return ["kubetune-trainer", stage, "--config", f"{CONFIG_MOUNT}/{CONFIG_FILE_NAME}"]
+
+
+def _pod_failure_policy() -> Manifest:
+    """Bad input fails the Job at once; a preempted or evicted pod does not count against backoffLimit."""
+    return {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [EXIT_INVALID_INPUT]},
+            },
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
+    }
+
+
+def _job(
+    owner: Owner, stage: Stage, pod_spec: Manifest, *, config_digest: str, backoff_limit: int
+) -> Manifest:
+    labels: dict[str, str] = {STAGE_LABEL: stage}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            **_metadata(owner, child_name(owner, stage), labels),
+            "annotations": {CONFIG_HASH_ANNOTATION: config_digest},
+        },
+        "spec": {
+            "backoffLimit": backoff_limit,
+            "podFailurePolicy": _pod_failure_policy(),
+            "template": {
+                "metadata": {
+                    "labels": {**selector_labels(owner), **labels},
+                    "annotations": {CONFIG_HASH_ANNOTATION: config_digest},
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def validation_job(
+    owner: Owner, spec: FineTuneJobSpec, defaults: OperatorDefaults, config_digest: str
+) -> Manifest:
+    """CPU only: no GPU is asked for until the dataset has passed."""
+    volumes, mounts = scratch_volumes(shm_size=None)
+    resources = gpu_resources(0, defaults.validation_cpu, defaults.validation_memory)
+    container = _trainer_container(
+        _stage_command("validate"), spec, defaults, resources=resources, mounts=mounts
+    )
+    job = _job(
+        owner,
+        "validate",
+        _pod_spec(owner, [container], volumes),
+        config_digest=config_digest,
+        backoff_limit=2,
+    )
+    job["spec"]["activeDeadlineSeconds"] = 3600
+    return job
+
+
+def _gpu_pod_spec(
+    owner: Owner, spec: FineTuneJobSpec, defaults: OperatorDefaults, command: list[str]
+) -> Manifest:
+    resources_spec = resolve_defaults(spec).resources
+    assert resources_spec is not None  # resolve_defaults fills it
+    gpus = resources_spec.gpus
+    volumes, mounts = scratch_volumes(shm_size=defaults.shm_size if gpus else None)
+    resources = gpu_resources(gpus, resources_spec.cpu, resources_spec.memory)
+    container = _trainer_container(command, spec, defaults, resources=resources, mounts=mounts)
+    container["ports"] = [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}]
+    pod = _pod_spec(owner, [container], volumes)
+    scheduling = spec.scheduling
+    node_selector = dict(scheduling.node_selector or {}) if scheduling else {}
+    if resources_spec.gpu_product:
+        node_selector[GPU_PRODUCT_LABEL] = resources_spec.gpu_product
+    if node_selector:
+        pod["nodeSelector"] = node_selector
+    tolerations = merge_tolerations(
+        defaults.gpu_tolerations if gpus else (), scheduling.tolerations if scheduling else None
+    )
+    if tolerations:
+        pod["tolerations"] = tolerations
+    if scheduling and scheduling.priority_class_name:
+        pod["priorityClassName"] = scheduling.priority_class_name
+    if defaults.service_account_name:
+        pod["serviceAccountName"] = defaults.service_account_name
+    return pod
+
+
+def _train_command(owner: Owner, spec: FineTuneJobSpec) -> list[str]:
+    resources = resolve_defaults(spec).resources
+    assert resources is not None
+    if resources.gpus <= 1 and resources.nodes == 1:
+        return _stage_command("train")
+    launcher = ["torchrun", f"--nproc-per-node={max(resources.gpus, 1)}"]
+    if resources.nodes == 1:
+        launcher.append("--standalone")
+    else:
+        # Static rendezvous on index 0 through the headless Service; each pod's index is its node rank.
+        rendezvous_host = f"{child_name(owner, 'train')}-0.{child_name(owner, 'train')}.{owner.namespace}.svc"
+        launcher += [
+            f"--nnodes={resources.nodes}",
+            "--node-rank=$(NODE_RANK)",
+            f"--master-addr={rendezvous_host}",
+            f"--master-port={RENDEZVOUS_PORT}",
+        ]
+    return [*launcher, "-m", "kubetune_trainer", "train", "--config", f"{CONFIG_MOUNT}/{CONFIG_FILE_NAME}"]
+
+
+def _kueue_labels(spec: FineTuneJobSpec) -> dict[str, str]:
+    scheduling = spec.scheduling
+    labels: dict[str, str] = {}
+    if scheduling and scheduling.queue_name:
+        labels[QUEUE_LABEL] = scheduling.queue_name
+        if scheduling.priority_class_name:
+            labels[KUEUE_PRIORITY_LABEL] = scheduling.priority_class_name
+    return labels
+
+
+def training_job(
+    owner: Owner, spec: FineTuneJobSpec, defaults: OperatorDefaults, config_digest: str
+) -> Manifest:
+    resources = resolve_defaults(spec).resources
+    assert resources is not None
+    pod = _gpu_pod_spec(owner, spec, defaults, _train_command(owner, spec))
+    job = _job(owner, "train", pod, config_digest=config_digest, backoff_limit=spec.backoff_limit)
+    job["metadata"]["labels"].update(_kueue_labels(spec))
+    if spec.active_deadline_seconds:
+        job["spec"]["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    # Kueue admits a Job by unsuspending it, so a queued Job starts suspended; the user's suspend also holds it.
+    if _kueue_labels(spec) or spec.suspend:
+        job["spec"]["suspend"] = True
+    if resources.nodes > 1:
+        job["spec"].update(
+            {"completionMode": "Indexed", "completions": resources.nodes, "parallelism": resources.nodes}
+        )
+        pod["subdomain"] = child_name(owner, "train")
+        container = pod["containers"][0]
+        container["ports"].append({"name": "rendezvous", "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"})
+        container["env"].append({"name": "NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": INDEX_FIELD}}})
+    return job
+
+
+def finishing_job(
+    owner: Owner, spec: FineTuneJobSpec, defaults: OperatorDefaults, config_digest: str
+) -> Manifest:
+    """Evaluate against the base model, then export: one GPU is enough, whatever training used."""
+    resources = resolve_defaults(spec).resources
+    assert resources is not None
+    single = spec.model_copy(
+        update={"resources": resources.model_copy(update={"gpus": min(resources.gpus, 1), "nodes": 1})}
+    )
+    pod = _gpu_pod_spec(owner, single, defaults, _stage_command("evaluate,export"))
+    job = _job(owner, "finish", pod, config_digest=config_digest, backoff_limit=min(spec.backoff_limit, 2))
+    job["metadata"]["labels"].update(_kueue_labels(spec))
+    if _kueue_labels(spec):
+        job["spec"]["suspend"] = True
+    return job
+
+
+def rendezvous_service(owner: Owner) -> Manifest:
+    """Headless Service that gives Indexed Job pods stable DNS names for torchrun's rendezvous."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(owner, child_name(owner, "train")),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {**selector_labels(owner), STAGE_LABEL: "train"},
+            "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT}],
+        },
+    }
+
+
+def needs_rendezvous_service(spec: FineTuneJobSpec) -> bool:
+    resources = resolve_defaults(spec).resources
+    return resources is not None and resources.nodes > 1

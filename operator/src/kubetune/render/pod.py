@@ -1,0 +1,134 @@
+"""Small, composable pieces of pod specs shared by every workload kubetune renders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kubetune.api.common import Toleration
+
+Manifest = dict[str, Any]
+
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+RUN_AS_USER = 1000
+CONFIG_MOUNT = "/etc/kubetune"
+CACHE_MOUNT = "/cache"
+WORK_MOUNT = "/work"
+TERMINATION_LOG = "/dev/termination-log"
+METRICS_PORT = 9400
+
+
+@dataclass(frozen=True)
+class OperatorDefaults:
+    """What the platform team sets once (Helm values), not each user."""
+
+    trainer_image: str = "ghcr.io/kubetune/trainer:0.1.0"
+    image_pull_policy: str = "IfNotPresent"
+    gpu_tolerations: tuple[Manifest, ...] = (
+        {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"},
+    )
+    service_account_name: str = ""
+    validation_cpu: str = "1"
+    validation_memory: str = "4Gi"
+    shm_size: str = "16Gi"
+
+
+def pod_security_context() -> Manifest:
+    """Restricted Pod Security at the pod level."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "fsGroup": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> Manifest:
+    """Restricted Pod Security at the container level, plus a read-only root filesystem."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def scratch_volumes(*, shm_size: str | None) -> tuple[list[Manifest], list[Manifest]]:
+    """Writable emptyDirs for a read-only root filesystem: caches, work space, /tmp and (for NCCL) /dev/shm."""
+    volumes: list[Manifest] = [
+        {"name": "cache", "emptyDir": {}},
+        {"name": "work", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts: list[Manifest] = [
+        {"name": "cache", "mountPath": CACHE_MOUNT},
+        {"name": "work", "mountPath": WORK_MOUNT},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if shm_size:
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm_size}})
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    return volumes, mounts
+
+
+def cache_env() -> list[Manifest]:
+    """Point every library's cache at the writable volume and keep the hub offline unless a URI asks for it."""
+    return [
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/huggingface"},
+        {"name": "TRITON_CACHE_DIR", "value": f"{CACHE_MOUNT}/triton"},
+        {"name": "XDG_CACHE_HOME", "value": CACHE_MOUNT},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": "KUBETUNE_TERMINATION_LOG", "value": TERMINATION_LOG},
+    ]
+
+
+def storage_env_from(secret_name: str | None) -> list[Manifest]:
+    """Credentials reach the pod by Secret reference only; the operator never reads the Secret."""
+    return [{"secretRef": {"name": secret_name}}] if secret_name else []
+
+
+def toleration(item: Toleration) -> Manifest:
+    return item.model_dump(by_alias=True, exclude_none=True)
+
+
+def merge_tolerations(defaults: tuple[Manifest, ...], user: list[Toleration] | None) -> list[Manifest]:
+    result = [dict(t) for t in defaults]
+    for item in user or []:
+        rendered = toleration(item)
+        if rendered not in result:
+            result.append(rendered)
+    return result
+
+
+def gpu_resources(gpus: int, cpu: str | None, memory: str | None) -> Manifest:
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if cpu:
+        requests["cpu"] = cpu
+    if memory:
+        requests["memory"] = memory
+        limits["memory"] = memory
+    if gpus:
+        requests[GPU_RESOURCE] = str(gpus)
+        limits[GPU_RESOURCE] = str(gpus)
+    result: Manifest = {}
+    if requests:
+        result["requests"] = requests
+    if limits:
+        result["limits"] = limits
+    return result
+
+
+def owner_reference(owner: Manifest) -> Manifest:
+    return {
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }

@@ -1,0 +1,154 @@
+"""FineTuneJob children: golden files, Kubernetes' own schemas, restricted Pod Security, and the details
+that matter (GPU scheduling, Kueue labels, credentials by reference only)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from kubetune.api.finetunejob import FineTuneJobSpec
+from kubetune.render import finetunejob as render
+from kubetune.render.pod import OperatorDefaults
+from tests.api.conftest import load_example
+from tests.pss import pod_spec_of, restricted_violations
+
+GOLDEN = Path(__file__).parent / "golden"
+OWNER = render.Owner(
+    name="support-bot", namespace="team-a", uid="0b7c5a4e-1111-2222-3333-444455556666", generation=1
+)
+DEFAULTS = OperatorDefaults(trainer_image="ghcr.io/kubetune/trainer:0.1.0")
+EXAMPLES = {
+    "lora-basic": "01-lora-basic/finetunejob.yaml",
+    "qlora-kueue": "02-qlora-kueue/finetunejob.yaml",
+    "full-multinode": "03-full-multinode/finetunejob.yaml",
+    "dpo": "04-dpo/finetunejob.yaml",
+}
+
+
+def _spec(example: str) -> FineTuneJobSpec:
+    return FineTuneJobSpec.model_validate(load_example(EXAMPLES[example])["spec"])
+
+
+def _children(spec: FineTuneJobSpec) -> list[dict[str, Any]]:
+    config = render.config_map(OWNER, spec)
+    digest = config["metadata"]["annotations"][render.CONFIG_HASH_ANNOTATION]
+    children = [
+        config,
+        render.validation_job(OWNER, spec, DEFAULTS, digest),
+        render.training_job(OWNER, spec, DEFAULTS, digest),
+        render.finishing_job(OWNER, spec, DEFAULTS, digest),
+    ]
+    if render.needs_rendezvous_service(spec):
+        children.append(render.rendezvous_service(OWNER))
+    return children
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_children_match_golden_files(example: str) -> None:
+    text = yaml.safe_dump_all(_children(_spec(example)), sort_keys=False, width=120)
+    path = GOLDEN / f"finetunejob-{example}.yaml"
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+    assert path.read_text() == text, f"{path.name} changed: review the diff, then rerun with UPDATE_GOLDEN=1"
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_children_pass_kubernetes_validate_strict(example: str) -> None:
+    for child in _children(_spec(example)):
+        for version in ("1.30.0", "1.37.0"):
+            kubernetes_validate.validate(child, version, strict=True)
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_every_pod_meets_restricted_pod_security(example: str) -> None:
+    for child in _children(_spec(example)):
+        pod = pod_spec_of(child)
+        if pod is not None:
+            assert restricted_violations(pod) == [], child["metadata"]["name"]
+            assert pod["automountServiceAccountToken"] is False
+
+
+def test_validation_job_never_requests_a_gpu() -> None:
+    spec = _spec("qlora-kueue")
+    job = _children(spec)[1]
+    text = json.dumps(job)
+    assert "nvidia.com/gpu" not in text
+    assert render.QUEUE_LABEL not in job["metadata"]["labels"]
+
+
+def test_training_job_schedules_on_the_requested_gpus() -> None:
+    job = _children(_spec("qlora-kueue"))[2]
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert {"key": "dedicated", "operator": "Equal", "value": "training", "effect": "NoSchedule"} in pod[
+        "tolerations"
+    ]
+    assert pod["priorityClassName"] == "training-low"
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert {"/dev/shm", "/cache", "/tmp", "/etc/kubetune"} <= mounts
+
+
+def test_kueue_labels_present_only_with_a_queue() -> None:
+    queued = _children(_spec("qlora-kueue"))[2]
+    assert queued["metadata"]["labels"][render.QUEUE_LABEL] == "gpu-team-a"
+    assert queued["metadata"]["labels"][render.KUEUE_PRIORITY_LABEL] == "training-low"
+    assert queued["spec"]["suspend"] is True
+    plain = _children(_spec("lora-basic"))[2]
+    assert render.QUEUE_LABEL not in plain["metadata"]["labels"]
+    assert render.KUEUE_PRIORITY_LABEL not in plain["metadata"]["labels"]
+    assert "suspend" not in plain["spec"]
+
+
+def test_credentials_come_only_from_the_secret_reference() -> None:
+    for child in _children(_spec("lora-basic")):
+        pod = pod_spec_of(child)
+        if pod is None:
+            continue
+        container = pod["containers"][0]
+        assert container["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
+        assert not any("SECRET" in e["name"] or "KEY" in e["name"] for e in container["env"])
+
+
+def test_several_gpus_on_one_node_use_torchrun_standalone() -> None:
+    spec = _spec("lora-basic").model_copy(update={"resources": _spec("full-multinode").resources})
+    spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"nodes": 1, "gpus": 4})})
+    command = _children(spec)[2]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[:3] == ["torchrun", "--nproc-per-node=4", "--standalone"]
+
+
+def test_multinode_is_an_indexed_job_with_rendezvous_service() -> None:
+    children = _children(_spec("full-multinode"))
+    job, service = children[2], children[4]
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 2
+    pod = job["spec"]["template"]["spec"]
+    assert pod["subdomain"] == service["metadata"]["name"] == "support-bot-train"
+    command = pod["containers"][0]["command"]
+    assert "--nnodes=2" in command and "--nproc-per-node=8" in command
+    assert "--master-addr=support-bot-train-0.support-bot-train.team-a.svc" in command
+    assert service["spec"]["clusterIP"] == "None"
+
+
+def test_config_map_carries_resolved_trainer_config() -> None:
+    config = _children(_spec("lora-basic"))[0]
+    data = json.loads(config["data"]["trainer-config.json"])
+    assert data["spec"]["hyperparameters"]["warmupRatio"] == "0.03"
+    assert data["job"] == {"name": "support-bot", "namespace": "team-a", "uid": OWNER.uid, "generation": 1}
+    assert "s3-credentials" in json.dumps(data)  # the Secret's name, never its content
+
+
+def test_every_child_is_owned_by_the_job() -> None:
+    for child in _children(_spec("full-multinode")):
+        (owner,) = child["metadata"]["ownerReferences"]
+        assert owner["uid"] == OWNER.uid and owner["controller"] is True
+        assert child["metadata"]["labels"][render.JOB_LABEL] == "support-bot"
