@@ -307,6 +307,7 @@ def _train(
         if render.needs_rendezvous_service(spec) and not draft.observed.service:
             draft.actions.append(Create(render.rendezvous_service(owner)))
         draft.actions.append(Create(render.training_job(owner, spec, defaults, digest)))
+        draft.status.setdefault("restarts", 0)
         if queue:
             draft.condition(
                 c.ADMITTED,
@@ -371,12 +372,12 @@ def _follow_training(draft: _Draft, spec: FineTuneJobSpec, job: JobView) -> None
             f"training pod retried ({restarts}/{spec.backoff_limit}); it resumes from the newest complete checkpoint",
         )
     draft.status["restarts"] = restarts
-    _record_live_progress(draft, spec)
     if running:
         if draft.condition(c.RUNNING, "True", c.TRAINING, f"{len(running)} training pod(s) running"):
             draft.event("Normal", "TrainingStarted", f"training started on pod {running[0].name}")
         draft.status["phase"] = "Running"
         draft.requeue_after = 15.0
+        _record_live_progress(draft, spec)
         return
     problem = _pod_problem(job.newest_pod())
     if problem:
