@@ -28,6 +28,26 @@ def _api_reference(args: argparse.Namespace) -> int:
     return 0
 
 
+def _operator(args: argparse.Namespace) -> int:
+    """Runs the operator in this process (what the operator image does)."""
+    import kopf
+
+    import kubetune.handlers  # noqa: F401  (registers the handlers)
+    from kubetune.handlers.runtime import RUNTIME
+
+    kopf.configure(
+        log_format=kopf.LogFormat.JSON if args.json_logs else kopf.LogFormat.PLAIN, verbose=args.verbose
+    )
+    namespaces = list(RUNTIME.config.namespaces)
+    kopf.run(
+        standalone=True,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubetune", description="Fine-tune and serve LLMs on Kubernetes.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -36,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     crds.set_defaults(run=_crds)
     reference = commands.add_parser("api-reference", help="print the API reference (docs/api.md) as Markdown")
     reference.set_defaults(run=_api_reference)
+    operator = commands.add_parser("operator", help="run the operator (configured by KUBETUNE_* variables)")
+    operator.add_argument(
+        "--health-port", type=int, default=8081, help="liveness endpoint port; 0 disables it"
+    )
+    operator.add_argument("--json-logs", action=argparse.BooleanOptionalAction, default=True)
+    operator.add_argument("--verbose", action="store_true")
+    operator.set_defaults(run=_operator)
     return parser
 
 

@@ -68,8 +68,8 @@ class Owner:
         }
 
 
-def child_name(owner: Owner, stage: Stage | Literal["config"]) -> str:
-    return f"{owner.name}-{stage}"
+def child_name(owner_name: str, stage: Stage | Literal["config"]) -> str:
+    return f"{owner_name}-{stage}"
 
 
 def selector_labels(owner: Owner) -> dict[str, str]:
@@ -104,7 +104,7 @@ def config_hash(text: str) -> str:
 
 def config_map(owner: Owner, spec: FineTuneJobSpec) -> Manifest:
     text = config_json(trainer_config(owner, spec))
-    metadata = _metadata(owner, child_name(owner, "config"))
+    metadata = _metadata(owner, child_name(owner.name, "config"))
     metadata["annotations"] = {CONFIG_HASH_ANNOTATION: config_hash(text)}
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": {CONFIG_FILE_NAME: text}}
 
@@ -143,7 +143,7 @@ def _pod_spec(owner: Owner, containers: list[Manifest], volumes: list[Manifest])
         "enableServiceLinks": False,
         "securityContext": pod_security_context(),
         "containers": containers,
-        "volumes": [{"name": "config", "configMap": {"name": child_name(owner, "config")}}, *volumes],
+        "volumes": [{"name": "config", "configMap": {"name": child_name(owner.name, "config")}}, *volumes],
     }
 
 
@@ -172,7 +172,7 @@ def _job(
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            **_metadata(owner, child_name(owner, stage), labels),
+            **_metadata(owner, child_name(owner.name, stage), labels),
             "annotations": {CONFIG_HASH_ANNOTATION: config_digest},
         },
         "spec": {
@@ -248,7 +248,9 @@ def _train_command(owner: Owner, spec: FineTuneJobSpec) -> list[str]:
         launcher.append("--standalone")
     else:
         # Static rendezvous on index 0 through the headless Service; each pod's index is its node rank.
-        rendezvous_host = f"{child_name(owner, 'train')}-0.{child_name(owner, 'train')}.{owner.namespace}.svc"
+        rendezvous_host = (
+            f"{child_name(owner.name, 'train')}-0.{child_name(owner.name, 'train')}.{owner.namespace}.svc"
+        )
         launcher += [
             f"--nnodes={resources.nodes}",
             "--node-rank=$(NODE_RANK)",
@@ -285,7 +287,7 @@ def training_job(
         job["spec"].update(
             {"completionMode": "Indexed", "completions": resources.nodes, "parallelism": resources.nodes}
         )
-        pod["subdomain"] = child_name(owner, "train")
+        pod["subdomain"] = child_name(owner.name, "train")
         container = pod["containers"][0]
         container["ports"].append({"name": "rendezvous", "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"})
         container["env"].append({"name": "NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": INDEX_FIELD}}})
@@ -314,7 +316,7 @@ def rendezvous_service(owner: Owner) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(owner, child_name(owner, "train")),
+        "metadata": _metadata(owner, child_name(owner.name, "train")),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,

@@ -1,0 +1,76 @@
+"""One typed configuration, read once from KUBETUNE_* environment variables; a bad value stops start-up."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubetune.render.pod import OperatorDefaults
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _int(env: dict[str, str], name: str, default: int, *, low: int = 0, high: int = 1 << 31) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as error:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from error
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value} must lie in [{low}, {high}]")
+    return value
+
+
+def _json_list(
+    env: dict[str, str], name: str, default: tuple[dict[str, Any], ...]
+) -> tuple[dict[str, Any], ...]:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = json.loads(raw)
+    except ValueError as error:
+        raise ConfigError(f"{name} is not valid JSON: {error}") from error
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise ConfigError(f"{name} must be a JSON list of objects")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    defaults: OperatorDefaults = field(default_factory=OperatorDefaults)
+    resync_seconds: int = 30
+    metrics_port: int = 8080
+    trainer_metrics_port: int = 9400
+    scrape_progress: bool = True
+    namespaces: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
+        env = dict(os.environ if env is None else env)
+        base = OperatorDefaults()
+        defaults = OperatorDefaults(
+            trainer_image=env.get("KUBETUNE_TRAINER_IMAGE", base.trainer_image),
+            image_pull_policy=env.get("KUBETUNE_IMAGE_PULL_POLICY", base.image_pull_policy),
+            gpu_tolerations=_json_list(env, "KUBETUNE_GPU_TOLERATIONS", base.gpu_tolerations),
+            service_account_name=env.get("KUBETUNE_TRAINER_SERVICE_ACCOUNT", base.service_account_name),
+        )
+        if defaults.image_pull_policy not in ("Always", "IfNotPresent", "Never"):
+            raise ConfigError(
+                f"KUBETUNE_IMAGE_PULL_POLICY={defaults.image_pull_policy!r} is not a pull policy"
+            )
+        namespaces = tuple(n for n in env.get("KUBETUNE_WATCH_NAMESPACES", "").split(",") if n.strip())
+        return cls(
+            defaults=defaults,
+            resync_seconds=_int(env, "KUBETUNE_RESYNC_SECONDS", 30, low=1, high=3600),
+            metrics_port=_int(env, "KUBETUNE_METRICS_PORT", 8080, high=65535),
+            trainer_metrics_port=_int(env, "KUBETUNE_TRAINER_METRICS_PORT", 9400, low=1, high=65535),
+            scrape_progress=env.get("KUBETUNE_SCRAPE_PROGRESS", "true").lower() in ("1", "true", "yes"),
+            namespaces=tuple(n.strip() for n in namespaces),
+        )
