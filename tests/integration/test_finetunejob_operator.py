@@ -1,0 +1,215 @@
+"""The real operator against the API emulator: the test plays kubelet and the job controller."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kubetune.reconcile import conditions as c
+from tests.api.conftest import REPO, load_example, with_changes
+from tests.integration.harness import Api, OperatorProcess
+from tests.reconcile.world import FINISH_OK, TRAINING_OK, VALIDATION_OK
+
+EXAMPLE = load_example("01-lora-basic/finetunejob.yaml")
+ALL_CONDITIONS = {
+    c.DATASET_VALIDATED,
+    c.ADMITTED,
+    c.RUNNING,
+    c.EVALUATED,
+    c.EVALUATION_PASSED,
+    c.COMPLETE,
+    c.FAILED,
+    c.SUSPENDED,
+}
+
+
+def _job(name: str, **changes) -> dict:
+    return with_changes(EXAMPLE, {"metadata.name": name, **changes})
+
+
+def _kubectl(kubeconfig: Path, home: Path, *args: str, stdin: str | None = None) -> str:
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "HOME": str(home)}
+    result = subprocess.run(  # noqa: PLW1510  (the return code is asserted below, with stderr)
+        ["kubectl", *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def _train_through(api: Api, name: str) -> None:
+    api.wait_job(f"{name}-validate")
+    api.finish_job(f"{name}-validate", VALIDATION_OK)
+    api.wait_job(f"{name}-train")
+
+
+@pytest.mark.kubectl
+def test_kubectl_apply_to_succeeded_with_everything_filled(
+    api: Api, operator, kubeconfig: Path, tmp_path: Path
+) -> None:
+    _kubectl(
+        kubeconfig,
+        tmp_path,
+        "apply",
+        "--validate=false",
+        "-f",
+        str(REPO / "examples/01-lora-basic/finetunejob.yaml"),
+    )
+    name = "support-bot"
+    api.wait_phase(name, "Validating")
+    assert api.get("Job", f"{name}-train") is None  # no GPU before the dataset passes
+    _train_through(api, name)
+    api.run_pod(f"{name}-train", "Running")
+    api.patch("Job", f"{name}-train", {"status": {"active": 1}}, sub="status")
+    api.wait_phase(name, "Running")
+    api.delete("Pod", f"{name}-train-0")
+    api.finish_job(f"{name}-train", TRAINING_OK)
+    api.wait_job(f"{name}-finish")
+    api.wait_phase(name, "Evaluating")
+    api.finish_job(f"{name}-finish", FINISH_OK)
+    status = api.wait_phase(name, "Succeeded")
+
+    conditions = {cond["type"]: cond for cond in status["conditions"]}
+    assert set(conditions) >= ALL_CONDITIONS
+    assert conditions[c.COMPLETE]["status"] == conditions[c.EVALUATION_PASSED]["status"] == "True"
+    assert all(
+        cond["observedGeneration"] == 1 and cond["reason"] and cond["lastTransitionTime"]
+        for cond in conditions.values()
+    )
+    for block in ("dataset", "estimate", "progress", "checkpoints", "evaluation", "outputs"):
+        assert status[block], block
+    assert status["dataset"]["tokens"]["p95"] == 300
+    assert status["progress"]["percent"] == 100
+    assert status["observedGeneration"] == 1
+    api.wait_for(
+        "events",
+        lambda: (
+            {"ValidationStarted", "DatasetValidated", "TrainingStarted", "EvaluationPassed", "Succeeded"}
+            <= set(api.events(name))
+        ),
+    )
+    listing = _kubectl(kubeconfig, tmp_path, "get", "ftj")
+    assert name in listing and "Succeeded" in listing
+
+
+def test_rejected_dataset_fails_and_never_creates_training(api: Api, operator) -> None:
+    name = "bad-data"
+    api.create(_job(name))
+    api.wait_job(f"{name}-validate")
+    rejection = {
+        "stage": "validate",
+        "ok": False,
+        "reason": "InvalidDataset",
+        "message": "line 3: missing field 'messages'",
+    }
+    api.finish_job(f"{name}-validate", rejection, ok=False, reason="PodFailurePolicy")
+    status = api.wait_phase(name, "Failed")
+    failed = next(cond for cond in status["conditions"] if cond["type"] == c.FAILED)
+    assert failed["reason"] == "InvalidDataset" and "line 3" in failed["message"]
+    api.wait_for("a settled operator", lambda: "DatasetRejected" in api.events(name))
+    assert api.get("Job", f"{name}-train") is None
+
+
+def test_killed_training_pod_is_retried_then_backoff_fails(api: Api, operator) -> None:
+    name = "flaky"
+    api.create(_job(name, **{"spec.backoffLimit": 1}))
+    _train_through(api, name)
+    api.run_pod(
+        f"{name}-train", "Failed", state={"terminated": {"exitCode": 137, "reason": "Error"}}, index=0
+    )
+    api.run_pod(f"{name}-train", "Running", index=1)
+    api.patch("Job", f"{name}-train", {"status": {"active": 1, "failed": 1}}, sub="status")
+    api.wait_for("restarts counted", lambda: api.status(name).get("restarts") == 1)
+    api.wait_for("Resumed event", lambda: "Resumed" in api.events(name))
+    api.finish_job(f"{name}-train", None, ok=False, index=1)
+    status = api.wait_phase(name, "Failed")
+    assert api.condition(name, c.FAILED)["reason"] == c.BACKOFF_LIMIT_EXCEEDED
+    assert status["restarts"] >= 1
+
+
+def test_kueue_queue_user_suspend_resume_and_deadline(api: Api, operator) -> None:
+    name = "queued"
+    api.create(_job(name, **{"spec.scheduling.queueName": "gpu-team-a", "spec.activeDeadlineSeconds": 600}))
+    _train_through(api, name)
+    train = api.get("Job", f"{name}-train")
+    assert train["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-team-a"
+    assert train["spec"]["suspend"] is True and train["spec"]["activeDeadlineSeconds"] == 600
+    api.wait_phase(name, "Queued")
+    assert api.condition(name, c.ADMITTED)["reason"] == c.QUEUED_BY_KUEUE
+    api.patch("Job", f"{name}-train", {"spec": {"suspend": False}})  # Kueue admits it
+    api.wait_for("admitted", lambda: api.condition(name, c.ADMITTED).get("status") == "True")
+
+    api.patch("FineTuneJob", name, {"spec": {"suspend": True}})
+    api.wait_phase(name, "Suspended")
+    api.wait_for("Kueue job removed on user suspend", lambda: api.get("Job", f"{name}-train") is None)
+    api.patch("FineTuneJob", name, {"spec": {"suspend": False}})
+    api.wait_job(f"{name}-train")
+    api.wait_for("not suspended", lambda: api.condition(name, c.SUSPENDED).get("status") == "False")
+
+    api.patch(
+        "Job",
+        f"{name}-train",
+        {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]}},
+        sub="status",
+    )
+    api.wait_phase(name, "Failed")
+    assert api.condition(name, c.FAILED)["reason"] == c.DEADLINE_EXCEEDED
+
+
+def test_user_suspend_without_queue_suspends_the_job(api: Api, operator) -> None:
+    name = "pausable"
+    api.create(_job(name))
+    _train_through(api, name)
+    api.patch("FineTuneJob", name, {"spec": {"suspend": True}})
+    api.wait_for("Job suspended", lambda: api.get("Job", f"{name}-train")["spec"].get("suspend") is True)
+    assert api.wait_phase(name, "Suspended")["observedGeneration"] == 2
+    api.patch("FineTuneJob", name, {"spec": {"suspend": False}})
+    api.wait_for("Job resumed", lambda: api.get("Job", f"{name}-train")["spec"].get("suspend") is False)
+
+
+def test_operator_killed_at_every_point_converges_without_duplicates(
+    api: Api, kubeconfig: Path, tmp_path: Path
+) -> None:
+    name = "crashy"
+    operator = OperatorProcess(kubeconfig, tmp_path / "operator.log")
+    steps = [
+        lambda: api.create(_job(name)),
+        lambda: api.finish_job(f"{name}-validate", VALIDATION_OK),
+        lambda: api.run_pod(f"{name}-train", "Running"),
+        lambda: api.finish_job(f"{name}-train", TRAINING_OK, index=1),
+        lambda: api.finish_job(f"{name}-finish", FINISH_OK),
+    ]
+    waits = [f"{name}-validate", f"{name}-train", None, f"{name}-finish", None]
+    try:
+        for step, child in zip(steps, waits, strict=True):
+            step()  # the world changes while no operator runs
+            operator.start()
+            if child:
+                api.wait_job(child)
+            operator.kill()
+        operator.start()
+        api.wait_phase(name, "Succeeded")
+    finally:
+        operator.stop()
+    jobs = api.list("Job", f"kubetune.dev/finetunejob={name}")
+    assert sorted(j["metadata"]["name"] for j in jobs) == [
+        f"{name}-finish",
+        f"{name}-train",
+        f"{name}-validate",
+    ]
+    assert len(api.list("ConfigMap", f"kubetune.dev/finetunejob={name}")) == 1
+
+
+def test_deleting_the_job_removes_its_children(api: Api, operator) -> None:
+    name = "short-lived"
+    api.create(_job(name))
+    api.wait_job(f"{name}-validate")
+    api.delete("FineTuneJob", name)
+    api.wait_for("children collected", lambda: not api.list("Job", f"kubetune.dev/finetunejob={name}"))
