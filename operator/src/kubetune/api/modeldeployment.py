@@ -204,7 +204,12 @@ class RevisionStatus(ApiModel):
     state: Literal["Pending", "Progressing", "Stable", "RolledBack", "Superseded"]
     weight: Annotated[int, Field(ge=0, le=100)] | None = None
     ready_replicas: int | None = None
-    reason: Annotated[str, Field(max_length=256)] | None = None
+    reason: Annotated[str, Field(max_length=1024)] | None = None
+    fingerprint: Annotated[str, Field(max_length=64)] | None = None
+    step: Annotated[int, Field(ge=0, le=10)] | None = Field(
+        default=None, description="Index into spec.rollout.steps"
+    )
+    step_started_at: Annotated[str, Field(max_length=64)] | None = None
 
 
 class ModelDeploymentStatus(ApiModel):

@@ -1,0 +1,633 @@
+"""The ModelDeployment state machine: gate, revisions, canary steps with analysis, promotion and rollback.
+Pure: (resource, observed) -> (status, actions, events), like the FineTuneJob's.
+
+Every spec change that alters the pods is a new revision. The first revision rolls out directly; later ones
+go through `spec.rollout.steps`, each step held until the canary is ready, its benchmark meets
+`spec.rollout.analysis` and `intervalSeconds` have passed. Any failure rolls back to the stable revision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from kubetune.api.modeldeployment import Analysis, ModelDeploymentSpec, Rollout
+from kubetune.api.thresholds import failed_thresholds
+from kubetune.reconcile import conditions as c
+from kubetune.reconcile.finetunejob import Action, Create, Delete, Event, Outcome, Patch
+from kubetune.reconcile.observed import JobView
+from kubetune.render import modeldeployment as render
+from kubetune.render.pod import Manifest
+
+GATE_PASSED = "GatePassed"
+AVAILABLE = "Available"
+PROGRESSING = "Progressing"
+ROLLED_BACK = "RolledBack"
+BENCHMARKED = "Benchmarked"
+CONDITION_ORDER = (GATE_PASSED, AVAILABLE, PROGRESSING, ROLLED_BACK, BENCHMARKED)
+# A revision whose pods are not ready after this long has failed its rollout.
+PROGRESS_DEADLINE_SECONDS = 600
+MAX_REVISIONS_IN_STATUS = 10
+
+
+@dataclass(frozen=True)
+class DeploymentView:
+    revision: int
+    replicas: int
+    ready: int
+
+
+@dataclass(frozen=True)
+class ServingObserved:
+    now: str
+    source_job: Manifest | None = None
+    deployments: dict[int, DeploymentView] = field(default_factory=dict)
+    services: frozenset[str] = frozenset()
+    has_pdb: bool = False
+    has_autoscaler: bool = False
+    bench_jobs: dict[str, JobView] = field(default_factory=dict)
+
+
+def deployment_view(deployment: Manifest) -> DeploymentView:
+    labels = deployment["metadata"].get("labels") or {}
+    status = deployment.get("status") or {}
+    return DeploymentView(
+        revision=int(labels.get(render.REVISION_LABEL, "0")),
+        replicas=int((deployment.get("spec") or {}).get("replicas") or 0),
+        ready=int(status.get("readyReplicas") or 0),
+    )
+
+
+def _seconds_since(start: str | None, now: str) -> float:
+    if not start:
+        return 0.0
+    parse = "%Y-%m-%dT%H:%M:%SZ"
+    begin = datetime.strptime(start, parse).replace(tzinfo=UTC)
+    end = datetime.strptime(now, parse).replace(tzinfo=UTC)
+    return (end - begin).total_seconds()
+
+
+class GateBlockedError(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def _adapter_name(uri: str, taken: set[str]) -> str:
+    base = re.sub(r"[^a-z0-9-]+", "-", uri.rstrip("/").rsplit("/", 1)[-1].lower()).strip("-") or "adapter"
+    if base == "adapter":
+        parts = [p for p in uri.rstrip("/").split("/") if p]
+        base = re.sub(r"[^a-z0-9-]+", "-", parts[-2].lower()).strip("-") if len(parts) >= 2 else base
+    name, index = base[:48], 2
+    while name in taken:
+        name, index = f"{base[:44]}-{index}", index + 1
+    taken.add(name)
+    return name
+
+
+def _checkpoint_uri(job_status: dict[str, Any], selector: str) -> str:
+    checkpoints = list(job_status.get("checkpoints") or [])
+    if not checkpoints:
+        raise GateBlockedError("CheckpointNotFound", "the FineTuneJob recorded no checkpoints")
+    if selector == "latest":
+        return str(max(checkpoints, key=lambda item: int(item["step"]))["uri"])
+    if selector == "best":
+        scored = [item for item in checkpoints if item.get("evalLoss") is not None]
+        if not scored:
+            raise GateBlockedError("CheckpointNotFound", "no checkpoint has an eval loss to pick the best by")
+        return str(min(scored, key=lambda item: float(item["evalLoss"]))["uri"])
+    step = int(selector.removeprefix("step-"))
+    for item in checkpoints:
+        if int(item["step"]) == step:
+            return str(item["uri"])
+    steps = ", ".join(str(item["step"]) for item in checkpoints)
+    raise GateBlockedError("CheckpointNotFound", f"no checkpoint at step {step}; the job has steps {steps}")
+
+
+def resolve_source(namespace: str, spec: ModelDeploymentSpec, job: Manifest | None) -> render.ResolvedSource:
+    """What to serve, or GateBlocked saying exactly why not yet."""
+    source = spec.source
+    if source.model_uri:
+        taken: set[str] = set()
+        adapters = tuple(render.Adapter(_adapter_name(uri, taken), uri) for uri in source.adapter_uris or [])
+        lineage = {"base-model": source.model_uri}
+        return render.ResolvedSource(model_uri=source.model_uri, adapters=adapters, lineage=lineage)
+    assert source.fine_tune_job_ref is not None
+    job_name = source.fine_tune_job_ref.name
+    if job is None:
+        raise GateBlockedError(
+            "SourceNotFound", f"FineTuneJob {job_name} does not exist in namespace {namespace}"
+        )
+    status = job.get("status") or {}
+    conditions = list(status.get("conditions") or [])
+    if not c.is_true(conditions, c.COMPLETE):
+        raise GateBlockedError(
+            "SourceNotReady",
+            f"FineTuneJob {job_name} is {status.get('phase') or 'Pending'}; waiting for it to succeed",
+        )
+    gate = spec.gate
+    if gate is None or gate.require_evaluation_passed:
+        passed = c.find(conditions, c.EVALUATION_PASSED) or {}
+        if passed.get("status") != "True":
+            raise GateBlockedError(
+                "EvaluationNotPassed",
+                f"FineTuneJob {job_name} did not pass evaluation: {passed.get('message', '')}",
+            )
+    if gate is not None and gate.thresholds:
+        failures = failed_thresholds((status.get("evaluation") or {}).get("metrics") or {}, gate.thresholds)
+        if failures:
+            raise GateBlockedError(
+                "ThresholdsNotMet",
+                f"FineTuneJob {job_name}: " + "; ".join(failures) + " (spec.gate.thresholds)",
+            )
+    job_spec = job.get("spec") or {}
+    outputs = status.get("outputs") or {}
+    base = str((job_spec.get("baseModel") or {}).get("uri", ""))
+    lineage = {
+        "source-job": job_name,
+        "source-job-uid": str(job["metadata"].get("uid", "")),
+        "dataset-sha256": str((status.get("dataset") or {}).get("sha256", "")),
+        "base-model": base,
+    }
+    if source.checkpoint:
+        uri = _checkpoint_uri(status, source.checkpoint)
+        lineage["adapter"] = uri
+        return render.ResolvedSource(
+            model_uri=base, adapters=(render.Adapter("adapter", uri),), lineage=lineage
+        )
+    if spec.serve == "merged" or job_spec.get("method") == "full":
+        merged = outputs.get("mergedUri")
+        if not merged:
+            raise GateBlockedError(
+                "MergedModelMissing",
+                f"FineTuneJob {job_name} has no merged model: set spec.output.merge: true on it",
+            )
+        lineage["merged-model"] = merged
+        return render.ResolvedSource(model_uri=str(merged), lineage=lineage)
+    adapter = outputs.get("adapterUri")
+    if not adapter:
+        raise GateBlockedError("AdapterMissing", f"FineTuneJob {job_name} recorded no adapter output")
+    lineage["adapter"] = str(adapter)
+    return render.ResolvedSource(
+        model_uri=base, adapters=(render.Adapter("adapter", str(adapter)),), lineage=lineage
+    )
+
+
+def fingerprint(spec: ModelDeploymentSpec, source: render.ResolvedSource) -> str:
+    """Everything that changes the pods; replicas, rollout and autoscaling do not make a new revision."""
+    pod_inputs = spec.model_dump(
+        mode="json", by_alias=True, exclude={"replicas", "rollout", "autoscaling", "gate"}
+    )
+    text = json.dumps({"spec": pod_inputs, "source": source.fingerprint()}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class _Draft:
+    owner: render.DeploymentOwner
+    spec: ModelDeploymentSpec
+    observed: ServingObserved
+    status: dict[str, Any]
+    generation: int
+    defaults: render.ServingDefaults
+    actions: list[Action] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+
+    def condition(self, kind: str, status: c.ConditionStatus, reason: str, message: str) -> bool:
+        before = c.find(list(self.status.get("conditions") or []), kind)
+        updated = c.set_condition(
+            list(self.status.get("conditions") or []),
+            kind,
+            status,
+            reason,
+            message,
+            now=self.observed.now,
+            generation=self.generation,
+        )
+        self.status["conditions"] = sorted(
+            updated,
+            key=lambda item: CONDITION_ORDER.index(item["type"]) if item["type"] in CONDITION_ORDER else 99,
+        )
+        return before is None or before.get("status") != status
+
+    def event(self, kind: str, reason: str, message: str) -> None:
+        self.events.append(
+            Event("Warning" if kind == "Warning" else "Normal", reason, " ".join(message.split())[:1024])
+        )
+
+    @property
+    def revisions(self) -> list[dict[str, Any]]:
+        return list(self.status.get("revisions") or [])
+
+    def save_revision(self, entry: dict[str, Any]) -> None:
+        others = [r for r in self.revisions if r["revision"] != entry["revision"]]
+        self.status["revisions"] = sorted([*others, entry], key=lambda r: r["revision"])[
+            -MAX_REVISIONS_IN_STATUS:
+        ]
+
+    def outcome(self) -> Outcome:
+        return Outcome(dict(self.status), tuple(self.actions), tuple(self.events), self.requeue_after)
+
+
+def reconcile_deployment(
+    resource: Manifest, observed: ServingObserved, defaults: render.ServingDefaults
+) -> Outcome:
+    meta = resource["metadata"]
+    owner = render.DeploymentOwner(meta["name"], meta["namespace"], meta.get("uid", ""))
+    generation = int(meta.get("generation") or 1)
+    status = dict(resource.get("status") or {})
+    status["observedGeneration"] = generation
+    try:
+        spec = ModelDeploymentSpec.model_validate(resource.get("spec") or {})
+    except ValidationError as error:
+        first = error.errors()[0]
+        message = f"spec.{'.'.join(map(str, first['loc']))}: {first['msg']}"
+        status["phase"] = "Failed"
+        status["conditions"] = c.set_condition(
+            list(status.get("conditions") or []),
+            AVAILABLE,
+            "False",
+            "InvalidSpec",
+            message,
+            now=observed.now,
+            generation=generation,
+        )
+        return Outcome(status)
+    draft = _Draft(owner, spec, observed, status, generation, defaults)
+    name = render.served_model_name(owner, spec)
+    status.update(endpoint=render.endpoint(owner), servedModelName=name)
+    try:
+        source = resolve_source(owner.namespace, spec, observed.source_job)
+    except GateBlockedError as blocked:
+        if draft.condition(GATE_PASSED, "False", blocked.reason, blocked.message):
+            draft.event("Warning", "GateBlocked", blocked.message)
+        if status.get("stableRevision") is None:
+            status["phase"] = "Blocked"
+            draft.condition(AVAILABLE, "False", "GateBlocked", "nothing is served until the gate passes")
+            return draft.outcome()
+        _keep_serving(draft)  # a model already serving stays up while a newer source is blocked
+        status["phase"] = "Blocked"
+        return draft.outcome()
+    gate_message = (
+        "serving a model URI: no evaluation applies"
+        if spec.source.model_uri
+        else "the source job passed its evaluation gate"
+    )
+    if draft.condition(GATE_PASSED, "True", "GatePassed", gate_message):
+        draft.event("Normal", "GatePassed", gate_message)
+    status["sourceJobUid"] = source.lineage.get("source-job-uid") or None
+    if status["sourceJobUid"] is None:
+        status.pop("sourceJobUid")
+    _ensure_shared_objects(draft)
+    latest = _current_revision(draft, fingerprint(spec, source))
+    _drive(draft, source, latest)
+    return draft.outcome()
+
+
+def _ensure_shared_objects(draft: _Draft) -> None:
+    observed, owner = draft.observed, draft.owner
+    if owner.name not in observed.services:
+        draft.actions.append(Create(render.service(owner)))
+    if draft.spec.replicas > 1 and not observed.has_pdb:
+        draft.actions.append(Create(render.pod_disruption_budget(owner)))
+
+
+def _current_revision(draft: _Draft, wanted: str) -> dict[str, Any]:
+    """The newest revision, or a new one when the pods the spec asks for changed."""
+    revisions = draft.revisions
+    latest = revisions[-1] if revisions else None
+    if latest is not None and latest.get("fingerprint") == wanted:
+        return latest
+    number = (latest["revision"] if latest else 0) + 1
+    entry = {
+        "revision": number,
+        "state": "Progressing",
+        "fingerprint": wanted,
+        "step": 0,
+        "stepStartedAt": draft.observed.now,
+    }
+    draft.save_revision(entry)
+    draft.status["revision"] = number
+    draft.event("Normal", "RevisionCreated", f"revision {number} created from generation {draft.generation}")
+    return entry
+
+
+def _ensure_deployment(
+    draft: _Draft, source: render.ResolvedSource, revision: int, replicas: int, role: render.Role
+) -> None:
+    existing = draft.observed.deployments.get(revision)
+    if existing is None:
+        manifest = render.revision_deployment(
+            draft.owner,
+            draft.spec,
+            source,
+            revision=revision,
+            replicas=replicas,
+            role=role,
+            defaults=draft.defaults,
+        )
+        draft.actions.append(Create(manifest))
+    elif existing.replicas != replicas and not (role == "stable" and draft.spec.autoscaling):
+        draft.actions.append(
+            Patch(
+                "apps/v1",
+                "Deployment",
+                render.revision_name(draft.owner, revision),
+                {"spec": {"replicas": replicas}},
+            )
+        )
+
+
+def _delete_other_deployments(draft: _Draft, keep: set[int]) -> None:
+    for revision in sorted(draft.observed.deployments):
+        if revision not in keep:
+            draft.actions.append(Delete("apps/v1", "Deployment", render.revision_name(draft.owner, revision)))
+    for service_name in sorted(draft.observed.services):
+        match = re.fullmatch(re.escape(draft.owner.name) + r"-r(\d+)", service_name)
+        if match and int(match.group(1)) not in keep:
+            draft.actions.append(Delete("v1", "Service", service_name))
+
+
+def _keep_serving(draft: _Draft) -> None:
+    stable = draft.status.get("stableRevision")
+    view = draft.observed.deployments.get(stable) if stable is not None else None
+    ready = view.ready if view else 0
+    draft.condition(
+        AVAILABLE,
+        "True" if ready else "False",
+        "StableServing",
+        f"revision {stable} serves with {ready} ready pod(s)",
+    )
+
+
+def _drive(draft: _Draft, source: render.ResolvedSource, latest: dict[str, Any]) -> None:
+    state, revision = latest["state"], latest["revision"]
+    stable = draft.status.get("stableRevision")
+    if state == "Stable":
+        _serve_stable(draft, source, revision)
+        return
+    if state == "RolledBack":
+        draft.status["phase"] = "RolledBack"
+        draft.status["canaryWeight"] = 0
+        if stable is not None:
+            _ensure_deployment(draft, source, stable, draft.spec.replicas, "stable")
+            _delete_other_deployments(draft, {stable})
+        return
+    rollout = draft.spec.rollout or Rollout()
+    if stable is None or rollout.strategy == "replace":
+        _roll_out_directly(draft, source, latest, stable)
+    else:
+        _canary_step(draft, source, latest, stable, rollout)
+
+
+def _promote(draft: _Draft, latest: dict[str, Any], how: str) -> None:
+    revision = latest["revision"]
+    previous = draft.status.get("stableRevision")
+    for entry in draft.revisions:
+        if entry["state"] == "Stable" and entry["revision"] != revision:
+            draft.save_revision({**entry, "state": "Superseded", "weight": 0})
+    draft.save_revision({**latest, "state": "Stable", "weight": 100, "reason": how})
+    draft.status.update(stableRevision=revision, canaryWeight=0, phase="Ready")
+    draft.condition(PROGRESSING, "False", "RolloutComplete", f"revision {revision} is stable")
+    draft.condition(ROLLED_BACK, "False", "Promoted", f"revision {revision} promoted")
+    draft.event(
+        "Normal",
+        "Promoted",
+        f"revision {revision} is stable" + (f", replacing revision {previous}" if previous else ""),
+    )
+
+
+def _rollback(draft: _Draft, latest: dict[str, Any], reason: str, message: str) -> None:
+    stable = draft.status.get("stableRevision")
+    draft.save_revision({**latest, "state": "RolledBack", "weight": 0, "reason": f"{reason}: {message}"})
+    draft.status.update(phase="RolledBack", canaryWeight=0)
+    if draft.condition(
+        ROLLED_BACK, "True", reason, f"revision {latest['revision']} rolled back to {stable}: {message}"
+    ):
+        draft.event(
+            "Warning",
+            "RolledBack",
+            f"revision {latest['revision']} rolled back to revision {stable}: {message}",
+        )
+    draft.condition(PROGRESSING, "False", reason, message)
+    if stable is not None:
+        draft.actions.append(
+            Patch(
+                "apps/v1",
+                "Deployment",
+                render.revision_name(draft.owner, stable),
+                {"spec": {"replicas": draft.spec.replicas}},
+            )
+        )
+        _delete_other_deployments(draft, {stable})
+
+
+def _roll_out_directly(
+    draft: _Draft, source: render.ResolvedSource, latest: dict[str, Any], stable: int | None
+) -> None:
+    revision = latest["revision"]
+    _ensure_deployment(draft, source, revision, draft.spec.replicas, "stable")
+    view = draft.observed.deployments.get(revision)
+    ready = view.ready if view else 0
+    draft.save_revision({**latest, "readyReplicas": ready, "weight": 100})
+    if view is not None and ready >= max(draft.spec.replicas, 1):
+        _promote(draft, latest, "all replicas ready")
+        _delete_other_deployments(draft, {revision})
+        _serve_stable(draft, source, revision)
+        return
+    waited = _seconds_since(latest.get("stepStartedAt"), draft.observed.now)
+    if waited > PROGRESS_DEADLINE_SECONDS:
+        message = f"{ready}/{draft.spec.replicas} pods ready after {int(waited)}s"
+        if stable is not None:
+            _rollback(draft, latest, "NotReady", message)
+        else:
+            draft.condition(AVAILABLE, "False", "NotReady", message + "; check the pods' events and logs")
+            draft.status["phase"] = "Failed"
+        return
+    draft.condition(
+        PROGRESSING, "True", "Deploying", f"revision {revision}: {ready}/{draft.spec.replicas} pods ready"
+    )
+    if stable is None:
+        draft.condition(AVAILABLE, "False", "Deploying", "the first revision is starting")
+    draft.status["phase"] = "Deploying"
+    draft.requeue_after = 10.0
+
+
+def _analysis_failure(summary: dict[str, Any], analysis: Analysis, weight: int) -> tuple[str, str] | None:
+    bench = summary.get("benchmark") or {}
+    error_rate = float(bench.get("errorRate", "0") or 0)
+    if error_rate > float(analysis.max_error_rate):
+        return (
+            "ErrorRateTooHigh",
+            f"error rate {error_rate:.3g} > {analysis.max_error_rate} at {weight}% traffic",
+        )
+    p95 = bench.get("p95LatencySeconds")
+    if p95 is not None and float(p95) > float(analysis.max_p95_latency_seconds):
+        return (
+            "LatencyTooHigh",
+            f"p95 latency {float(p95):.3g}s > {analysis.max_p95_latency_seconds}s at {weight}% traffic",
+        )
+    return None
+
+
+def _canary_step(
+    draft: _Draft, source: render.ResolvedSource, latest: dict[str, Any], stable: int, rollout: Rollout
+) -> None:
+    revision, step = latest["revision"], int(latest.get("step") or 0)
+    if rollout.abort:
+        _rollback(draft, latest, "AbortedByUser", "spec.rollout.abort is true")
+        return
+    weight = rollout.steps[step]
+    stable_replicas, canary_count = render.canary_replicas(max(draft.spec.replicas, 1), weight)
+    _ensure_deployment(draft, source, stable, stable_replicas, "stable")
+    _ensure_deployment(draft, source, revision, canary_count, "canary")
+    if render.revision_name(draft.owner, revision) not in draft.observed.services:
+        draft.actions.append(Create(render.revision_service(draft.owner, revision)))
+    draft.status.update(canaryWeight=weight, phase="Progressing")
+    view = draft.observed.deployments.get(revision)
+    ready = view.ready if view else 0
+    draft.save_revision({**latest, "weight": weight, "readyReplicas": ready})
+    latest = {**latest, "weight": weight, "readyReplicas": ready}
+    draft.condition(
+        PROGRESSING,
+        "True",
+        "Canary",
+        f"revision {revision} at {weight}% ({ready}/{canary_count} canary pods ready)",
+    )
+    _keep_serving(draft)
+    if rollout.paused:
+        draft.status["phase"] = "Paused"
+        draft.condition(
+            PROGRESSING, "Unknown", "Paused", f"spec.rollout.paused: revision {revision} held at {weight}%"
+        )
+        return
+    draft.requeue_after = 10.0
+    waited = _seconds_since(latest.get("stepStartedAt"), draft.observed.now)
+    if ready < canary_count:
+        if waited > PROGRESS_DEADLINE_SECONDS:
+            _rollback(
+                draft,
+                latest,
+                "CanaryNotReady",
+                f"{ready}/{canary_count} canary pods ready after {int(waited)}s at {weight}%",
+            )
+        return
+    analysis = rollout.analysis or Analysis()
+    bench_name = f"{draft.owner.name}-bench-r{revision}-s{step}"
+    bench = draft.observed.bench_jobs.get(bench_name)
+    if bench is None:
+        draft.actions.append(
+            Create(
+                render.benchmark_job(
+                    draft.owner,
+                    draft.spec,
+                    revision,
+                    draft.defaults,
+                    job_name=bench_name,
+                    target=render.revision_endpoint(draft.owner, revision),
+                )
+            )
+        )
+        return
+    if bench.failure_reason:
+        _rollback(
+            draft,
+            latest,
+            "AnalysisFailed",
+            f"the analysis benchmark at {weight}% failed: {bench.failure_message or bench.failure_reason}",
+        )
+        return
+    if not bench.complete:
+        return
+    failure = _analysis_failure(bench.summary() or {}, analysis, weight)
+    if failure:
+        _rollback(draft, latest, *failure)
+        return
+    if waited < analysis.interval_seconds:
+        draft.requeue_after = max(1.0, analysis.interval_seconds - waited)
+        return
+    if step + 1 >= len(rollout.steps):
+        _promote(draft, {**latest, "step": step}, f"passed analysis at every step {rollout.steps}")
+        _delete_other_deployments(draft, {revision})
+        _serve_stable(draft, source, revision)
+        return
+    draft.save_revision({**latest, "step": step + 1, "stepStartedAt": draft.observed.now})
+    draft.event(
+        "Normal",
+        "CanaryStepPassed",
+        f"revision {revision} passed analysis at {weight}%; moving to {rollout.steps[step + 1]}%",
+    )
+
+
+def _serve_stable(draft: _Draft, source: render.ResolvedSource, revision: int) -> None:
+    _ensure_deployment(draft, source, revision, draft.spec.replicas, "stable")
+    if draft.spec.autoscaling and not draft.observed.has_autoscaler:
+        if draft.spec.autoscaling.engine == "keda":
+            draft.actions.append(
+                Create(
+                    render.keda_scaled_object(
+                        draft.owner, draft.spec, revision, "http://prometheus-operated.monitoring.svc:9090"
+                    )
+                )
+            )
+        else:
+            draft.actions.append(Create(render.horizontal_pod_autoscaler(draft.owner, draft.spec, revision)))
+    view = draft.observed.deployments.get(revision)
+    ready = view.ready if view else 0
+    draft.status.update(stableRevision=revision, canaryWeight=0)
+    if draft.status.get("phase") != "Blocked":
+        draft.status["phase"] = "Ready" if ready else "Deploying"
+    draft.condition(
+        AVAILABLE,
+        "True" if ready else "False",
+        "StableServing",
+        f"revision {revision} serves with {ready} ready pod(s)",
+    )
+    draft.condition(PROGRESSING, "False", "RolloutComplete", f"revision {revision} is stable")
+    _benchmark(draft, revision, ready)
+
+
+def _benchmark(draft: _Draft, revision: int, ready: int) -> None:
+    """After a rollout completes: one benchmark of the shared endpoint, recorded in status.benchmark."""
+    if (draft.status.get("benchmark") or {}).get("revision") == revision or not ready:
+        return
+    name = f"{draft.owner.name}-bench-r{revision}"
+    job = draft.observed.bench_jobs.get(name)
+    if job is None:
+        draft.actions.append(
+            Create(
+                render.benchmark_job(
+                    draft.owner,
+                    draft.spec,
+                    revision,
+                    draft.defaults,
+                    job_name=name,
+                    target=render.endpoint(draft.owner),
+                )
+            )
+        )
+        return
+    if job.failure_reason:
+        draft.condition(
+            BENCHMARKED, "False", "BenchmarkFailed", job.failure_message or "the benchmark Job failed"
+        )
+        return
+    if not job.complete:
+        return
+    bench = (job.summary() or {}).get("benchmark") or {}
+    draft.status["benchmark"] = {**bench, "revision": revision, "time": draft.observed.now}
+    message = ", ".join(
+        f"{key} {bench[key]}"
+        for key in ("p50LatencySeconds", "p95LatencySeconds", "outputTokensPerSecond")
+        if key in bench
+    )
+    draft.condition(BENCHMARKED, "True", "BenchmarkRecorded", message or "benchmark recorded")
+    draft.event("Normal", "BenchmarkRecorded", f"revision {revision}: {message}")

@@ -1,0 +1,182 @@
+"""The ModelDeployment state machine: gate, first rollout, canary steps with analysis, rollback, benchmark."""
+
+from __future__ import annotations
+
+import pytest
+
+from kubetune.reconcile.modeldeployment import AVAILABLE, GATE_PASSED, PROGRESSING, ROLLED_BACK
+from tests.api.conftest import load_example, with_changes
+from tests.reconcile.serving_world import ServingWorld, passed_job
+
+EXAMPLE = load_example("05-serve-canary/modeldeployment.yaml")
+HEALTHY = {
+    "errorRate": "0",
+    "p50LatencySeconds": "0.4",
+    "p95LatencySeconds": "0.9",
+    "outputTokensPerSecond": "120",
+}
+
+
+def _world(job=None, **changes) -> ServingWorld:
+    resource = with_changes(
+        EXAMPLE, {"metadata.uid": "mdep-uid", "metadata.generation": 1, "spec.autoscaling": None, **changes}
+    )
+    resource["spec"] = {k: v for k, v in resource["spec"].items() if v is not None}
+    return ServingWorld(resource, job)
+
+
+def _ready_first_revision(world: ServingWorld) -> None:
+    world.step()
+    world.make_ready()
+    world.step()
+    world.finish_bench("support-bot-bench-r1", HEALTHY)
+    world.step()
+    assert world.status["phase"] == "Ready"
+
+
+def _new_revision(world: ServingWorld) -> None:
+    world.resource["spec"]["maxModelLen"] = 8192  # changes the pods: a new revision
+    world.resource["metadata"]["generation"] += 1
+    world.step()
+
+
+def test_blocked_until_the_job_passes_then_proceeds_by_itself() -> None:
+    world = _world(job=None)
+    world.step()
+    assert world.status["phase"] == "Blocked"
+    assert world.condition(GATE_PASSED)["reason"] == "SourceNotFound"
+    world.source_job = passed_job({"perplexity": "3.9"}, passed=False)
+    world.step()
+    assert world.condition(GATE_PASSED)["reason"] == "EvaluationNotPassed"
+    assert "perplexity 9.5 > max 8.0" in world.condition(GATE_PASSED)["message"]
+    assert not any(kind == "Deployment" for kind, _ in world.objects)
+    world.source_job = passed_job({"perplexity": "3.9"})
+    world.step()
+    assert world.condition(GATE_PASSED)["status"] == "True"
+    assert ("Deployment", "support-bot-r1") in world.objects
+
+
+def test_gate_thresholds_keep_it_blocked_naming_metric_value_and_threshold() -> None:
+    world = _world(job=passed_job({"perplexity": "6.7"}))
+    world.step()
+    gate = world.condition(GATE_PASSED)
+    assert world.status["phase"] == "Blocked"
+    assert gate["reason"] == "ThresholdsNotMet" and "perplexity 6.7 > max 6.0" in gate["message"]
+
+
+def test_first_revision_rolls_out_directly_and_records_a_benchmark() -> None:
+    world = _world(job=passed_job({"perplexity": "3.9"}))
+    _ready_first_revision(world)
+    status = world.status
+    assert status["stableRevision"] == 1 and status["revision"] == 1 and status["canaryWeight"] == 0
+    assert status["endpoint"] == "http://support-bot.default.svc:8000/v1"
+    assert status["benchmark"]["p95LatencySeconds"] == "0.9" and status["benchmark"]["revision"] == 1
+    assert world.condition(AVAILABLE)["status"] == "True"
+    deployment = world.deployment(1)
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert "adapter=/models/adapters/adapter" in container["args"]
+    best = "s3://a/c/step-100/"  # spec.source.checkpoint: best = lowest eval loss
+    assert best in deployment["spec"]["template"]["spec"]["initContainers"][0]["command"]
+    assert deployment["metadata"]["annotations"]["lineage.kubetune.dev/dataset-sha256"] == "ab" * 32
+
+
+def test_healthy_canary_promotes_through_every_step() -> None:
+    world = _world(job=passed_job({"perplexity": "3.9"}))
+    _ready_first_revision(world)
+    _new_revision(world)
+    weights = []
+    for step in range(3):
+        world.step()  # scales the canary to this step's weight
+        world.make_ready()
+        world.step()  # the canary is ready: its analysis benchmark starts
+        weights.append(world.status["canaryWeight"])
+        assert world.status["phase"] == "Progressing"
+        world.finish_bench(f"support-bot-bench-r2-s{step}", HEALTHY)
+        world.step(minutes=5)  # past intervalSeconds
+    world.make_ready()
+    world.step()
+    assert weights == [10, 50, 100]
+    assert world.status["stableRevision"] == 2
+    assert ("Deployment", "support-bot-r1") not in world.objects
+    assert world.deployment(2)["spec"]["replicas"] == 2
+    assert [e.reason for e in world.events].count("CanaryStepPassed") == 2
+    assert "Promoted" in [e.reason for e in world.events]
+
+
+def test_canary_replica_split_follows_the_weight() -> None:
+    world = _world(job=passed_job({"perplexity": "3.9"}), **{"spec.replicas": 4})
+    _ready_first_revision(world)
+    _new_revision(world)
+    assert world.deployment(1)["spec"]["replicas"] == 3
+    assert world.deployment(2)["spec"]["replicas"] == 1
+
+
+@pytest.mark.parametrize(
+    ("benchmark", "reason"),
+    [
+        ({"errorRate": "0.2", "p95LatencySeconds": "0.5"}, "ErrorRateTooHigh"),
+        ({"errorRate": "0", "p95LatencySeconds": "3.5"}, "LatencyTooHigh"),
+    ],
+)
+def test_canary_failing_analysis_rolls_back(benchmark, reason) -> None:
+    world = _world(job=passed_job({"perplexity": "3.9"}))
+    _ready_first_revision(world)
+    _new_revision(world)
+    world.make_ready()
+    world.step()
+    world.finish_bench("support-bot-bench-r2-s0", benchmark)
+    world.step()
+    assert world.status["phase"] == "RolledBack"
+    rolled = world.condition(ROLLED_BACK)
+    assert rolled["status"] == "True" and rolled["reason"] == reason
+    assert ("Deployment", "support-bot-r2") not in world.objects
+    assert world.deployment(1)["spec"]["replicas"] == 2
+    assert world.status["stableRevision"] == 1
+    world.step()
+    assert ("Deployment", "support-bot-r2") not in world.objects  # stays rolled back until the spec changes
+
+
+def test_canary_never_ready_rolls_back_after_the_deadline() -> None:
+    world = _world(job=passed_job({"perplexity": "3.9"}))
+    _ready_first_revision(world)
+    _new_revision(world)
+    world.step(minutes=11)
+    assert world.condition(ROLLED_BACK)["reason"] == "CanaryNotReady"
+
+
+def test_pause_holds_and_abort_rolls_back() -> None:
+    world = _world(job=passed_job({"perplexity": "3.9"}))
+    _ready_first_revision(world)
+    _new_revision(world)
+    world.resource["spec"]["rollout"]["paused"] = True
+    world.make_ready()
+    world.step(minutes=30)
+    assert world.status["phase"] == "Paused" and world.condition(PROGRESSING)["reason"] == "Paused"
+    assert not any(name.startswith("support-bot-bench-r2") for name in world.bench_jobs())
+    world.resource["spec"]["rollout"] = {**world.resource["spec"]["rollout"], "paused": False, "abort": True}
+    world.step()
+    assert world.condition(ROLLED_BACK)["reason"] == "AbortedByUser"
+
+
+def test_model_uri_source_serves_several_adapters_without_a_gate() -> None:
+    spec = load_example("06-serve-model-uri-tgi/modeldeployment.yaml")
+    spec["metadata"].update(uid="u", generation=1)
+    world = ServingWorld(spec)
+    world.step()
+    assert world.condition(GATE_PASSED)["status"] == "True"
+    container = world.objects[("Deployment", "shared-base-r1")]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert (
+        env["LORA_ADAPTERS"]
+        == "summarizer=/models/adapters/summarizer,classifier=/models/adapters/classifier"
+    )
+    assert container["args"][:2] == ["--model-id", "/models/base"]
+
+
+def test_replica_change_is_not_a_new_revision() -> None:
+    world = _world(job=passed_job({"perplexity": "3.9"}))
+    _ready_first_revision(world)
+    world.resource["spec"]["replicas"] = 3
+    world.step()
+    assert world.status["revision"] == 1
+    assert world.deployment(1)["spec"]["replicas"] == 3
