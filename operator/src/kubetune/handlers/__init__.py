@@ -1,5 +1,5 @@
 """Kopf handlers: `kopf run -m kubetune.handlers` (what `kubetune operator` does)."""
 
-from kubetune.handlers import finetunejob, startup
+from kubetune.handlers import finetunejob, modeldeployment, startup
 
-__all__ = ["finetunejob", "startup"]
+__all__ = ["finetunejob", "modeldeployment", "startup"]

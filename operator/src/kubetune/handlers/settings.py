@@ -50,6 +50,8 @@ class OperatorConfig:
     trainer_metrics_port: int = 9400
     scrape_progress: bool = True
     namespaces: tuple[str, ...] = ()
+    vllm_image: str = "vllm/vllm-openai:v0.11.0"
+    tgi_image: str = "ghcr.io/huggingface/text-generation-inference:3.3.6"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
@@ -73,4 +75,6 @@ class OperatorConfig:
             trainer_metrics_port=_int(env, "KUBETUNE_TRAINER_METRICS_PORT", 9400, low=1, high=65535),
             scrape_progress=env.get("KUBETUNE_SCRAPE_PROGRESS", "true").lower() in ("1", "true", "yes"),
             namespaces=tuple(n.strip() for n in namespaces),
+            vllm_image=env.get("KUBETUNE_VLLM_IMAGE", cls.vllm_image),
+            tgi_image=env.get("KUBETUNE_TGI_IMAGE", cls.tgi_image),
         )

@@ -1,0 +1,138 @@
+"""Kopf glue for ModelDeployment: gate, rollout and benchmark all run in one level-based reconcile."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from typing import Any, cast
+
+import kopf
+
+from kubetune.adapters import metrics
+from kubetune.adapters.kube import KubeClient
+from kubetune.api.common import GROUP, VERSION
+from kubetune.handlers.finetunejob import apply, now
+from kubetune.handlers.runtime import RUNTIME
+from kubetune.reconcile.modeldeployment import ServingObserved, deployment_view, reconcile_deployment
+from kubetune.reconcile.observed import job_view
+from kubetune.render.modeldeployment import BENCHMARK_LABEL, DEPLOYMENT_LABEL, MANAGED_BY, ServingDefaults
+
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+
+def serving_defaults() -> ServingDefaults:
+    config = RUNTIME.config
+    return ServingDefaults(
+        vllm_image=config.vllm_image,
+        tgi_image=config.tgi_image,
+        fetcher_image=config.defaults.trainer_image,
+        image_pull_policy=config.defaults.image_pull_policy,
+        gpu_tolerations=config.defaults.gpu_tolerations,
+    )
+
+
+async def observe(client: KubeClient, body: dict[str, Any]) -> ServingObserved:
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    selector = f"{MANAGED_BY}=kubetune,{DEPLOYMENT_LABEL}={name}"
+    job_ref = ((body.get("spec") or {}).get("source") or {}).get("fineTuneJobRef") or {}
+
+    async def source_job() -> dict[str, Any] | None:
+        return (
+            await client.get(API_VERSION, "FineTuneJob", namespace, job_ref["name"])
+            if job_ref.get("name")
+            else None
+        )
+
+    deployments, services, jobs, pods = await asyncio.gather(
+        client.list("apps/v1", "Deployment", namespace, label_selector=selector),
+        client.list("v1", "Service", namespace, label_selector=selector),
+        client.list("batch/v1", "Job", namespace, label_selector=selector),
+        client.list("v1", "Pod", namespace, label_selector=f"{MANAGED_BY}=kubetune,{BENCHMARK_LABEL}={name}"),
+    )
+    job, pdb, hpa = await asyncio.gather(
+        source_job(),
+        client.get("policy/v1", "PodDisruptionBudget", namespace, name),
+        client.get("autoscaling/v2", "HorizontalPodAutoscaler", namespace, name),
+    )
+    uid = body["metadata"].get("uid")
+
+    def owned(obj: dict[str, Any]) -> bool:
+        return any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences") or [])
+
+    return ServingObserved(
+        now=now(),
+        source_job=job,
+        deployments={view.revision: view for view in (deployment_view(d) for d in deployments if owned(d))},
+        services=frozenset(s["metadata"]["name"] for s in services if owned(s)),
+        has_pdb=pdb is not None,
+        has_autoscaler=hpa is not None,
+        bench_jobs={j["metadata"]["name"]: job_view(j, pods) for j in jobs if owned(j)},
+    )
+
+
+async def reconcile_serving(namespace: str, name: str) -> None:
+    client = RUNTIME.client()
+    async with _locks[f"{namespace}/{name}"]:
+        started = time.perf_counter()
+        body = await client.get(API_VERSION, KIND, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return
+        try:
+            outcome = reconcile_deployment(body, await observe(client, body), serving_defaults())
+            await apply(client, namespace, outcome)
+        except Exception as error:
+            metrics.RECONCILES.labels(KIND, "error").inc()
+            raise kopf.TemporaryError(f"reconcile failed: {error}", delay=15) from error
+        if outcome.status != (body.get("status") or {}):
+            await client.patch(
+                API_VERSION, KIND, namespace, name, {"status": outcome.status}, subresource="status"
+            )
+        for event in outcome.events:
+            kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason, message=event.message)
+            metrics.EVENTS.labels(KIND, event.reason).inc()
+        metrics.RECONCILES.labels(KIND, "ok").inc()
+        metrics.RECONCILE_SECONDS.labels(KIND).observe(time.perf_counter() - started)
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def deployments_by_source(
+    namespace: str | None, name: str, spec: kopf.Spec, **_: Any
+) -> dict[tuple[str, str], str] | None:
+    """(namespace, FineTuneJob name) -> the ModelDeployments serving it, so a job's change wakes them."""
+    job = ((spec.get("source") or {}).get("fineTuneJobRef") or {}).get("name")
+    return {(namespace or "", job): name} if job else None
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+async def modeldeployment_changed(namespace: str | None, name: str, **_: Any) -> None:
+    await reconcile_serving(namespace or "default", name)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=RUNTIME.config.resync_seconds, sharp=False)
+async def modeldeployment_resync(namespace: str | None, name: str, **_: Any) -> None:
+    await reconcile_serving(namespace or "default", name)
+
+
+@kopf.on.event(GROUP, VERSION, "finetunejobs")
+async def source_job_changed(type: str | None, namespace: str | None, name: str, **kwargs: Any) -> None:
+    if type is None or namespace is None:
+        return
+    index: kopf.Index[tuple[str, str], str] = kwargs["deployments_by_source"]
+    for deployment in index.get((namespace, name), []):
+        await reconcile_serving(namespace, deployment)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={MANAGED_BY: "kubetune", DEPLOYMENT_LABEL: kopf.PRESENT})
+@kopf.on.event("batch", "v1", "jobs", labels={MANAGED_BY: "kubetune", DEPLOYMENT_LABEL: kopf.PRESENT})
+async def serving_child_changed(
+    type: str | None, namespace: str | None, labels: kopf.Labels, **_: Any
+) -> None:
+    if type is None or namespace is None:
+        return
+    await reconcile_serving(namespace, labels[DEPLOYMENT_LABEL])
