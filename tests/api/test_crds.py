@@ -55,8 +55,11 @@ def test_every_string_and_list_is_bounded_and_every_node_typed(info) -> None:
     document = yaml.safe_load((CRD_DIR / f"{info.crd_name}.yaml").read_text())
     root = document["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     unbounded = []
+    text = yaml.safe_dump(root)
+    for forbidden in ("patternProperties", "propertyNames", "additionalProperties: false", "$ref", "anyOf", "title:"):
+        assert forbidden not in text, f"{forbidden} is not allowed in a structural schema"
     for path, node in _walk(root):
-        if path in ("", ".metadata", ".apiVersion", ".kind"):
+        if path in ("", ".metadata", ".metadata.name", ".apiVersion", ".kind"):
             continue
         assert "type" in node, f"{path} has no type (schemas must be structural)"
         if node["type"] == "string" and "maxLength" not in node and "enum" not in node:

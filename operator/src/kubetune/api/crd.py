@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from kubetune.api.common import CATEGORY, GROUP, VERSION, cel
+from kubetune.api.common import CATEGORY, GROUP, VERSION
 from kubetune.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus
 from kubetune.api.modeldeployment import ModelDeploymentSpec, ModelDeploymentStatus
 
@@ -62,12 +62,6 @@ class KindInfo:
 
 
 _AGE = PrinterColumn("Age", ".metadata.creationTimestamp", "date")
-_NAME_RULE = cel(
-    f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
-    f"metadata.name must be at most {MAX_NAME_LENGTH} characters (child resources add a suffix)",
-    fieldPath=".metadata.name",
-)
-
 FINE_TUNE_JOB = KindInfo(
     kind="FineTuneJob",
     plural="finetunejobs",
@@ -84,7 +78,6 @@ FINE_TUNE_JOB = KindInfo(
         PrinterColumn("Loss", ".status.progress.trainLoss", priority=1),
         _AGE,
     ),
-    root_rules=(_NAME_RULE,),
 )
 
 MODEL_DEPLOYMENT = KindInfo(
@@ -102,7 +95,6 @@ MODEL_DEPLOYMENT = KindInfo(
         PrinterColumn("Endpoint", ".status.endpoint", priority=1),
         _AGE,
     ),
-    root_rules=(_NAME_RULE,),
 )
 
 KINDS: tuple[KindInfo, ...] = (FINE_TUNE_JOB, MODEL_DEPLOYMENT)
@@ -144,6 +136,10 @@ def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         node["properties"] = {name: _convert(sub, defs) for name, sub in node["properties"].items()}
     if "items" in node:
         node["items"] = _convert(node["items"], defs)
+    if "patternProperties" in node:
+        # Structural schemas have no patternProperties: the key pattern is enforced by a CEL rule instead.
+        (value_schema,) = node.pop("patternProperties").values()
+        node["additionalProperties"] = value_schema
     if isinstance(node.get("additionalProperties"), dict):
         node["additionalProperties"] = _convert(node["additionalProperties"], defs)
     if node.get("type") == "object" and "properties" in node:
@@ -160,7 +156,11 @@ def _resource_schema(info: KindInfo) -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            # Kubernetes allows limits on metadata.name here, and nothing else.
+            "metadata": {
+                "type": "object",
+                "properties": {"name": {"type": "string", "maxLength": MAX_NAME_LENGTH}},
+            },
             "spec": structural_schema(info.spec_model),
             "status": structural_schema(info.status_model),
         },
