@@ -103,7 +103,8 @@ class Api:
             "job-name": job_name,
             "batch.kubernetes.io/job-name": job_name,
         }
-        pod = self.create({
+        existing = self.get("Pod", f"{job_name}-{index}")
+        pod = existing or self.create({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": f"{job_name}-{index}", "labels": labels,
                          "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job_name,
