@@ -29,6 +29,8 @@ class Api:
     def path(self, kind: str, name: str | None = None, sub: str | None = None) -> str:
         base = {
             "FineTuneJob": f"{API}/namespaces/{self.namespace}/finetunejobs",
+            "ModelDeployment": f"{API}/namespaces/{self.namespace}/modeldeployments",
+            "Deployment": f"/apis/apps/v1/namespaces/{self.namespace}/deployments",
             "Job": f"/apis/batch/v1/namespaces/{self.namespace}/jobs",
             "Pod": f"/api/v1/namespaces/{self.namespace}/pods",
             "ConfigMap": f"/api/v1/namespaces/{self.namespace}/configmaps",
@@ -79,15 +81,24 @@ class Api:
 
     # -- FineTuneJob helpers -----------------------------------------------------------------------
 
-    def status(self, name: str) -> dict[str, Any]:
-        return (self.get("FineTuneJob", name) or {}).get("status") or {}
+    def status(self, name: str, kind: str = "FineTuneJob") -> dict[str, Any]:
+        return (self.get(kind, name) or {}).get("status") or {}
 
-    def condition(self, name: str, kind: str) -> dict[str, Any]:
-        return next((c for c in self.status(name).get("conditions") or [] if c["type"] == kind), {})
+    def condition(self, name: str, condition: str, kind: str = "FineTuneJob") -> dict[str, Any]:
+        return next(
+            (c for c in self.status(name, kind).get("conditions") or [] if c["type"] == condition), {}
+        )
 
-    def wait_phase(self, name: str, phase: str, timeout: float = 30.0) -> dict[str, Any]:
-        return self.wait_for(f"{name} in phase {phase} (now {self.status(name).get('phase')})",
-                             lambda: self.status(name) if self.status(name).get("phase") == phase else None, timeout)  # fmt: skip
+    def wait_phase(
+        self, name: str, phase: str, timeout: float = 30.0, kind: str = "FineTuneJob"
+    ) -> dict[str, Any]:
+        def reached() -> dict[str, Any] | None:
+            status = self.status(name, kind)
+            return status if status.get("phase") == phase else None
+
+        return self.wait_for(
+            f"{kind} {name} in phase {phase} (now {self.status(name, kind).get('phase')})", reached, timeout
+        )
 
     def wait_job(self, name: str, timeout: float = 30.0) -> dict[str, Any]:
         return self.wait_for(f"Job {name}", lambda: self.get("Job", name), timeout)

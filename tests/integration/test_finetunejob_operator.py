@@ -10,7 +10,7 @@ import pytest
 
 from kubetune.reconcile import conditions as c
 from tests.api.conftest import REPO, load_example, with_changes
-from tests.integration.harness import Api, OperatorProcess
+from tests.integration.harness import Api
 from tests.reconcile.world import FINISH_OK, TRAINING_OK, VALIDATION_OK
 
 EXAMPLE = load_example("01-lora-basic/finetunejob.yaml")
@@ -172,39 +172,6 @@ def test_user_suspend_without_queue_suspends_the_job(api: Api, operator) -> None
     assert api.wait_phase(name, "Suspended")["observedGeneration"] == 2
     api.patch("FineTuneJob", name, {"spec": {"suspend": False}})
     api.wait_for("Job resumed", lambda: api.get("Job", f"{name}-train")["spec"].get("suspend") is False)
-
-
-def test_operator_killed_at_every_point_converges_without_duplicates(
-    api: Api, kubeconfig: Path, tmp_path: Path
-) -> None:
-    name = "crashy"
-    operator = OperatorProcess(kubeconfig, tmp_path / "operator.log")
-    steps = [
-        lambda: api.create(_job(name)),
-        lambda: api.finish_job(f"{name}-validate", VALIDATION_OK),
-        lambda: api.run_pod(f"{name}-train", "Running"),
-        lambda: api.finish_job(f"{name}-train", TRAINING_OK, index=1),
-        lambda: api.finish_job(f"{name}-finish", FINISH_OK),
-    ]
-    waits = [f"{name}-validate", f"{name}-train", None, f"{name}-finish", None]
-    try:
-        for step, child in zip(steps, waits, strict=True):
-            step()  # the world changes while no operator runs
-            operator.start()
-            if child:
-                api.wait_job(child)
-            operator.kill()
-        operator.start()
-        api.wait_phase(name, "Succeeded")
-    finally:
-        operator.stop()
-    jobs = api.list("Job", f"kubetune.dev/finetunejob={name}")
-    assert sorted(j["metadata"]["name"] for j in jobs) == [
-        f"{name}-finish",
-        f"{name}-train",
-        f"{name}-validate",
-    ]
-    assert len(api.list("ConfigMap", f"kubetune.dev/finetunejob={name}")) == 1
 
 
 def test_deleting_the_job_removes_its_children(api: Api, operator) -> None:

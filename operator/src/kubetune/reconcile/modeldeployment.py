@@ -373,6 +373,7 @@ def _drive(draft: _Draft, source: render.ResolvedSource, latest: dict[str, Any])
     stable = draft.status.get("stableRevision")
     if state == "Stable":
         _serve_stable(draft, source, revision)
+        _delete_other_deployments(draft, {revision})  # level-based: only the stable revision remains
         return
     if state == "RolledBack":
         draft.status["phase"] = "RolledBack"
