@@ -8,6 +8,7 @@ from pathlib import Path
 
 from kubetune.api.manifests import crd_files
 from kubetune.api.reference import api_reference
+from kubetune.cli import emulator
 
 
 def _crds(args: argparse.Namespace) -> int:
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     operator.add_argument("--json-logs", action=argparse.BooleanOptionalAction, default=True)
     operator.add_argument("--verbose", action="store_true")
     operator.set_defaults(run=_operator)
+    emulator.register(commands)
     return parser
 
 
