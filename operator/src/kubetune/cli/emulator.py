@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import threading
@@ -41,10 +42,8 @@ def run(args: argparse.Namespace) -> int:
             "  kubectl apply --validate=false -f examples/01-lora-basic/finetunejob.yaml && kubectl get ftj"
         )
         print("Ctrl-C stops it.", flush=True)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
-        except KeyboardInterrupt:
-            pass
     finally:
         server.stop()
     return 0
