@@ -1,0 +1,2390 @@
+"""Admission of custom resources as kube-apiserver performs it for an apiextensions.k8s.io/v1 CRD.
+
+CRDAdmission compiles a CustomResourceDefinition once and then, for each create, update or status update,
+does what the API server does between decoding a request body and storing it:
+
+1. decoding: ObjectMeta is normalised and unknown fields are pruned; with fieldValidation=Strict an unknown
+   field refuses the request (400, 'strict decoding error: unknown field "spec.foo"'), with Warn it becomes
+   a warning;
+2. defaulting from `default`, also inside defaulted objects, array items and map values;
+3. validation: ObjectMeta, the OpenAPI schema (kube-openapi's rules and wording), embedded resources,
+   `x-kubernetes-list-type` set/map uniqueness, the scale subresource's paths, then the CEL rules of
+   `x-kubernetes-validations` (skipped, as Kubernetes does, once the schema has found a blocking error);
+4. on updates, ratcheting (CRDValidationRatcheting): errors inside parts of the object that did not change
+   do not block.
+
+All errors found are reported together, with the field paths and messages kube-apiserver prints, e.g.
+`spec.replicas: Invalid value: 0: spec.replicas in body should be greater than or equal to 1`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import ipaddress
+import math
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from email.utils import parseaddr
+from typing import Any
+from urllib.parse import urlsplit
+
+import re2
+from celpy import celtypes
+
+from kubetune.emulator.cel import (
+    CelCompileError,
+    CelEvaluationError,
+    CelOptional,
+    CelProgram,
+    MapList,
+    OpaqueValue,
+    SetList,
+    compile_cel,
+    format_go_float,
+)
+
+__all__ = ["AdmissionError", "Admitted", "CRDAdmission", "FieldCause"]
+
+# ---------------------------------------------------------------------------------------------------------
+# Field errors, worded as k8s.io/apimachinery/pkg/util/validation/field prints them
+# ---------------------------------------------------------------------------------------------------------
+
+_OMIT = object()  # a field error without a value ("Too many: must have at most 3 items")
+_NIL_PATH = "<nil>"  # how Go prints a nil *field.Path: errors about the whole object carry it
+
+_ERROR_LABELS = {
+    "FieldValueNotFound": "Not found",
+    "FieldValueRequired": "Required value",
+    "FieldValueDuplicate": "Duplicate value",
+    "FieldValueInvalid": "Invalid value",
+    "FieldValueNotSupported": "Unsupported value",
+    "FieldValueForbidden": "Forbidden",
+    "FieldValueTooLong": "Too long",
+    "FieldValueTooMany": "Too many",
+    "FieldValueTooShort": "Too short",
+    "FieldValueTooFew": "Too few",
+    "InternalError": "Internal error",
+    "FieldValueTypeInvalid": "Invalid value",
+}
+_VALUELESS_ERRORS = frozenset(
+    {"FieldValueRequired", "FieldValueForbidden", "FieldValueTooLong", "FieldValueTooShort", "InternalError"}
+)
+# OpenAPI errors that keep CEL rules from running (customresource strategy's hasBlockingErr).
+_BLOCKING_ERRORS = frozenset(
+    {
+        "FieldValueNotSupported",
+        "FieldValueRequired",
+        "FieldValueTooLong",
+        "FieldValueTooMany",
+        "FieldValueTypeInvalid",
+    }
+)
+_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
+_GO_ESCAPES |= {"\\": "\\\\", '"': '\\"'}
+_JSON_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_JSON_ESCAPES |= {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def _go_quote(text: str) -> str:
+    """Go's %q (strconv.Quote)."""
+    out = ['"']
+    for char in text:
+        if char in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[char])
+        elif char.isprintable():
+            out.append(char)
+        elif ord(char) < 0x80:
+            out.append(f"\\x{ord(char):02x}")
+        elif ord(char) < 0x10000:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(f"\\U{ord(char):08x}")
+    out.append('"')
+    return "".join(out)
+
+
+def _go_json(value: Any) -> str:
+    """Go's json.Marshal of decoded JSON: sorted keys, no spaces, HTML characters escaped."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return format_go_float(value, json=True)
+    if isinstance(value, str):
+        escaped = (_JSON_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 0x20 else c) for c in value)
+        return '"' + "".join(escaped) + '"'
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{_go_json(str(k))}:{_go_json(value[k])}" for k in sorted(value)) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_go_json(v) for v in value) + "]"
+    return _go_json(str(value))
+
+
+def _format_value(value: Any) -> str:
+    """A field error's bad value as ErrorBody prints it: numbers and booleans bare, strings quoted, else JSON."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return format_go_float(value)
+    if isinstance(value, str):
+        return _go_quote(value)
+    return _go_json(value)
+
+
+@dataclass(frozen=True, slots=True)
+class _FieldError:
+    reason: str
+    field: str
+    value: Any = _OMIT
+    detail: str = ""
+
+    def body(self) -> str:
+        label = _ERROR_LABELS[self.reason]
+        text = (
+            label
+            if self.reason in _VALUELESS_ERRORS or self.value is _OMIT
+            else f"{label}: {_format_value(self.value)}"
+        )
+        return f"{text}: {self.detail}" if self.detail else text
+
+    def text(self) -> str:
+        return f"{self.field}: {self.body()}"
+
+    def cause(self) -> FieldCause:
+        return FieldCause(field=self.field, reason=self.reason, message=self.text())
+
+
+def _invalid(path: str, value: Any, detail: str) -> _FieldError:
+    return _FieldError("FieldValueInvalid", path, value, detail)
+
+
+def _required(path: str, detail: str = "") -> _FieldError:
+    return _FieldError("FieldValueRequired", path, "", detail)
+
+
+def _forbidden(path: str, detail: str) -> _FieldError:
+    return _FieldError("FieldValueForbidden", path, "", detail)
+
+
+def _duplicate(path: str, value: Any) -> _FieldError:
+    return _FieldError("FieldValueDuplicate", path, value)
+
+
+def _type_invalid(path: str, value: Any, detail: str) -> _FieldError:
+    return _FieldError("FieldValueTypeInvalid", path, value, detail)
+
+
+def _too_long(path: str, max_length: int) -> _FieldError:
+    unit = "byte" if max_length == 1 else "bytes"
+    return _FieldError(
+        "FieldValueTooLong", path, "<value omitted>", f"may not be more than {max_length} {unit}"
+    )
+
+
+def _too_many(path: str, actual: int, maximum: int) -> _FieldError:
+    unit = "item" if maximum == 1 else "items"
+    return _FieldError("FieldValueTooMany", path, actual, f"must have at most {maximum} {unit}")
+
+
+def _not_supported(path: str, value: Any, allowed: Sequence[Any]) -> _FieldError:
+    names = [v if isinstance(v, str) else _go_json(v) for v in allowed]
+    detail = "supported values: " + ", ".join(_go_quote(n) for n in names) if names else ""
+    return _FieldError("FieldValueNotSupported", path, value, detail)
+
+
+# Go's *field.Path: None is the nil path (printed "<nil>"); names join with dots, keys and indices in brackets.
+def _child(path: str | None, name: str) -> str:
+    return name if path is None else f"{path}.{name}"
+
+
+def _key(path: str | None, key: str) -> str:
+    return f"{path or ''}[{key}]"
+
+
+def _index(path: str | None, index: int) -> str:
+    return f"{path or ''}[{index}]"
+
+
+def _shown(path: str | None) -> str:
+    return _NIL_PATH if path is None else path
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Public results
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FieldCause:
+    """One reason a custom resource was refused, as a Kubernetes StatusCause carries it."""
+
+    field: str  # "spec.tolerations[0].key", "spec.thresholds[perplexity]", "<nil>" for the whole object
+    reason: str  # FieldValueInvalid, FieldValueRequired, ... (FieldValueUnknown for strict decoding)
+    message: str  # 'spec.method: Unsupported value: "foo": supported values: "lora", "qlora"'
+
+    @property
+    def detail(self) -> str:
+        """The message without its field prefix: what Status.details.causes[].message holds."""
+        prefix = f"{self.field}: "
+        return self.message[len(prefix) :] if self.message.startswith(prefix) else self.message
+
+
+class AdmissionError(Exception):
+    """A custom resource refused by admission; `causes` lists every problem found."""
+
+    def __init__(
+        self,
+        causes: Sequence[FieldCause],
+        *,
+        decoding_error: str | None = None,
+        version: str = "",
+        warnings: Sequence[str] = (),
+    ) -> None:
+        self.causes = list(causes)
+        # Set when the body could not be decoded (unknown fields under Strict, malformed metadata):
+        # kube-apiserver answers those with 400 BadRequest before validating anything.
+        self.decoding_error = decoding_error
+        self.version = version
+        self.warnings = list(warnings)
+        super().__init__(self.summary())
+
+    @property
+    def bad_request(self) -> bool:
+        """Refused while decoding: 400 BadRequest rather than 422 Invalid."""
+        return self.decoding_error is not None
+
+    @property
+    def code(self) -> int:
+        return 400 if self.bad_request else 422
+
+    def summary(self) -> str:
+        if self.decoding_error is not None:
+            return self.decoding_error
+        return _aggregate(cause.message for cause in self.causes)
+
+    def to_status(
+        self, *, kind: str, group: str, name: str, patched: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The Status kube-apiserver answers with. For a PATCH pass the patched object: strict decoding
+        errors of patches come back as 422 Invalid on the field "patch" instead of 400 BadRequest."""
+        if self.decoding_error is not None:
+            if patched is not None:
+                patch_error = _invalid("patch", _go_json(patched), self.decoding_error)
+                return _invalid_status("", "", "", [patch_error.cause()])
+            message = f"{kind} in version {_go_quote(self.version)} cannot be handled as a {kind}: {self.decoding_error}"
+            return {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Failure",
+                "message": message,
+                "reason": "BadRequest",
+                "code": 400,
+            }
+        return _invalid_status(kind, group, name, self.causes)
+
+
+def _aggregate(messages: Iterable[str]) -> str:
+    """Messages joined as Kubernetes' aggregate error prints them: one message, or '[first, second]', no repeats."""
+    unique = list(dict.fromkeys(messages))
+    return unique[0] if len(unique) == 1 else "[" + ", ".join(unique) + "]"
+
+
+def _invalid_status(kind: str, group: str, name: str, causes: Sequence[FieldCause]) -> dict[str, Any]:
+    """errors.NewInvalid: the causes carry their messages without the field prefix."""
+    qualified_kind = f"{kind}.{group}" if group else kind
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": f"{qualified_kind} {_go_quote(name)} is invalid: {_aggregate(c.message for c in causes)}",
+        "reason": "Invalid",
+        "details": {
+            "name": name,
+            "group": group,
+            "kind": kind,
+            "causes": [{"reason": c.reason, "message": c.detail, "field": c.field} for c in causes],
+        },
+        "code": 422,
+    }
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """An admitted object and the warnings kube-apiserver would send in `Warning` headers."""
+
+    object: dict[str, Any]
+    warnings: list[str]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Structural schemas
+# ---------------------------------------------------------------------------------------------------------
+
+_RULE_REASONS = ("FieldValueDuplicate", "FieldValueForbidden", "FieldValueInvalid", "FieldValueRequired")
+
+
+@dataclass(frozen=True, slots=True)
+class _RawRule:
+    rule: str
+    message: str
+    message_expression: str
+    reason: str | None
+    field_path: str
+    optional_old_self: bool | None
+    crd_path: str  # ...x-kubernetes-validations[i], for CRD errors
+
+
+@dataclass(eq=False, slots=True)
+class _Schema:
+    """One node of a structural schema, with what validation, defaulting and pruning need precomputed."""
+
+    crd_path: str
+    type: str = ""
+    types: tuple[str, ...] = ()  # kube-openapi's list: ("integer", "string") for x-kubernetes-int-or-string
+    format: str = ""  # the format validation applies ("" when Kubernetes ignores it)
+    declared_format: str = ""  # the format as written: CEL typing uses it
+    nullable: bool = False
+    has_default: bool = False
+    default: Any = None
+    enum: list[Any] | None = None
+    maximum: float | None = None
+    exclusive_maximum: bool = False
+    minimum: float | None = None
+    exclusive_minimum: bool = False
+    multiple_of: float | None = None
+    max_length: int | None = None
+    min_length: int | None = None
+    pattern: str | None = None
+    pattern_regex: Any = None
+    pattern_error: str = ""
+    max_items: int | None = None
+    min_items: int | None = None
+    max_properties: int | None = None
+    min_properties: int | None = None
+    required: tuple[str, ...] = ()
+    properties: dict[str, _Schema] = field(default_factory=dict)
+    additional_properties: _Schema | None = None
+    items: _Schema | None = None
+    all_of: tuple[_Schema, ...] = ()
+    any_of: tuple[_Schema, ...] = ()
+    one_of: tuple[_Schema, ...] = ()
+    not_: _Schema | None = None
+    preserve_unknown_fields: bool = False
+    embedded_resource: bool = False
+    int_or_string: bool = False
+    list_type: str = ""  # "" means atomic
+    list_map_keys: tuple[str, ...] = ()
+    raw_rules: tuple[_RawRule, ...] = ()
+    defaults_below: bool = False  # this node or one below declares a default
+    lists_below: bool = False  # a set or map list sits at or below this node
+    embedded_below: bool = False  # an embedded resource sits at or below this node
+    cel_names: dict[str, str] | None = None  # escaped CEL field name → property name
+
+
+def _compile_schema(raw: Mapping[str, Any], crd_path: str, errors: list[str]) -> _Schema:
+    s = _Schema(crd_path=crd_path)
+    s.type = str(raw.get("type", ""))
+    s.int_or_string = bool(raw.get("x-kubernetes-int-or-string", False))
+    s.types = ("integer", "string") if s.int_or_string else ((s.type,) if s.type else ())
+    s.declared_format = str(raw.get("format", ""))
+    s.format = _supported_format(s.declared_format, s.types)
+    s.nullable = bool(raw.get("nullable", False))
+    if "default" in raw:
+        s.has_default, s.default = True, raw["default"]
+    if "enum" in raw:
+        s.enum = list(raw["enum"])
+    for name in ("maximum", "minimum", "multipleOf"):
+        if raw.get(name) is not None:
+            setattr(s, {"multipleOf": "multiple_of"}.get(name, name), float(raw[name]))
+    s.exclusive_maximum = bool(raw.get("exclusiveMaximum", False))
+    s.exclusive_minimum = bool(raw.get("exclusiveMinimum", False))
+    for raw_name, attribute in (
+        ("maxLength", "max_length"),
+        ("minLength", "min_length"),
+        ("maxItems", "max_items"),
+        ("minItems", "min_items"),
+        ("maxProperties", "max_properties"),
+        ("minProperties", "min_properties"),
+    ):
+        if raw.get(raw_name) is not None:
+            setattr(s, attribute, int(raw[raw_name]))
+    if raw.get("pattern") is not None:
+        s.pattern = str(raw["pattern"])
+        try:
+            s.pattern_regex = re2.compile(s.pattern, _RE2_OPTIONS)
+        except re2.error as error:
+            s.pattern_error = _decode_re2_error(error)
+    s.required = tuple(raw.get("required", ()))
+    for name, child in (raw.get("properties") or {}).items():
+        s.properties[name] = _compile_schema(child, f"{crd_path}.properties[{name}]", errors)
+    additional = raw.get("additionalProperties")
+    if isinstance(additional, Mapping):
+        s.additional_properties = _compile_schema(additional, f"{crd_path}.additionalProperties", errors)
+    if isinstance(raw.get("items"), Mapping):
+        s.items = _compile_schema(raw["items"], f"{crd_path}.items", errors)
+    for junctor in ("allOf", "anyOf", "oneOf"):
+        branches = tuple(
+            _compile_schema(b, f"{crd_path}.{junctor}[{i}]", errors)
+            for i, b in enumerate(raw.get(junctor) or ())
+        )
+        setattr(s, {"allOf": "all_of", "anyOf": "any_of", "oneOf": "one_of"}[junctor], branches)
+    if isinstance(raw.get("not"), Mapping):
+        s.not_ = _compile_schema(raw["not"], f"{crd_path}.not", errors)
+    s.preserve_unknown_fields = bool(raw.get("x-kubernetes-preserve-unknown-fields", False))
+    s.embedded_resource = bool(raw.get("x-kubernetes-embedded-resource", False))
+    list_type = raw.get("x-kubernetes-list-type")
+    if list_type not in (None, "atomic", "set", "map"):
+        errors.append(
+            _not_supported(f"{crd_path}.x-kubernetes-list-type", list_type, ["atomic", "set", "map"]).text()
+        )
+    s.list_type = "" if list_type in (None, "atomic") else str(list_type)
+    s.list_map_keys = tuple(raw.get("x-kubernetes-list-map-keys", ()))
+    if s.list_type == "map" and not s.list_map_keys:
+        errors.append(
+            _required(
+                f"{crd_path}.x-kubernetes-list-map-keys", "must not be empty if x-kubernetes-list-type is map"
+            ).text()
+        )
+    s.raw_rules = tuple(_raw_rules(raw.get("x-kubernetes-validations") or (), crd_path))
+    children = [*s.properties.values(), s.additional_properties, s.items]
+    present = [c for c in children if c is not None]
+    s.defaults_below = s.has_default or any(c.defaults_below for c in present)
+    s.lists_below = bool(s.list_type) or any(c.lists_below for c in present)
+    s.embedded_below = s.embedded_resource or any(c.embedded_below for c in present)
+    return s
+
+
+def _raw_rules(rules: Iterable[Mapping[str, Any]], crd_path: str) -> Iterator[_RawRule]:
+    for i, rule in enumerate(rules):
+        yield _RawRule(
+            rule=str(rule.get("rule", "")),
+            message=str(rule.get("message", "")),
+            message_expression=str(rule.get("messageExpression", "")),
+            reason=rule.get("reason"),
+            field_path=str(rule.get("fieldPath", "")),
+            optional_old_self=rule.get("optionalOldSelf"),
+            crd_path=f"{crd_path}.x-kubernetes-validations[{i}]",
+        )
+
+
+def _supported_format(declared: str, types: tuple[str, ...]) -> str:
+    """kube-apiserver drops formats it does not validate (StripUnsupportedFormatsPostProcessor)."""
+    if not declared:
+        return ""
+    single = types[0] if len(types) == 1 else ""
+    if single in ("", "string"):
+        # Formats are looked up as go-openapi does, dashes dropped ("date-time" is "datetime").
+        return declared if declared.replace("-", "") in _FORMAT_CHECKS else ""
+    if single == "integer":
+        return declared if declared in ("int32", "int64") else ""
+    if single == "number":
+        return declared if declared in ("float", "double") else ""
+    return ""
+
+
+# Stand-ins for what CEL sees at a resource root even when the schema does not declare it.
+_STRING_SCHEMA = _Schema(crd_path="", type="string", types=("string",))
+_METADATA_SCHEMA = _Schema(
+    crd_path="",
+    type="object",
+    types=("object",),
+    properties={"name": _STRING_SCHEMA, "generateName": _STRING_SCHEMA},
+)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Small JSON helpers
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _copy_json(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _copy_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_copy_json(v) for v in value]
+    return value
+
+
+def _json_equal(left: Any, right: Any) -> bool:
+    """reflect.DeepEqual on decoded JSON: 1 and 1.0 differ, as do true and 1."""
+    kind = _json_kind(left)
+    if kind != _json_kind(right):
+        return False
+    if kind == "object":
+        return left.keys() == right.keys() and all(_json_equal(left[k], right[k]) for k in left)
+    if kind == "array":
+        return len(left) == len(right) and all(_json_equal(a, b) for a, b in zip(left, right, strict=True))
+    return bool(left == right)
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, Mapping):
+        return "object"
+    return "array"
+
+
+def _is_json_integer(value: float) -> bool:
+    """go-openapi's swag.IsFloat64AJSONInteger: integral within a relative 1e-9 (truncating like Go)."""
+    if math.isnan(value) or math.isinf(value) or abs(value) > 2**53:
+        return False
+    truncated = float(math.trunc(value))
+    if value == truncated:
+        return True
+    difference = abs(value - truncated)
+    if value == 0 or truncated == 0:
+        return difference < 1e-9 * 5e-324
+    return difference / min(abs(value) + abs(truncated), 1.7976931348623157e308) < 1e-9
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Decoding: pruning, ObjectMeta coercion, defaulting
+# ---------------------------------------------------------------------------------------------------------
+
+_META_FIELDS = frozenset({"apiVersion", "kind", "metadata"})
+
+
+class _DecodeError(Exception):
+    """The body cannot be decoded at all; kube-apiserver answers 400 BadRequest."""
+
+    def __init__(self, field_path: str, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.field_path = field_path
+        self.reason = reason
+
+
+def _prune(value: Any, s: _Schema | None, path: str, unknown: list[str], resource_root: bool = False) -> None:
+    """Drop fields the schema does not declare, recording their paths (pruning.PruneWithOptions)."""
+    if s is not None and s.preserve_unknown_fields:
+        _prune_preserving(value, s, path, unknown, resource_root)
+        return
+    if isinstance(value, dict):
+        embedded = resource_root or (s is not None and s.embedded_resource)
+        for key in list(value):
+            if embedded and key in _META_FIELDS:
+                continue
+            child_path = f"{path}.{key}" if path else key
+            if s is not None and key in s.properties:
+                _prune(value[key], s.properties[key], child_path, unknown)
+            elif s is not None and s.additional_properties is not None:
+                _prune(value[key], s.additional_properties, child_path, unknown)
+            else:
+                unknown.append(child_path)
+                del value[key]
+    elif isinstance(value, list):
+        items = s.items if s is not None else None
+        for i, item in enumerate(value):
+            _prune(item, items, f"{path}[{i}]", unknown)
+
+
+def _prune_preserving(value: Any, s: _Schema, path: str, unknown: list[str], resource_root: bool) -> None:
+    """Under x-kubernetes-preserve-unknown-fields unknown fields stay, but declared ones are still pruned inside."""
+    if isinstance(value, dict):
+        embedded = resource_root or s.embedded_resource
+        for key, child in value.items():
+            if embedded and key in _META_FIELDS:
+                continue
+            child_path = f"{path}.{key}" if path else key
+            if key in s.properties:
+                _prune(child, s.properties[key], child_path, unknown)
+            elif s.additional_properties is not None:
+                _prune(child, s.additional_properties, child_path, unknown)
+    elif isinstance(value, list) and s.items is not None:
+        for i, item in enumerate(value):
+            _prune_preserving(item, s.items, f"{path}[{i}]", unknown, False)
+
+
+def _prune_nulls(value: Any, s: _Schema | None) -> None:
+    """Remove null map values whose field is neither nullable nor defaulted (PruneNonNullableNullsWithoutDefaults)."""
+    if s is None:
+        return
+    if isinstance(value, dict):
+        for key in list(value):
+            child_schema = s.properties.get(key, s.additional_properties)
+            child = value[key]
+            if (
+                child is None
+                and child_schema is not None
+                and not child_schema.nullable
+                and not child_schema.has_default
+            ):
+                del value[key]
+            else:
+                _prune_nulls(child, child_schema)
+    elif isinstance(value, list):
+        for item in value:
+            _prune_nulls(item, s.items)
+
+
+def _apply_defaults(value: Any, s: _Schema | None) -> None:
+    """structuraldefaulting.Default: fill absent (or non-nullable null) fields, then recurse into the result."""
+    if s is None or not s.defaults_below:
+        return
+    if isinstance(value, dict):
+        for key, prop in s.properties.items():
+            if prop.has_default and (key not in value or (value[key] is None and not prop.nullable)):
+                value[key] = _copy_json(prop.default)
+        for key in value:
+            if key in s.properties:
+                _apply_defaults(value[key], s.properties[key])
+            elif s.additional_properties is not None:
+                extra = s.additional_properties
+                if value[key] is None and not extra.nullable and extra.has_default:
+                    value[key] = _copy_json(extra.default)
+                _apply_defaults(value[key], extra)
+    elif isinstance(value, list) and s.items is not None:
+        for i, item in enumerate(value):
+            if item is None and not s.items.nullable and s.items.has_default:
+                value[i] = _copy_json(s.items.default)
+            _apply_defaults(value[i], s.items)
+
+
+# metav1.ObjectMeta as encoding/json decodes it: field → Go type ("!" marks fields without omitempty).
+_OBJECT_META_FIELDS: dict[str, str] = {
+    "name": "string",
+    "generateName": "string",
+    "namespace": "string",
+    "selfLink": "string",
+    "uid": "string",
+    "resourceVersion": "string",
+    "generation": "int64",
+    "creationTimestamp": "time",
+    "deletionTimestamp": "*time",
+    "deletionGracePeriodSeconds": "*int64",
+    "labels": "map[string]string",
+    "annotations": "map[string]string",
+    "ownerReferences": "[]OwnerReference",
+    "finalizers": "[]string",
+    "managedFields": "[]ManagedFieldsEntry",
+}
+_OWNER_REFERENCE_FIELDS = {
+    "apiVersion": "string!",
+    "kind": "string!",
+    "name": "string!",
+    "uid": "string!",
+    "controller": "*bool",
+    "blockOwnerDeletion": "*bool",
+}
+_MANAGED_FIELDS_ENTRY_FIELDS = {
+    "manager": "string",
+    "operation": "string",
+    "apiVersion": "string",
+    "time": "*time",
+    "fieldsType": "string",
+    "fieldsV1": "raw",
+    "subresource": "string",
+}
+_RFC3339 = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+def _coerce_object_meta(raw: Any, path: str, unknown: list[str]) -> dict[str, Any]:
+    """Round-trip metadata through metav1.ObjectMeta as kube-apiserver does: unknown fields dropped (and
+    recorded), empty ones omitted, timestamps normalised; a value of the wrong type cannot be decoded."""
+    if not isinstance(raw, Mapping):
+        _json_type_error(raw, path, "", "ObjectMeta")
+    return _coerce_struct(raw, _OBJECT_META_FIELDS, path, "", unknown)
+
+
+def _coerce_struct(
+    raw: Mapping[str, Any], fields: Mapping[str, str], path: str, go_path: str, unknown: list[str]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        kind = fields.get(key)
+        if kind is None:
+            unknown.append(f"{path}.{key}")
+            continue
+        coerced = _coerce_field(value, kind, f"{path}.{key}", f"{go_path}.{key}" if go_path else key, unknown)
+        if coerced is not _OMIT:
+            out[key] = coerced
+    return out
+
+
+def _coerce_field(value: Any, kind: str, path: str, go_path: str, unknown: list[str]) -> Any:
+    required = kind.endswith("!")  # OwnerReference fields have no omitempty: "" is written out
+    kind = kind.rstrip("!")
+    if value is None:
+        return "" if required else _OMIT
+    if kind == "string":
+        if not isinstance(value, str):
+            _json_type_error(value, path, go_path, "string")
+        return value if value or required else _OMIT
+    if kind in ("int64", "*int64"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            _json_type_error(value, path, go_path, "int64")
+        return int(value) if value or kind == "*int64" else _OMIT
+    if kind == "*bool":
+        if not isinstance(value, bool):
+            _json_type_error(value, path, go_path, "bool")
+        return value
+    if kind in ("time", "*time"):
+        if not isinstance(value, str):
+            _json_type_error(value, path, go_path, "Time")
+        return _normalise_time(value, path)
+    if kind == "map[string]string":
+        if not isinstance(value, Mapping):
+            _json_type_error(value, path, go_path, kind)
+        for entry in value.values():
+            if entry is not None and not isinstance(entry, str):
+                _json_type_error(entry, path, go_path, "string")
+        return {k: v or "" for k, v in value.items()} or _OMIT
+    if kind == "raw":
+        return _copy_json(value)
+    if not isinstance(value, list):
+        _json_type_error(value, path, go_path, kind)
+    if kind == "[]string":
+        for entry in value:
+            if not isinstance(entry, str):
+                _json_type_error(entry, path, go_path, "string")
+        return list(value) or _OMIT
+    entry_fields = _OWNER_REFERENCE_FIELDS if kind == "[]OwnerReference" else _MANAGED_FIELDS_ENTRY_FIELDS
+    entries = []
+    for i, entry in enumerate(value):
+        if not isinstance(entry, Mapping):
+            _json_type_error(entry, path, go_path, kind[2:])
+        coerced = _coerce_struct(entry, entry_fields, f"{path}[{i}]", go_path, unknown)
+        if entry_fields is _OWNER_REFERENCE_FIELDS:
+            for required_key in ("apiVersion", "kind", "name", "uid"):
+                coerced.setdefault(required_key, "")
+        entries.append(coerced)
+    return entries or _OMIT
+
+
+def _normalise_time(value: str, path: str) -> Any:
+    """metav1.Time: parsed as RFC 3339, written back in UTC with second precision; the zero time is omitted."""
+    match = _RFC3339.match(value)
+    if not match:
+        raise _DecodeError(
+            path,
+            "FieldValueTypeInvalid",
+            f'parsing time "{value}" as "2006-01-02T15:04:05Z07:00": cannot parse "{value}" as "2006"',
+        )
+    date, clock, _fraction, zone = match.groups()
+    zone = "+00:00" if zone in ("Z", "z") else zone
+    parsed = datetime.datetime.fromisoformat(f"{date}T{clock}{zone}").astimezone(datetime.UTC)
+    if parsed.year == 1 and parsed.month == 1 and parsed.day == 1 and parsed.time() == datetime.time():
+        return _OMIT
+    return parsed.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _json_type_error(value: Any, path: str, go_path: str, go_type: str) -> None:
+    """encoding/json's UnmarshalTypeError text; go_path is the field's path inside ObjectMeta."""
+    json_type = {"boolean": "bool", "integer": "number", "null": "null"}.get(
+        _json_kind(value), _json_kind(value)
+    )
+    target = f"Go struct field ObjectMeta.{go_path}" if go_path else "Go value"
+    raise _DecodeError(
+        path, "FieldValueTypeInvalid", f"json: cannot unmarshal {json_type} into {target} of type {go_type}"
+    )
+
+
+def _coerce_embedded(value: Any, s: _Schema | None, path: str | None, unknown: list[str]) -> None:
+    """objectmeta.Coerce below the root: embedded resources get ObjectMeta treatment and string type meta."""
+    if s is None or not s.embedded_below:
+        return
+    if isinstance(value, dict):
+        if s.embedded_resource:
+            for key in ("apiVersion", "kind"):
+                if key in value and not isinstance(value[key], str):
+                    error = _invalid(_child(path, key), value[key], "must be a string")
+                    raise _DecodeError(error.field, error.reason, error.text())
+            if value.get("metadata") is not None:
+                meta_path = _child(path, "metadata")
+                value["metadata"] = _coerce_object_meta(value["metadata"], meta_path, unknown)
+        for key, child in value.items():
+            if key in s.properties:
+                _coerce_embedded(child, s.properties[key], _child(path, key), unknown)
+            elif s.additional_properties is not None:
+                _coerce_embedded(child, s.additional_properties, _key(path, key), unknown)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _coerce_embedded(item, s.items, _index(path, i), unknown)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# OpenAPI schema validation (kube-openapi's validator and the apiextensions error translation)
+# ---------------------------------------------------------------------------------------------------------
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False
+
+
+def _decode_re2_error(error: BaseException) -> str:
+    text = error.args[0] if error.args else str(error)
+    return text.decode() if isinstance(text, bytes) else str(text)
+
+
+class _Correlation:
+    """A value correlated with its previous version during an update; equality is computed on demand."""
+
+    __slots__ = ("_unchanged", "new", "old")
+
+    def __init__(self, new: Any, old: Any) -> None:
+        self.new, self.old = new, old
+        self._unchanged: bool | None = None
+
+    @property
+    def unchanged(self) -> bool:
+        if self._unchanged is None:
+            self._unchanged = _json_equal(self.new, self.old)
+        return self._unchanged
+
+
+def _old_list_item(s: _Schema, old_list: Any, item: Any) -> Any:
+    """The previous version of a map-list item (same keys); other lists do not correlate their items."""
+    if s.list_type != "map" or not isinstance(old_list, list) or not isinstance(item, Mapping):
+        return None
+    key = tuple(_set_key(item.get(k, _OMIT)) for k in s.list_map_keys)
+    for old_item in old_list:
+        if (
+            isinstance(old_item, Mapping)
+            and tuple(_set_key(old_item.get(k, _OMIT)) for k in s.list_map_keys) == key
+        ):
+            return old_item
+    return None
+
+
+class _SchemaValidator:
+    """kube-openapi's SchemaValidator walk, producing apiextensions' field errors.
+
+    Paths inside messages are kube-openapi's ("spec.items[0]", map values "spec.labels.key"); the field of
+    an error is that path under `prefix` (nil for the whole object, "status" for the status subresource).
+    """
+
+    def __init__(self, prefix: str | None) -> None:
+        self.prefix = prefix
+
+    def _field(self, name: str) -> str:
+        if name and name != ".":
+            return _child(self.prefix, name.removeprefix("."))
+        return _shown(self.prefix)
+
+    def _plain(self, message: str) -> _FieldError:
+        """Errors go-openapi reports without a path become errors on the (nil) root path."""
+        return _invalid(_shown(self.prefix), "", message)
+
+    def validate(
+        self, s: _Schema, data: Any, path: str, correlation: _Correlation | None
+    ) -> list[_FieldError]:
+        errors = self._check(s, data, path, correlation)
+        # Ratcheting: errors in a part of the object that did not change do not block the update.
+        if errors and correlation is not None and correlation.unchanged:
+            return []
+        return errors
+
+    def _check(self, s: _Schema, data: Any, path: str, correlation: _Correlation | None) -> list[_FieldError]:
+        errors: list[_FieldError] = []
+        type_error = self._check_type(s, data, path)
+        if type_error is not None:
+            errors.append(type_error)
+        if data is None:
+            errors.extend(self._check_enum(s, data, path))
+            return errors
+        kind = _json_kind(data)
+        errors.extend(self._check_junctors(s, data, path))
+        if kind == "string":
+            errors.extend(self._check_string(s, data, path))
+            if s.format.replace("-", "") in _FORMAT_CHECKS:  # string formats only (int32 is not one)
+                errors.extend(self._check_format(s, data, path))
+        elif kind in ("integer", "number"):
+            errors.extend(self._check_number(s, data, path))
+        elif kind == "array":
+            errors.extend(self._check_array(s, data, path, correlation))
+        errors.extend(self._check_enum(s, data, path))
+        if kind == "object":
+            errors.extend(self._check_object(s, data, path, correlation))
+        return errors
+
+    def _check_type(self, s: _Schema, data: Any, path: str) -> _FieldError | None:
+        if not s.types and not s.format:
+            return None
+        if data is None:
+            if s.types and not s.nullable:
+                return self._type_error(path, ",".join(s.types), "null")
+            return None
+        kind = _json_kind(data)
+        value_format = {"integer": "int64", "number": "float64"}.get(kind, "")
+        float_int = kind == "number" and "integer" in s.types and _is_json_integer(data)
+        int_float = kind == "integer" and "number" in s.types
+        matches = kind in s.types or float_int or int_float
+        if kind not in ("string", "array") and s.format and not (matches or value_format == s.format):
+            return self._type_error(path, s.format, value_format)
+        if s.format and kind in ("string", "array") and not ("number" in s.types or "integer" in s.types):
+            return None
+        if not matches:
+            return self._type_error(path, ",".join(s.types), kind)
+        return None
+
+    def _type_error(self, path: str, expected: str, actual: str) -> _FieldError:
+        return _type_invalid(
+            self._field(path), actual, f"{path} in body must be of type {expected}: {_go_quote(actual)}"
+        )
+
+    def _check_junctors(self, s: _Schema, data: Any, path: str) -> list[_FieldError]:
+        errors: list[_FieldError] = []
+        if s.any_of:
+            results = [self._check(branch, data, path, None) for branch in s.any_of]
+            if all(results):
+                errors.append(self._plain(f"{_go_quote(path)} must validate at least one schema (anyOf)"))
+                errors.extend(_fewest(results))
+        if s.one_of:
+            results = [self._check(branch, data, path, None) for branch in s.one_of]
+            valid = sum(1 for r in results if not r)
+            if valid != 1:
+                found = "Found none valid" if valid == 0 else f"Found {valid} valid alternatives"
+                errors.append(
+                    self._plain(f"{_go_quote(path)} must validate one and only one schema (oneOf). {found}")
+                )
+                if valid == 0:
+                    errors.extend(_fewest(results))
+        if s.all_of:
+            results = [self._check(branch, data, path, None) for branch in s.all_of]
+            for result in results:
+                errors.extend(result)
+            valid = sum(1 for r in results if not r)
+            if valid != len(results):
+                suffix = ". None validated" if valid == 0 else ""
+                errors.append(self._plain(f"{_go_quote(path)} must validate all the schemas (allOf){suffix}"))
+        if s.not_ is not None and not self._check(s.not_, data, path, None):
+            errors.append(self._plain(f"{_go_quote(path)} must not validate the schema (not)"))
+        return errors
+
+    def _check_string(self, s: _Schema, data: str, path: str) -> list[_FieldError]:
+        # go-openapi stops at the first failing string constraint.
+        if s.max_length is not None and len(data) > s.max_length:
+            return [_too_long(self._field(path), s.max_length)]
+        if s.min_length is not None and len(data) < s.min_length:
+            return [
+                _invalid(
+                    self._field(path), data, f"{path} in body should be at least {s.min_length} chars long"
+                )
+            ]
+        if s.pattern is not None:
+            if s.pattern_error:
+                detail = (
+                    f"{path} in body should match '{s.pattern}, but pattern is invalid: {s.pattern_error}'"
+                )
+                return [_invalid(self._field(path), data, detail)]
+            if s.pattern_regex.search(data) is None:
+                return [_invalid(self._field(path), data, f"{path} in body should match '{s.pattern}'")]
+        return []
+
+    def _check_format(self, s: _Schema, data: str, path: str) -> list[_FieldError]:
+        if _FORMAT_CHECKS[s.format.replace("-", "")](data):
+            return []
+        return [
+            _type_invalid(
+                self._field(path), data, f"{path} in body must be of type {s.format}: {_go_quote(data)}"
+            )
+        ]
+
+    def _check_number(self, s: _Schema, data: int | float, path: str) -> list[_FieldError]:
+        type_name = s.types[0] if len(s.types) == 1 and s.types[0] in ("integer", "number") else ""
+        number_format = ""
+        if (type_name == "integer" and s.format in ("int32", "int64")) or (
+            type_name == "number" and s.format in ("float", "double")
+        ):
+            number_format = s.format
+        errors: list[_FieldError] = []
+        checked = _range_error(data, type_name, number_format, "Checked", path)
+        if checked:
+            errors.append(self._plain(checked))
+        is_int = isinstance(data, int)
+        if s.multiple_of is not None:
+            boundary = _range_error(s.multiple_of, type_name, number_format, "MultipleOf", path)
+            if boundary:
+                errors.append(self._plain(boundary))
+            errors.extend(self._multiple_of(path, data, s.multiple_of, native=is_int and not boundary))
+        for bound, exclusive, label, minimum in (
+            (s.minimum, s.exclusive_minimum, "Minimum boundary", True),
+            (s.maximum, s.exclusive_maximum, "Maximum boundary", False),
+        ):
+            if bound is None:
+                continue
+            boundary = _range_error(bound, type_name, number_format, label, path)
+            if boundary:
+                errors.append(self._plain(boundary))
+            error = self._bound(
+                path, data, bound, exclusive=exclusive, minimum=minimum, native=is_int and not boundary
+            )
+            if error is not None:
+                errors.append(error)
+        return errors
+
+    def _multiple_of(self, path: str, data: int | float, factor: float, native: bool) -> list[_FieldError]:
+        shown: Any
+        if native:
+            integer_factor = math.trunc(factor)
+            if integer_factor <= 0:
+                detail = f"factor MultipleOf declared for {path} must be positive: {integer_factor}"
+                return [_invalid(self._field(path), integer_factor, detail)]
+            if data % integer_factor == 0:
+                return []
+            shown = integer_factor
+        else:
+            if factor <= 0:
+                detail = f"factor MultipleOf declared for {path} must be positive: {format_go_float(factor)}"
+                return [_invalid(self._field(path), factor, detail)]
+            if _is_json_integer(1 / factor * data if factor < 1 else data / factor):
+                return []
+            shown = format_go_float(factor)
+        return [_invalid(self._field(path), data, f"{path} in body should be a multiple of {shown}")]
+
+    def _bound(
+        self, path: str, data: int | float, bound: float, *, exclusive: bool, minimum: bool, native: bool
+    ) -> _FieldError | None:
+        limit: int | float = math.trunc(bound) if native else bound
+        if minimum:
+            failed = data <= limit if exclusive else data < limit
+            relation = "greater than" if exclusive else "greater than or equal to"
+        else:
+            failed = data >= limit if exclusive else data > limit
+            relation = "less than" if exclusive else "less than or equal to"
+        if not failed:
+            return None
+        shown = str(limit) if native else format_go_float(limit)
+        return _invalid(self._field(path), data, f"{path} in body should be {relation} {shown}")
+
+    def _check_array(
+        self, s: _Schema, data: list[Any], path: str, correlation: _Correlation | None
+    ) -> list[_FieldError]:
+        errors: list[_FieldError] = []
+        if s.items is not None:
+            old_list = correlation.old if correlation is not None else None
+            for i, item in enumerate(data):
+                old_item = _old_list_item(s, old_list, item) if old_list is not None else None
+                item_correlation = _Correlation(item, old_item) if old_item is not None else None
+                errors.extend(self.validate(s.items, item, f"{path}[{i}]", item_correlation))
+        if s.min_items is not None and len(data) < s.min_items:
+            detail = f"{path} in body should have at least {s.min_items} items"
+            errors.append(_invalid(self._field(path), len(data), detail))
+        if s.max_items is not None and len(data) > s.max_items:
+            errors.append(_too_many(self._field(path), len(data), s.max_items))
+        return errors
+
+    def _check_enum(self, s: _Schema, data: Any, path: str) -> list[_FieldError]:
+        if not s.enum or any(_enum_matches(data, allowed) for allowed in s.enum):
+            return []
+        return [_not_supported(self._field(path), data, s.enum)]
+
+    def _check_object(
+        self, s: _Schema, data: Mapping[str, Any], path: str, correlation: _Correlation | None
+    ) -> list[_FieldError]:
+        errors: list[_FieldError] = []
+        if s.min_properties is not None and len(data) < s.min_properties:
+            detail = f"{path} in body should have at least {s.min_properties} properties"
+            errors.append(_invalid(self._field(path), len(data), detail))
+        if s.max_properties is not None and len(data) > s.max_properties:
+            errors.append(_too_many(self._field(path), len(data), s.max_properties))
+        old = correlation.old if correlation is not None else None
+        old_map = old if isinstance(old, Mapping) else None
+        at_root = correlation is not None and path == ""
+        if s.additional_properties is not None:
+            for key, value in data.items():
+                if key not in s.properties:
+                    child = self._child_correlation(value, old_map, key, at_root)
+                    errors.extend(self.validate(s.additional_properties, value, f"{path}.{key}", child))
+        for name, prop in s.properties.items():
+            if name in data:
+                child = self._child_correlation(data[name], old_map, name, at_root)
+                errors.extend(self.validate(prop, data[name], f"{path}.{name}" if path else name, child))
+        for name in s.required:
+            if name not in data:
+                errors.append(_required(self._field(f"{path}.{name}")))
+        return errors
+
+    @staticmethod
+    def _child_correlation(
+        value: Any, old_map: Mapping[str, Any] | None, key: str, at_root: bool
+    ) -> _Correlation | None:
+        # apiVersion and kind are never ratcheted: both versions are converted to the request's version.
+        if old_map is None or key not in old_map or (at_root and key in ("apiVersion", "kind")):
+            return None
+        return _Correlation(value, old_map[key])
+
+
+def _fewest(results: list[list[_FieldError]]) -> list[_FieldError]:
+    """The failing alternative to report. go-openapi picks the one that matched most; fewest errors is close."""
+    return min(results, key=len)
+
+
+def _enum_matches(data: Any, allowed: Any) -> bool:
+    """go-openapi's enum check: deep equality, or equality after converting a number to the enum's type."""
+    if data is None:
+        return False
+    if _json_equal(data, allowed):
+        return True
+    numbers = (int, float)
+    if isinstance(data, numbers) and isinstance(allowed, numbers) and not isinstance(data, bool):
+        if isinstance(allowed, bool):
+            return False
+        return (math.trunc(data) if isinstance(allowed, int) else float(data)) == allowed
+    return False
+
+
+def _range_error(value: int | float, type_name: str, number_format: str, prefix: str, path: str) -> str:
+    """go-openapi's IsValueValidAgainstRange: does the value fit the declared type and format?
+
+    go-openapi prints the number ('f' format) and parses it back as the type; for an integer type that
+    accepts whole numbers within the format's range, for float32 numbers within float32's range."""
+    if type_name == "integer":
+        whole = isinstance(value, int) or (math.isfinite(value) and value.is_integer())
+        limit = 2**31 if number_format == "int32" else 2**63
+        fits = whole and -limit <= int(value) < limit
+    elif number_format in ("float", "float32"):
+        fits = abs(value) <= 3.4028234663852886e38
+    else:
+        fits = True
+    if fits:
+        return ""
+    if number_format:
+        return f"{prefix} value must be of type {type_name} with format {number_format} in {path}"
+    return f"{prefix} value must be of type {type_name} (default format) in {path}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Formats (go-openapi strfmt registry as Kubernetes ships it)
+# ---------------------------------------------------------------------------------------------------------
+
+_DNS1123_LABEL = "[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS1123_SUBDOMAIN = rf"{_DNS1123_LABEL}(\.{_DNS1123_LABEL})*"
+_HOSTNAME_RE = re2.compile(
+    r"^([a-zA-Z0-9\p{S}\p{L}]((-?[a-zA-Z0-9\p{S}\p{L}]{0,62})?)|([a-zA-Z0-9\p{S}\p{L}](([a-zA-Z0-9-\p{S}\p{L}]{0,61}"
+    r"[a-zA-Z0-9\p{S}\p{L}])?)(\.)){1,}([a-zA-Z\p{L}]){2,63})$",
+    _RE2_OPTIONS,
+)
+_UUID_RES = {
+    "uuid": re.compile(r"^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$", re.I),
+    "uuid3": re.compile(r"^[0-9a-f]{8}-?[0-9a-f]{4}-?3[0-9a-f]{3}-?[0-9a-f]{4}-?[0-9a-f]{12}$", re.I),
+    "uuid4": re.compile(r"^[0-9a-f]{8}-?[0-9a-f]{4}-?4[0-9a-f]{3}-?[89ab][0-9a-f]{3}-?[0-9a-f]{12}$", re.I),
+    "uuid5": re.compile(r"^[0-9a-f]{8}-?[0-9a-f]{4}-?5[0-9a-f]{3}-?[89ab][0-9a-f]{3}-?[0-9a-f]{12}$", re.I),
+}
+_DURATION_UNITS = (
+    ("ns", "nano"),
+    ("us", "µs", "micro"),
+    ("ms", "milli"),
+    ("s", "sec"),
+    ("m", "min"),
+    ("h", "hr", "hour"),
+    ("d", "day"),
+    ("w", "wk", "week"),
+)
+_GO_DURATION = re.compile(r"^[-+]?(0|((\d+(\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h))+)$")
+_LOOSE_DURATION = re.compile(r"(\d+)\s*([A-Za-zµ]+)")
+_TIME_OF_DAY = re.compile(r"^([0-9]{2}):([0-9]{2}):([0-9]{2})(.[0-9]+)?(z|([+-][0-9]{2}:[0-9]{2}))$")
+
+
+def _is_date(text: str) -> bool:
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        return False
+    try:
+        datetime.date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_date_time(text: str) -> bool:
+    parts = text.lower().split("t")
+    if len(text) < 4 or len(parts) < 2 or not _is_date(parts[0]):
+        return False
+    match = _TIME_OF_DAY.match(parts[1])
+    if match is None:
+        return False
+    return match.group(1) <= "23" and match.group(2) <= "59" and match.group(3) <= "59"
+
+
+def _is_duration(text: str) -> bool:
+    if _GO_DURATION.match(text):
+        return True
+    found = False
+    for _, written_unit in _LOOSE_DURATION.findall(text):
+        unit = written_unit.lower().strip()
+        known = any(
+            unit == variant.lower() or (i == len(variants) - 1 and unit.startswith(variant))
+            for variants in _DURATION_UNITS
+            for i, variant in enumerate(variants)
+        )
+        if not known:
+            return False
+        found = True
+    return found
+
+
+def _is_ip(text: str, version: int) -> bool:
+    # Go's ParseIPSloppy accepts leading zeros in IPv4 parts.
+    candidate = re.sub(r"(?<![0-9a-fA-F:])0+(\d)", r"\1", text) if version == 4 else text
+    try:
+        address = ipaddress.ip_address(candidate)
+    except ValueError:
+        return False
+    return ("." in text) if version == 4 else (":" in text and address.version in (4, 6))
+
+
+def _is_cidr(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return "/" in text
+
+
+def _is_mac(text: str) -> bool:
+    group = r"[0-9a-fA-F]{2}"
+    for separator in (":", "-"):
+        for count in (6, 8, 20):
+            if re.fullmatch(rf"{group}(\{separator}{group}){{{count - 1}}}", text):
+                return True
+    return any(re.fullmatch(rf"[0-9a-fA-F]{{4}}(\.[0-9a-fA-F]{{4}}){{{n - 1}}}", text) for n in (3, 4, 10))
+
+
+def _isbn10(text: str) -> bool:
+    digits = re.sub(r"[\s-]", "", text)
+    if not re.fullmatch(r"[0-9]{9}[0-9X]", digits):
+        return False
+    total = sum((10 - i) * (10 if c == "X" else int(c)) for i, c in enumerate(digits))
+    return total % 11 == 0
+
+
+def _isbn13(text: str) -> bool:
+    digits = re.sub(r"[\s-]", "", text)
+    if not re.fullmatch(r"[0-9]{13}", digits):
+        return False
+    total = sum(int(c) * (1 if i % 2 == 0 else 3) for i, c in enumerate(digits))
+    return total % 10 == 0
+
+
+def _is_credit_card(text: str) -> bool:
+    digits = re.sub(r"[^0-9]+", "", text)
+    pattern = (
+        r"(?:4[0-9]{12}(?:[0-9]{3})?|5[1-5][0-9]{14}|(222[1-9]|22[3-9][0-9]|2[3-6][0-9]{2}|27[01][0-9]|2720)"
+        r"[0-9]{12}|6(?:011|5[0-9][0-9])[0-9]{12}|3[47][0-9]{13}|3(?:0[0-5]|[68][0-9])[0-9]{11}|"
+        r"(?:2131|1800|35\d{3})\d{11}|6[27][0-9]{14})"
+    )
+    if not re.fullmatch(pattern, digits):
+        return False
+    total = 0
+    for i, c in enumerate(reversed(digits)):
+        d = int(c) * (2 if i % 2 else 1)
+        total += d - 9 if d > 9 else d
+    return total % 10 == 0
+
+
+def _is_uri(text: str) -> bool:
+    # Go's url.ParseRequestURI: an absolute URL or an absolute path, without spaces.
+    if not text or " " in text:
+        return False
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return False
+    return bool(parts.scheme) or text.startswith("/")
+
+
+def _matcher(regex: re.Pattern[str]) -> Callable[[str], bool]:
+    return lambda text: regex.match(text) is not None
+
+
+_RGB_PART = r"\s*(0|[1-9]\d?|1\d\d?|2[0-4]\d|25[0-5])\s*"
+_FORMAT_CHECKS: dict[str, Callable[[str], bool]] = {
+    "bsonobjectid": lambda t: re.fullmatch(r"[0-9a-fA-F]{24}", t) is not None,
+    "uri": _is_uri,
+    "email": lambda t: "@" in parseaddr(t)[1],
+    "hostname": lambda t: (
+        bool(_HOSTNAME_RE.search(t)) and len(t) <= 255 and all(len(p) <= 63 for p in t.split("."))
+    ),
+    "ipv4": lambda t: _is_ip(t, 4),
+    "ipv6": lambda t: _is_ip(t, 6),
+    "cidr": _is_cidr,
+    "mac": _is_mac,
+    **{name: _matcher(regex) for name, regex in _UUID_RES.items()},
+    "isbn": lambda t: _isbn10(t) or _isbn13(t),
+    "isbn10": _isbn10,
+    "isbn13": _isbn13,
+    "creditcard": _is_credit_card,
+    "ssn": lambda t: re.fullmatch(r"\d{3}[- ]?\d{2}[- ]?\d{4}", t) is not None,
+    "hexcolor": lambda t: re.fullmatch(r"#?([0-9a-fA-F]{3}|[0-9a-fA-F]{6})", t) is not None,
+    "rgbcolor": lambda t: re.fullmatch(rf"rgb\({_RGB_PART},{_RGB_PART},{_RGB_PART}\)", t) is not None,
+    "byte": lambda t: (
+        re.fullmatch(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{4})", t)
+        is not None
+    ),
+    "password": lambda t: True,
+    "date": _is_date,
+    "duration": _is_duration,
+    "datetime": _is_date_time,
+    "k8sshortname": lambda t: len(t) <= 63 and re.fullmatch(_DNS1123_LABEL, t) is not None,
+    "k8slongname": lambda t: len(t) <= 253 and re.fullmatch(_DNS1123_SUBDOMAIN, t) is not None,
+}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Other structural checks: embedded resources, list sets and maps, ObjectMeta, scale
+# ---------------------------------------------------------------------------------------------------------
+
+_DNS1123_SUBDOMAIN_MESSAGE = (
+    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must "
+    f"start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is "
+    f"'{_DNS1123_SUBDOMAIN}')"
+)
+_DNS1035_LABEL = "[a-z]([-a-z0-9]*[a-z0-9])?"
+_LABEL_KEY_FMT = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
+_LABEL_KEY_MESSAGE = (
+    "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric "
+    f"character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '{_LABEL_KEY_FMT}')"
+).replace(",  or", " or")
+_LABEL_VALUE_MESSAGE = (
+    "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start "
+    f"and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for "
+    f"validation is '({_LABEL_KEY_FMT})?')"
+).replace(",  or", " or")
+
+
+def _dns1123_subdomain_errors(value: str) -> list[str]:
+    errors = []
+    if len(value) > 253:
+        errors.append("must be no more than 253 characters")
+    if not re.fullmatch(_DNS1123_SUBDOMAIN, value):
+        errors.append(_DNS1123_SUBDOMAIN_MESSAGE)
+    return errors
+
+
+def _qualified_name_errors(value: str) -> list[str]:
+    """content.IsLabelKey (= IsQualifiedName)."""
+    errors: list[str] = []
+    parts = value.split("/")
+    if len(parts) == 1:
+        name = parts[0]
+    elif len(parts) == 2:
+        prefix, name = parts
+        if not prefix:
+            errors.append("prefix part must be non-empty")
+        else:
+            errors.extend(
+                "prefix part " + e.replace("characters", "bytes") for e in _dns1123_subdomain_errors(prefix)
+            )
+    else:
+        return [
+            f"a valid label key {_LABEL_KEY_MESSAGE} with an optional DNS subdomain prefix and '/' "
+            "(e.g. 'example.com/MyName')"
+        ]
+    if not name:
+        errors.append("name part must be non-empty")
+    elif len(name) > 63:
+        errors.append("name part must be no more than 63 bytes")
+    if not re.fullmatch(_LABEL_KEY_FMT, name):
+        errors.append("name part " + _LABEL_KEY_MESSAGE)
+    return errors
+
+
+def _label_value_errors(value: str) -> list[str]:
+    errors = []
+    if len(value) > 63:
+        errors.append("must be no more than 63 bytes")
+    if not re.fullmatch(f"({_LABEL_KEY_FMT})?", value):
+        errors.append(_LABEL_VALUE_MESSAGE)
+    return errors
+
+
+def _validate_object_meta(
+    meta: Mapping[str, Any], old_meta: Mapping[str, Any] | None, path: str
+) -> list[_FieldError]:
+    """The parts of ValidateObjectMeta(Update) that do not depend on how the server fills metadata in."""
+    errors: list[_FieldError] = []
+    if old_meta is None:
+        generate_name = meta.get("generateName", "")
+        if generate_name:
+            masked = (
+                generate_name[:-1] + "a"
+                if len(generate_name) > 1 and generate_name.endswith("-")
+                else generate_name
+            )
+            errors.extend(
+                _invalid(f"{path}.generateName", generate_name, m) for m in _dns1123_subdomain_errors(masked)
+            )
+        name = meta.get("name", "")
+        if name:
+            errors.extend(_invalid(f"{path}.name", name, m) for m in _dns1123_subdomain_errors(name))
+        elif not generate_name:
+            errors.append(_required(f"{path}.name", "name or generateName is required"))
+    elif meta.get("name", "") != old_meta.get("name", ""):
+        errors.append(_invalid(f"{path}.name", meta.get("name", ""), "field is immutable"))
+    for key, value in (meta.get("labels") or {}).items():
+        errors.extend(_invalid(f"{path}.labels", key, m) for m in _qualified_name_errors(key))
+        errors.extend(_invalid(f"{path}.labels", value, m) for m in _label_value_errors(value))
+    annotations = meta.get("annotations") or {}
+    for key in annotations:
+        errors.extend(_invalid(f"{path}.annotations", key, m) for m in _qualified_name_errors(key.lower()))
+    if sum(len(k) + len(v) for k, v in annotations.items()) > 256 * 1024:
+        errors.append(_too_long(f"{path}.annotations", 256 * 1024))
+    errors.extend(_validate_owner_references(meta.get("ownerReferences") or [], f"{path}.ownerReferences"))
+    if old_meta is None:
+        for finalizer in meta.get("finalizers") or []:
+            errors.extend(
+                _invalid(f"{path}.finalizers", finalizer, m) for m in _qualified_name_errors(finalizer)
+            )
+    return errors
+
+
+def _validate_owner_references(references: Sequence[Mapping[str, Any]], path: str) -> list[_FieldError]:
+    errors: list[_FieldError] = []
+    controller = ""
+    for i, reference in enumerate(references):
+        item = f"{path}[{i}]"
+        api_version = reference.get("apiVersion", "")
+        if not api_version:
+            errors.append(_required(f"{item}.apiVersion", "must not be empty"))
+        elif api_version.count("/") > 1 or api_version.endswith("/"):
+            errors.append(
+                _invalid(f"{item}.apiVersion", api_version, "must be <group>/<version> or <version>")
+            )
+        for key in ("kind", "name", "uid"):
+            if not reference.get(key):
+                errors.append(_required(f"{item}.{key}", "must not be empty"))
+        if reference.get("controller"):
+            current = f"{reference.get('kind', '')}/{reference.get('name', '')}"
+            if controller:
+                detail = (
+                    'Only one reference can have Controller set to true. Found "true" in references for '
+                    f"{controller} and {current}"
+                )
+                errors.append(_invalid(path, list(references), detail))
+            else:
+                controller = current
+    return errors
+
+
+def _finalizer_warnings(meta: Mapping[str, Any], old_meta: Mapping[str, Any] | None) -> list[str]:
+    """The warnings kube-apiserver adds for finalizers that are not domain-qualified."""
+    standard = {"orphan", "foregroundDeletion", "kubernetes"}
+    old = set((old_meta or {}).get("finalizers") or [])
+    warnings: list[str] = []
+    for finalizer in sorted(set(meta.get("finalizers") or []) - old):
+        warnings.extend(f'metadata.finalizers: "{finalizer}": {m}' for m in _qualified_name_errors(finalizer))
+        if "/" not in finalizer and finalizer not in standard:
+            advice = (
+                "a domain-qualified finalizer name including a path (/)"
+                if "." in finalizer
+                else "a domain-qualified finalizer name"
+            )
+            warnings.append(
+                f'metadata.finalizers: "{finalizer}": prefer {advice} to avoid accidental conflicts with other finalizer writers'
+            )
+    return warnings
+
+
+def _validate_embedded(value: Any, s: _Schema | None, path: str | None) -> list[_FieldError]:
+    """objectmeta.Validate: type and object meta of x-kubernetes-embedded-resource objects."""
+    if s is None or not s.embedded_below:
+        return []
+    errors: list[_FieldError] = []
+    if isinstance(value, dict):
+        if s.embedded_resource:
+            errors.extend(_validate_embedded_resource(value, path))
+        for key, child in value.items():
+            if key in s.properties:
+                errors.extend(_validate_embedded(child, s.properties[key], _child(path, key)))
+            elif s.additional_properties is not None:
+                errors.extend(_validate_embedded(child, s.additional_properties, _key(path, key)))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            errors.extend(_validate_embedded(item, s.items, _index(path, i)))
+    return errors
+
+
+def _validate_embedded_resource(value: Mapping[str, Any], path: str | None) -> list[_FieldError]:
+    errors: list[_FieldError] = []
+    for key in ("apiVersion", "kind"):
+        if key not in value:
+            errors.append(_required(_child(path, key)))
+    api_version = value.get("apiVersion")
+    if isinstance(api_version, str):
+        if not api_version:
+            errors.append(_invalid(_child(path, "apiVersion"), api_version, "must not be empty"))
+        elif api_version.count("/") > 1:
+            errors.append(
+                _invalid(
+                    _child(path, "apiVersion"), api_version, f"unexpected GroupVersion string: {api_version}"
+                )
+            )
+    kind = value.get("kind")
+    if isinstance(kind, str):
+        if not kind:
+            errors.append(_invalid(_child(path, "kind"), kind, "must not be empty"))
+        elif len(kind) > 63 or not re.fullmatch(_DNS1035_LABEL, kind.lower()):
+            detail = (
+                "may have mixed case, but should otherwise match: a DNS-1035 label must consist of lower case "
+                "alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric "
+                f"character (e.g. 'my-name',  or 'abc-123', regex used for validation is '{_DNS1035_LABEL}')"
+            ).replace(",  or", " or")
+            errors.append(_invalid(_child(path, "kind"), kind, detail))
+    metadata = value.get("metadata")
+    if isinstance(metadata, Mapping):
+        meta_path = _child(path, "metadata")
+        name = metadata.get("name", "")
+        if name in (".", "..") or "/" in name or "%" in name:
+            reason = (
+                f"may not be '{name}'"
+                if name in (".", "..")
+                else f"may not contain '{'/' if '/' in name else '%'}'"
+            )
+            errors.append(_invalid(f"{meta_path}.name", name, reason))
+        labelled = {k: v for k, v in metadata.items() if k in ("labels", "annotations", "ownerReferences")}
+        errors.extend(_validate_object_meta(labelled | {"name": "fakename"}, {"name": "fakename"}, meta_path))
+    return errors
+
+
+def _set_key(value: Any) -> Any:
+    """A hashable identity for set/map-list comparison: 1 and 1.0 stay distinct as in Go, objects by JSON."""
+    if isinstance(value, (dict, list)):
+        return ("compound", _go_json(value))
+    return (type(value).__name__, value) if value is not _OMIT else ("unspecified",)
+
+
+def _validate_lists(value: Any, s: _Schema | None, path: str | None) -> list[_FieldError]:
+    """listtype.ValidateListSetsAndMaps: items of set lists and keys of map lists must be unique."""
+    if s is None or not s.lists_below:
+        return []
+    errors: list[_FieldError] = []
+    if isinstance(value, dict):
+        for key, child in value.items():
+            if key in s.properties:
+                errors.extend(_validate_lists(child, s.properties[key], _child(path, key)))
+            elif s.additional_properties is not None:
+                errors.extend(_validate_lists(child, s.additional_properties, _key(path, key)))
+    elif isinstance(value, list):
+        if s.list_type == "set":
+            errors.extend(_duplicate(_index(path, i), value[i]) for i in _repeated(value))
+        elif s.list_type == "map":
+            errors.extend(_validate_map_list(value, s, path))
+        for i, item in enumerate(value):
+            errors.extend(_validate_lists(item, s.items, _index(path, i)))
+    return errors
+
+
+def _repeated(values: Sequence[Any]) -> list[int]:
+    """Indices of the second occurrence of each repeated value."""
+    seen: dict[Any, int] = {}
+    repeated = []
+    for i, value in enumerate(values):
+        key = _set_key(value)
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] == 2:
+            repeated.append(i)
+    return repeated
+
+
+def _validate_map_list(items: list[Any], s: _Schema, path: str | None) -> list[_FieldError]:
+    for i, item in enumerate(items):
+        if item is not None and not isinstance(item, Mapping):
+            return [_invalid(_index(path, i), item, "must be an object for an array of list-type map")]
+    keys: list[Any] = []
+    for item in items:
+        present = item or {}
+        if len(s.list_map_keys) == 1:
+            keys.append(present.get(s.list_map_keys[0], _OMIT))
+        else:
+            keys.append({k: present[k] for k in s.list_map_keys if k in present})
+    errors = []
+    for i in _repeated(keys):
+        if len(s.list_map_keys) == 1:
+            shown = {} if keys[i] is _OMIT else {s.list_map_keys[0]: keys[i]}
+        else:
+            shown = keys[i]
+        errors.append(_duplicate(_index(path, i), shown))
+    return errors
+
+
+def _nested_int64(obj: Mapping[str, Any], json_path: str) -> tuple[int, str]:
+    """unstructured.NestedInt64 for a scale subresource path; returns (value, error)."""
+    current: Any = obj
+    for name in json_path.removeprefix(".").split("."):
+        if not isinstance(current, Mapping) or name not in current:
+            return 0, ""
+        current = current[name]
+    if isinstance(current, int) and not isinstance(current, bool):
+        return current, ""
+    go_type = {"number": "float64", "string": "string", "boolean": "bool"}.get(
+        _json_kind(current), "map[string]interface {}"
+    )
+    return 0, f"{json_path} accessor error: {_format_value(current)} is of the type {go_type}, expected int64"
+
+
+def _validate_replicas(obj: Mapping[str, Any], json_path: str | None) -> list[_FieldError]:
+    if not json_path:
+        return []
+    replicas, error = _nested_int64(obj, json_path)
+    if error:
+        return [_invalid(json_path, replicas, error)]
+    if replicas < 0:
+        return [_invalid(json_path, replicas, "should be a non-negative integer")]
+    if replicas > 2**31 - 1:
+        return [_invalid(json_path, replicas, f"should be less than or equal to {2**31 - 1}")]
+    return []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CEL validation rules
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False, slots=True)
+class _Rule:
+    program: CelProgram
+    rule: str
+    message: str
+    message_expression: CelProgram | None
+    reason: str | None
+    field_path: str  # normalised, "" when the error goes to the rule's own node
+    optional_old_self: bool
+
+    @property
+    def described(self) -> str:
+        """How kube-apiserver names the rule in errors: its message, else its text."""
+        return self.message or self.rule.strip()
+
+
+@dataclass(eq=False, slots=True)
+class _CelNode:
+    """The rules of one schema node and of the nodes below it (only branches that hold rules)."""
+
+    schema: _Schema  # types `self`
+    rules: list[_Rule]
+    resource_root: bool
+    properties: dict[str, _CelNode]
+    items: _CelNode | None
+    additional_properties: _CelNode | None
+    all_of: list[_CelNode]
+
+
+_CEL_RESERVED = frozenset(
+    {
+        "true", "false", "null", "in", "as", "break", "const", "continue", "else", "for", "function", "if",
+        "import", "let", "loop", "package", "namespace", "return", "var", "void", "while",
+    }
+)  # fmt: skip
+_CEL_ESCAPES = {"__": "__underscores__", ".": "__dot__", "-": "__dash__", "/": "__slash__"}
+
+
+def _escape_cel_name(name: str) -> str | None:
+    """The name a property has in CEL (cel.Escape), or None when CEL cannot reach it."""
+    if not name or name[0].isdigit():
+        return None
+    if name in _CEL_RESERVED:
+        return f"__{name}__"
+    if not re.fullmatch(r"[A-Za-z0-9_./-]+", name):
+        return None
+    return re.sub(r"__|[-./]", lambda m: _CEL_ESCAPES[m.group(0)], name)
+
+
+def _cel_names(s: _Schema) -> dict[str, str]:
+    if s.cel_names is None:
+        names = {}
+        for name in s.properties:
+            escaped = _escape_cel_name(name)
+            if escaped is not None:
+                names[escaped] = name
+        s.cel_names = names
+    return s.cel_names
+
+
+def _cel_type_name(s: _Schema) -> str:
+    if s.int_or_string:
+        return "dyn"
+    if s.type == "object":
+        return "map" if s.additional_properties is not None and not s.properties else "object"
+    return {"integer": "int", "number": "double", "boolean": "bool", "array": "list"}.get(
+        s.type, s.type or "dyn"
+    )
+
+
+class _CelCompiler:
+    """Builds the tree of CEL rules of a schema, reporting invalid rules as CRD validation errors."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+
+    def build(
+        self, rules_from: _Schema, typed_by: _Schema, resource_root: bool, uncorrelatable: str | None
+    ) -> _CelNode | None:
+        rules = []
+        for raw in rules_from.raw_rules:
+            rule = self._rule(raw, typed_by, resource_root, uncorrelatable)
+            if rule is not None:
+                rules.append(rule)
+        properties: dict[str, _CelNode] = {}
+        for name, child in rules_from.properties.items():
+            typed_child = typed_by.properties.get(name)
+            if typed_child is not None:
+                node = self.build(child, typed_child, typed_child.embedded_resource, uncorrelatable)
+                if node is not None:
+                    properties[name] = node
+        items = None
+        if rules_from.items is not None and typed_by.items is not None:
+            # Items of lists other than map lists cannot be matched with their previous version.
+            item_path = uncorrelatable if typed_by.list_type == "map" else uncorrelatable or typed_by.crd_path
+            items = self.build(rules_from.items, typed_by.items, typed_by.items.embedded_resource, item_path)
+        additional = None
+        if rules_from.additional_properties is not None and typed_by.additional_properties is not None:
+            extra = typed_by.additional_properties
+            additional = self.build(
+                rules_from.additional_properties, extra, extra.embedded_resource, uncorrelatable
+            )
+        all_of = [
+            node
+            for branch in rules_from.all_of
+            if (node := self.build(branch, typed_by, resource_root, uncorrelatable)) is not None
+        ]
+        if not (rules or properties or items or additional or all_of):
+            return None
+        return _CelNode(typed_by, rules, resource_root, properties, items, additional, all_of)
+
+    def _fail(self, path: str, value: Any, detail: str) -> None:
+        self.errors.append(_invalid(path, value, detail).text())
+
+    def _rule(
+        self, raw: _RawRule, s: _Schema, resource_root: bool, uncorrelatable: str | None
+    ) -> _Rule | None:
+        rule, message = raw.rule.strip(), raw.message.strip()
+        if not rule:
+            self.errors.append(_required(f"{raw.crd_path}.rule", "rule is not specified").text())
+            return None
+        if raw.message and not message:
+            self._fail(f"{raw.crd_path}.message", raw.message, "must be non-empty if specified")
+        elif "\n" in message:
+            self._fail(f"{raw.crd_path}.message", raw.message, "must not contain line breaks")
+        elif "\n" in rule and not message:
+            self.errors.append(
+                _required(
+                    f"{raw.crd_path}.message", "message must be specified if rule contains line breaks"
+                ).text()
+            )
+        if raw.message_expression and not raw.message_expression.strip():
+            self.errors.append(
+                _required(
+                    f"{raw.crd_path}.messageExpression", "messageExpression must be non-empty if specified"
+                ).text()
+            )
+        if raw.reason is not None and raw.reason not in _RULE_REASONS:
+            self.errors.append(_not_supported(f"{raw.crd_path}.reason", raw.reason, _RULE_REASONS).text())
+        field_path = ""
+        if raw.field_path:
+            try:
+                field_path = _normalise_field_path(raw.field_path, s)
+            except ValueError:
+                self._fail(f"{raw.crd_path}.fieldPath", raw.field_path, "must be a valid path")
+        program = self._compile(raw.rule, s, resource_root, f"{raw.crd_path}.rule", "compilation failed")
+        message_expression = None
+        if raw.message_expression.strip():
+            message_expression = self._compile(
+                raw.message_expression,
+                s,
+                resource_root,
+                f"{raw.crd_path}.messageExpression",
+                "messageExpression compilation failed",
+            )
+        if program is None:
+            return None
+        if program.uses_old_self and uncorrelatable is not None:
+            self._fail(
+                f"{raw.crd_path}.rule",
+                raw.rule,
+                f"oldSelf cannot be used on the uncorrelatable portion of the schema within {uncorrelatable}",
+            )
+        elif not program.uses_old_self and raw.optional_old_self is not None:
+            self._fail(
+                f"{raw.crd_path}.optionalOldSelf",
+                raw.optional_old_self,
+                "may not be set if oldSelf is not used in rule",
+            )
+        return _Rule(
+            program=program,
+            rule=raw.rule,
+            message=message,
+            message_expression=message_expression,
+            reason=raw.reason,
+            field_path=field_path,
+            optional_old_self=bool(raw.optional_old_self),
+        )
+
+    def _compile(
+        self, source: str, s: _Schema, resource_root: bool, path: str, label: str
+    ) -> CelProgram | None:
+        try:
+            program = compile_cel(source)
+            for selection in program.selections:
+                _check_selection(s, resource_root, selection.names, selection.line, selection.column)
+        except CelCompileError as error:
+            self._fail(path, source, f"{label}: {error}")
+            return None
+        return program
+
+
+def _check_selection(s: _Schema, resource_root: bool, names: Sequence[str], line: int, column: int) -> None:
+    """cel-go's type check of `self.a.b`: every selected field must be declared (escaped names)."""
+    current, root = s, resource_root
+    for name in names:
+        if root and name in ("apiVersion", "kind"):
+            current, root = _STRING_SCHEMA, False
+            continue
+        if root and name == "metadata":
+            current, root = _METADATA_SCHEMA, False
+            continue
+        if current.int_or_string or (not current.type and current.preserve_unknown_fields):
+            return  # dynamic: cel-go checks nothing further
+        if current.type == "object" and (current.properties or current.additional_properties is None):
+            prop_name = _cel_names(current).get(name)
+            if prop_name is None:
+                raise CelCompileError(f"ERROR: <input>:{line}:{column}: undefined field '{name}'")
+            current = current.properties[prop_name]
+            root = current.embedded_resource
+        elif current.type == "object" and current.additional_properties is not None:
+            current = current.additional_properties
+            root = current.embedded_resource
+        else:
+            kind = _cel_type_name(current)
+            raise CelCompileError(
+                f"ERROR: <input>:{line}:{column}: type '{kind}' does not support field selection"
+            )
+
+
+def _normalise_field_path(path: str, s: _Schema) -> str:
+    """cel.ValidFieldPath: `.a.b['c']` against the schema, as the field.Path string it designates."""
+    tokens = re.findall(r"'(?:[^'\\]|\\.)*'|[.\[\]]|[^.\[\]']+", path)
+    result: str | None = None
+    current: _Schema | None = s
+    position = 0
+
+    def step(name: str) -> None:
+        nonlocal result, current
+        if current is None:
+            raise ValueError("does not refer to a valid field")
+        if current.properties:
+            if name not in current.properties:
+                raise ValueError("does not refer to a valid field")
+            result, current = _child(result, name), current.properties[name]
+        elif current.additional_properties is not None:
+            result, current = _key(result, name), current.additional_properties
+        else:
+            raise ValueError("does not refer to a valid field")
+
+    while position < len(tokens):
+        token = tokens[position]
+        if token == ".":
+            if position + 1 >= len(tokens):
+                raise ValueError("unexpected end of JSON path")
+            step(tokens[position + 1])
+            position += 2
+        elif token == "[":
+            if position + 2 >= len(tokens) or tokens[position + 2] != "]":
+                raise ValueError("expected ]")
+            quoted = tokens[position + 1]
+            if len(quoted) < 2 or quoted[0] != "'" or quoted[-1] != "'":
+                raise ValueError(f"expected single quoted string but got {quoted}")
+            step(_unescape_single_quoted(quoted[1:-1]))
+            position += 3
+        else:
+            raise ValueError(f"expected [ or . but got: {token}")
+    return result or ""
+
+
+_SINGLE_QUOTE_ESCAPES = {
+    "a": "\a",
+    "b": "\b",
+    "f": "\f",
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+    "v": "\v",
+    "'": "'",
+    "\\": "\\",
+}
+
+
+def _unescape_single_quoted(text: str) -> str:
+    def replace(match: re.Match[str]) -> str:
+        if match.group(1) not in _SINGLE_QUOTE_ESCAPES:
+            raise ValueError(f"invalid escape char {match.group(0)}")
+        return _SINGLE_QUOTE_ESCAPES[match.group(1)]
+
+    return re.sub(r"\\(.)", replace, text)
+
+
+class _CelValidator:
+    """Runs the rule tree over an object (cel.Validator.Validate), with oldSelf and ratcheting on updates."""
+
+    def __init__(self) -> None:
+        self.errors: list[_FieldError] = []
+        self.warnings: list[str] = []
+        self._converted: dict[tuple[int, int, bool], Any] = {}
+
+    def run(
+        self,
+        node: _CelNode,
+        value: Any,
+        old: Any,
+        path: str | None,
+        *,
+        anchor: _Correlation | None,
+        parent_anchor: _Correlation | None,
+    ) -> None:
+        if value is None:
+            return  # rules see only present, non-null values
+        if node.rules:
+            self._evaluate(node, value, old, path, anchor)
+        for branch in node.all_of:
+            self.run(branch, value, old, path, anchor=parent_anchor, parent_anchor=parent_anchor)
+        if isinstance(value, list) and node.items is not None:
+            for i, item in enumerate(value):
+                old_item = _old_list_item(node.schema, old, item) if old is not None else None
+                item_anchor = _Correlation(item, old_item) if old_item is not None else anchor
+                self.run(
+                    node.items, item, old_item, _index(path, i), anchor=item_anchor, parent_anchor=anchor
+                )
+        elif isinstance(value, dict):
+            old_map = old if isinstance(old, Mapping) else {}
+            # Declared properties in schema order (Kubernetes walks a Go map: any order), then map entries.
+            children = [(key, n, _child(path, key)) for key, n in node.properties.items() if key in value]
+            if node.additional_properties is not None:
+                extra = node.additional_properties
+                declared = node.schema.properties
+                children += [(key, extra, _key(path, key)) for key in value if key not in declared]
+            for key, child_node, child_path in children:
+                child, old_child = value[key], old_map.get(key)
+                child_anchor = anchor
+                if old_child is not None and anchor is not None:
+                    # apiVersion and kind are never ratcheted at the root of the object.
+                    at_root = path is None and key in ("apiVersion", "kind")
+                    child_anchor = None if at_root else _Correlation(child, old_child)
+                self.run(child_node, child, old_child, child_path, anchor=child_anchor, parent_anchor=anchor)
+
+    def _evaluate(
+        self, node: _CelNode, value: Any, old: Any, path: str | None, anchor: _Correlation | None
+    ) -> None:
+        self_value = self._to_cel(value, node.schema, node.resource_root)
+        old_value: Any = None
+        for rule in node.rules:
+            if rule.program.uses_old_self and old is None and not rule.optional_old_self:
+                continue  # transition rules need a previous value
+            variables: dict[str, Any] = {"self": self_value}
+            if rule.program.uses_old_self:
+                if old is not None and old_value is None:
+                    old_value = self._to_cel(old, node.schema, node.resource_root)
+                if rule.optional_old_self:
+                    variables["oldSelf"] = CelOptional(old_value) if old is not None else CelOptional()
+                else:
+                    variables["oldSelf"] = old_value
+            try:
+                result = rule.program.evaluate(variables)
+            except CelEvaluationError as error:
+                self.errors.append(self._runtime_error(node, path, rule, str(error)))
+                continue
+            if not isinstance(result, (bool, celtypes.BoolType)):
+                detail = (
+                    f"rule evaluated to {type(result).__name__}, not bool, evaluating rule: {rule.described}"
+                )
+                self.errors.append(_invalid(_shown(path), node.schema.type, detail))
+                continue
+            if result:
+                continue
+            target = _child(path, rule.field_path) if rule.field_path else _shown(path)
+            detail = self._message(rule, variables) or (rule.message or f"failed rule: {rule.rule.strip()}")
+            failure = _rule_error(rule.reason, target, node.schema.type, detail)
+            if not rule.program.uses_old_self and anchor is not None and anchor.unchanged:
+                self.warnings.append(failure.text())  # ratcheted: the value did not change
+            else:
+                self.errors.append(failure)
+
+    @staticmethod
+    def _runtime_error(node: _CelNode, path: str | None, rule: _Rule, text: str) -> _FieldError:
+        if text.startswith("no such overload"):
+            detail = (
+                f"'{text}': call arguments did not match a supported operator, function or macro signature "
+                f"for rule: {rule.described}"
+            )
+        else:
+            detail = f"{text} evaluating rule: {rule.described}"
+        return _invalid(_shown(path), node.schema.type, detail)
+
+    @staticmethod
+    def _message(rule: _Rule, variables: Mapping[str, Any]) -> str:
+        """messageExpression's value, or "" to fall back to the static message (as Kubernetes does)."""
+        if rule.message_expression is None:
+            return ""
+        if "oldSelf" in variables and isinstance(variables["oldSelf"], CelOptional):
+            optional = variables["oldSelf"]
+            variables = {**variables, "oldSelf": optional.value if optional.has_value else None}
+        try:
+            text = rule.message_expression.evaluate(variables)
+        except CelEvaluationError:
+            return ""
+        if not isinstance(text, str):
+            return ""
+        text = text.strip()
+        return text if text and "\n" not in text and len(text) <= 5000 else ""
+
+    def _to_cel(self, value: Any, s: _Schema, resource_root: bool = False) -> Any:
+        """A JSON value as CEL sees it under schema `s` (UnstructuredToVal), memoised per object."""
+        memo_key = (id(value), id(s), resource_root)
+        if memo_key in self._converted:
+            return self._converted[memo_key][1]
+        converted = self._convert(value, s, resource_root)
+        self._converted[memo_key] = (value, converted)  # keep `value` alive so its id stays unique
+        return converted
+
+    def _convert(self, value: Any, s: _Schema, resource_root: bool) -> Any:
+        if value is None:
+            return None
+        if s.int_or_string:
+            if isinstance(value, str):
+                return celtypes.StringType(value)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return celtypes.IntType(value)
+            return OpaqueValue(value)
+        if s.type == "object" and isinstance(value, Mapping):
+            if resource_root or s.embedded_resource or s.properties:
+                return self._convert_object(value, s, resource_root or s.embedded_resource)
+            if s.additional_properties is not None:
+                extra = s.additional_properties
+                return celtypes.MapType(
+                    {
+                        celtypes.StringType(k): self._to_cel(v, extra, extra.embedded_resource)
+                        for k, v in value.items()
+                    }
+                )
+            return OpaqueValue(value) if s.preserve_unknown_fields else celtypes.MapType({})
+        if s.type == "array" and isinstance(value, list) and s.items is not None:
+            items = [self._to_cel(v, s.items, s.items.embedded_resource) for v in value]
+            if s.list_type == "set":
+                return SetList(items)
+            if s.list_type == "map":
+                keys = [_escape_cel_name(k) or k for k in s.list_map_keys]
+                return MapList(items, keys)
+            return celtypes.ListType(items)
+        if s.type == "string" and isinstance(value, str):
+            return _convert_string(value, s.declared_format)
+        if s.type == "number" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return celtypes.DoubleType(float(value))
+        if s.type == "integer" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return celtypes.IntType(int(value))
+        if s.type == "boolean" and isinstance(value, bool):
+            return celtypes.BoolType(value)
+        return OpaqueValue(value)
+
+    def _convert_object(self, value: Mapping[str, Any], s: _Schema, resource_root: bool) -> Any:
+        fields: dict[Any, Any] = {}
+        names = _cel_names(s)
+        for escaped, name in names.items():
+            if name in value:
+                prop = s.properties[name]
+                fields[celtypes.StringType(escaped)] = self._to_cel(value[name], prop, prop.embedded_resource)
+        if resource_root:
+            # apiVersion, kind, metadata.name and metadata.generateName are always visible at a resource root.
+            for key in ("apiVersion", "kind"):
+                if isinstance(value.get(key), str):
+                    fields[celtypes.StringType(key)] = celtypes.StringType(value[key])
+            metadata = value.get("metadata")
+            if isinstance(metadata, Mapping):
+                fields[celtypes.StringType("metadata")] = celtypes.MapType(
+                    {
+                        celtypes.StringType(k): celtypes.StringType(metadata[k])
+                        for k in ("name", "generateName")
+                        if isinstance(metadata.get(k), str)
+                    }
+                )
+        return celtypes.MapType(fields)
+
+
+def _convert_string(value: str, declared_format: str) -> Any:
+    """Strings with a date, date-time, duration or byte format are typed values in Kubernetes' CEL."""
+    try:
+        if declared_format == "date-time":
+            return celtypes.TimestampType(value)
+        if declared_format == "date":
+            return celtypes.TimestampType(f"{value}T00:00:00Z")
+        if declared_format == "duration":
+            return celtypes.DurationType(value)
+        if declared_format == "byte":
+            return celtypes.BytesType(base64.b64decode(value, validate=True))
+    except (ValueError, TypeError, binascii.Error):  # an invalid value already failed format validation
+        return celtypes.StringType(value)
+    return celtypes.StringType(value)
+
+
+def _rule_error(reason: str | None, path: str, type_name: str, detail: str) -> _FieldError:
+    """fieldErrorForReason."""
+    if reason == "FieldValueForbidden":
+        return _forbidden(path, detail)
+    if reason == "FieldValueRequired":
+        return _required(path, detail)
+    if reason == "FieldValueDuplicate":
+        return _duplicate(path, type_name)
+    return _invalid(path, type_name, detail)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The engine
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False, slots=True)
+class _Version:
+    name: str
+    schema: _Schema | None
+    cel: _CelNode | None
+    status_subresource: bool
+    spec_replicas_path: str | None
+    status_replicas_path: str | None
+    label_selector_path: str | None
+
+
+class CRDAdmission:
+    """Admission for the custom resources of one CustomResourceDefinition (apiextensions.k8s.io/v1).
+
+    Compiles schemas and CEL rules of every served version once; `admit` then prunes, defaults and
+    validates an object as kube-apiserver does and raises AdmissionError listing every problem found.
+    A CRD with invalid rules or schemas raises ValueError, naming what kube-apiserver would refuse.
+    """
+
+    def __init__(self, crd: Mapping[str, Any]) -> None:
+        spec = crd["spec"]
+        self.name: str = crd.get("metadata", {}).get("name", "")
+        self.group: str = spec["group"]
+        self.kind: str = spec["names"]["kind"]
+        self.namespaced: bool = spec.get("scope", "Namespaced") == "Namespaced"
+        self.preserve_unknown_fields: bool = bool(spec.get("preserveUnknownFields", False))
+        errors: list[str] = []
+        self._versions: dict[str, _Version] = {}
+        for i, version in enumerate(spec.get("versions", [])):
+            if version.get("served", True):
+                self._versions[version["name"]] = self._compile_version(version, i, errors)
+        if errors:
+            raise ValueError(
+                f"CustomResourceDefinition.apiextensions.k8s.io {_go_quote(self.name)} is invalid: "
+                + _aggregate(errors)
+            )
+
+    @staticmethod
+    def _compile_version(version: Mapping[str, Any], index: int, errors: list[str]) -> _Version:
+        raw_schema = (version.get("schema") or {}).get("openAPIV3Schema")
+        schema = cel = None
+        if raw_schema is not None:
+            crd_path = f"spec.versions[{index}].schema.openAPIV3Schema"
+            schema = _compile_schema(raw_schema, crd_path, errors)
+            _prune_defaults(schema)
+            cel = _CelCompiler(errors).build(schema, schema, True, None)
+        subresources = version.get("subresources") or {}
+        scale = subresources.get("scale") or {}
+        return _Version(
+            name=version["name"],
+            schema=schema,
+            cel=cel,
+            status_subresource="status" in subresources,
+            spec_replicas_path=scale.get("specReplicasPath"),
+            status_replicas_path=scale.get("statusReplicasPath"),
+            label_selector_path=scale.get("labelSelectorPath"),
+        )
+
+    @property
+    def served_versions(self) -> list[str]:
+        return list(self._versions)
+
+    def has_status_subresource(self, version: str) -> bool:
+        return self._version(version).status_subresource
+
+    def admit(
+        self,
+        obj: Mapping[str, Any],
+        old: Mapping[str, Any] | None = None,
+        *,
+        version: str,
+        subresource: str | None = None,
+        field_validation: str = "Strict",
+    ) -> dict[str, Any]:
+        """Return a new dict: pruned, defaulted and validated. Raise AdmissionError listing all causes found.
+
+        `old` is the stored object on updates (None on create); `subresource="status"` validates a status
+        update as the status strategy does. `field_validation` is the request's fieldValidation parameter:
+        kube-apiserver's default when a client sends none is "Warn" (kubectl sends "Strict").
+
+        Call it where kube-apiserver validates: after the name is generated from generateName and, with a
+        status subresource, after status (main resource) or everything but status (status writes) has been
+        reset to the stored values.
+        """
+        return self.admit_with_warnings(
+            obj, old, version=version, subresource=subresource, field_validation=field_validation
+        ).object
+
+    def admit_with_warnings(
+        self,
+        obj: Mapping[str, Any],
+        old: Mapping[str, Any] | None = None,
+        *,
+        version: str,
+        subresource: str | None = None,
+        field_validation: str = "Strict",
+    ) -> Admitted:
+        """Like `admit`, also returning the warnings kube-apiserver would send (unknown fields under Warn,
+        ratcheted rule failures, finalizer advice)."""
+        if field_validation not in ("Strict", "Warn", "Ignore"):
+            raise ValueError(f"fieldValidation must be Strict, Warn or Ignore, not {field_validation!r}")
+        if subresource not in (None, "status"):
+            raise ValueError(
+                f"only the main resource and the status subresource are admitted, not {subresource!r}"
+            )
+        served = self._version(version)
+        work: dict[str, Any] = _copy_json(obj)
+        work.setdefault("apiVersion", f"{self.group}/{version}")
+        work.setdefault("kind", self.kind)
+        warnings: list[str] = []
+
+        unknown = self._decode(work, served, version)
+        if unknown and field_validation == "Strict":
+            causes = [FieldCause(path, "FieldValueUnknown", f'unknown field "{path}"') for path in unknown]
+            detail = "strict decoding error: " + ", ".join(c.message for c in causes)
+            raise AdmissionError(causes, decoding_error=detail, version=version)
+        if field_validation == "Warn":
+            warnings.extend(f'unknown field "{path}"' for path in unknown)
+
+        _apply_defaults(work, served.schema)
+        errors = self._validate(
+            work, old, served, version=version, subresource=subresource, warnings=warnings
+        )
+        if errors:
+            raise AdmissionError([e.cause() for e in errors], version=version, warnings=warnings)
+        return Admitted(work, warnings)
+
+    def _version(self, version: str) -> _Version:
+        try:
+            return self._versions[version]
+        except KeyError:
+            raise ValueError(f"version {version!r} of {self.kind}.{self.group} is not served") from None
+
+    def _decode(self, work: dict[str, Any], served: _Version, version: str) -> list[str]:
+        """Prune and coerce as the CR codec does; return the unknown fields' paths in kube-apiserver's order."""
+        unknown_meta: list[str] = []
+        unknown_fields: list[str] = []
+        unknown_embedded: list[str] = []
+        try:
+            if "metadata" in work and work["metadata"] is not None:
+                work["metadata"] = _coerce_object_meta(work["metadata"], "metadata", unknown_meta)
+            if not self.preserve_unknown_fields:
+                _prune(work, served.schema, "", unknown_fields, resource_root=True)
+                _prune_nulls(work, served.schema)
+            _coerce_embedded(work, served.schema, None, unknown_embedded)
+        except _DecodeError as error:
+            cause = FieldCause(error.field_path, error.reason, str(error))
+            raise AdmissionError([cause], decoding_error=str(error), version=version) from None
+        return unknown_meta + sorted(unknown_fields) + sorted(unknown_embedded)
+
+    def _validate(
+        self,
+        obj: dict[str, Any],
+        old: Mapping[str, Any] | None,
+        served: _Version,
+        *,
+        version: str,
+        subresource: str | None,
+        warnings: list[str],
+    ) -> list[_FieldError]:
+        errors = self._validate_type_meta(obj, version)
+        if errors:
+            return errors
+        meta = obj.get("metadata") or {}
+        old_meta = ((old or {}).get("metadata") or {}) if old is not None else None
+        errors.extend(_validate_object_meta(meta, old_meta, "metadata"))
+        if subresource is None:
+            warnings.extend(_finalizer_warnings(meta, old_meta))
+        schema = served.schema
+        if subresource == "status":
+            # The status strategy validates only the status against the schema, under the path "status".
+            status_schema = schema.properties.get("status") if schema is not None else None
+            if status_schema is not None and "status" in obj:
+                old_status = (old or {}).get("status")
+                correlation = _Correlation(obj["status"], old_status) if old_status is not None else None
+                errors.extend(
+                    _SchemaValidator("status").validate(status_schema, obj["status"], "", correlation)
+                )
+        elif schema is not None:
+            correlation = _Correlation(obj, old) if old is not None else None
+            errors.extend(_SchemaValidator(None).validate(schema, obj, "", correlation))
+        if subresource is None:
+            errors.extend(_validate_replicas(obj, served.spec_replicas_path))
+        errors.extend(_validate_replicas(obj, served.status_replicas_path))
+        if served.label_selector_path:
+            errors.extend(_validate_label_selector(obj, served.label_selector_path))
+        if subresource is None:
+            errors.extend(_validate_embedded(obj, schema, None))
+        # Uniqueness in set and map lists is ratcheted as a whole: on updates only enforced if the old object had it.
+        list_errors = _validate_lists(obj, schema, None)
+        if list_errors and (old is None or not _validate_lists(old, schema, None)):
+            errors.extend(list_errors)
+        if served.cel is not None:
+            if any(e.reason in _BLOCKING_ERRORS for e in errors):
+                detail = "some validation rules were not checked because the object was invalid; correct the existing errors to complete validation"
+                errors.append(_invalid(_NIL_PATH, None, detail))
+            else:
+                validator = _CelValidator()
+                anchor = _Correlation(obj, old) if old is not None else None
+                validator.run(served.cel, obj, old, None, anchor=anchor, parent_anchor=None)
+                errors.extend(validator.errors)
+                warnings.extend(validator.warnings)
+        return errors
+
+    def _validate_type_meta(self, obj: Mapping[str, Any], version: str) -> list[_FieldError]:
+        errors = []
+        if obj.get("kind") != self.kind:
+            errors.append(_invalid("kind", obj.get("kind"), f"must be {self.kind}"))
+        expected = f"{self.group}/{version}"
+        if obj.get("apiVersion") != expected:
+            errors.append(_invalid("apiVersion", obj.get("apiVersion"), f"must be {expected}"))
+        return errors
+
+
+def _validate_label_selector(obj: Mapping[str, Any], json_path: str) -> list[_FieldError]:
+    current: Any = obj
+    for name in json_path.removeprefix(".").split("."):
+        if not isinstance(current, Mapping) or name not in current:
+            return []
+        current = current[name]
+    if isinstance(current, str):
+        return []
+    go_type = {"number": "float64", "integer": "int64", "boolean": "bool"}.get(
+        _json_kind(current), "map[string]interface {}"
+    )
+    return [
+        _invalid(
+            json_path,
+            "",
+            f"{json_path} accessor error: {_format_value(current)} is of the type {go_type}, expected string",
+        )
+    ]
+
+
+def _prune_defaults(s: _Schema) -> None:
+    """structuraldefaulting.PruneDefaults: defaults lose the fields their schema does not declare."""
+    if s.has_default:
+        s.default = _copy_json(s.default)
+        _prune(s.default, s, "", [])
+    for child in (*s.properties.values(), s.additional_properties, s.items):
+        if child is not None:
+            _prune_defaults(child)
