@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+scripts/system-packages.sh
 scripts/setup.sh
 command -v kubectl >/dev/null || { echo "kubectl is required on PATH for the kubectl tests" >&2; exit 1; }
 

@@ -1,0 +1,1069 @@
+"""A Kubernetes API server emulator faithful enough for Kopf, kubectl and the Python client.
+
+`ApiEmulator` is a kmock `KubernetesEmulator` that serves every request itself: stock kmock keeps
+no resourceVersions, merges every write blindly, cannot replay a watch from a revision and fails on
+/api/v1/namespaces, so the object semantics live in `store.Store` and the HTTP semantics here.
+From kmock it keeps the resource registry (`resources`), the request log (`requests`) and the
+reactions tests may declare (`emulator["get /api/v1/pods"] << 500`), which win over the emulation.
+
+`EmulatorServer` runs one on a real port in its own thread and event loop, for kubectl, Kopf
+(via `kopf.testing.KopfRunner` in another thread) and tests that play the kubelet or the job
+controller through its thread-safe helpers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import importlib
+import json
+import logging
+import random
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from dataclasses import field as dataclass_field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar
+
+import aiohttp.web
+import attrs
+import kmock
+import yaml
+
+from kubetune.emulator import discovery, patching, selectors, tables
+from kubetune.emulator.resources import (
+    ALL_VERBS,
+    SELECTABLE_FIELDS,
+    SERVER_METADATA,
+    Target,
+    bad_request,
+    builtin_resources,
+    metadata_causes,
+    method_not_allowed,
+    not_found_path,
+)
+from kubetune.emulator.store import CRDS, NAMESPACES, ApiError, GroupResource, Obj, Store, WatchEvent, now
+
+logger = logging.getLogger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_GENERATED_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the API's: no vowels, no look-alike digits
+_BOOKMARK_INTERVAL_SECONDS = 30.0
+_REQUEST_LOG_LIMIT = 2000  # kmock logs every request; keep a long-running sandbox's memory bounded
+
+
+@dataclass
+class WriteOptions:
+    """How one write request is to be done, and the warnings its answer carries."""
+
+    dry_run: bool = False
+    field_validation: str = "Strict"  # Strict | Warn | Ignore, for custom resources
+    warnings: list[str] = dataclass_field(default_factory=list)
+
+
+def _generation_relevant(obj: Obj, status_is_subresource: bool) -> Obj:
+    """What bumps metadata.generation: everything but metadata (and the status, if a subresource)."""
+    exempt = {"metadata", "apiVersion", "kind"} | ({"status"} if status_is_subresource else set())
+    return {key: value for key, value in obj.items() if key not in exempt}
+
+
+def _json_response(
+    payload: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> aiohttp.web.Response:
+    body = json.dumps(payload, separators=(",", ":"))
+    return aiohttp.web.Response(text=body, status=status, content_type="application/json", headers=headers)
+
+
+def _load_admission() -> Any:
+    """The CRD admission engine (admission.py), if present; without it custom resources go unvalidated."""
+    try:
+        return importlib.import_module("kubetune.emulator.admission")
+    except ModuleNotFoundError as error:
+        if error.name != "kubetune.emulator.admission":
+            raise
+        return None
+
+
+@attrs.define(kw_only=True)
+class ApiEmulator(kmock.KubernetesEmulator):
+    """The fixed emulator. Run it with `EmulatorServer`, or serve it from any aiohttp server.
+
+    `strict_fields` forces `fieldValidation=Strict` for custom resources whatever the client asks:
+    kubectl's `--validate=false` sends `fieldValidation=Ignore`, which would otherwise let unknown
+    fields through silently. (With its default `--validate=true`, kubectl sends Strict: see
+    discovery.py.) Without the flag, a request's own `fieldValidation` counts, Strict if absent.
+    """
+
+    strict_fields: bool = True
+    store: Store = attrs.field(factory=Store)
+    _custom: dict[GroupResource, Any] = attrs.field(factory=dict, init=False)  # -> admission or None
+    _crd_versions: dict[tuple[str, str, str], Obj] = attrs.field(factory=dict, init=False)
+    _watch_queues: set[asyncio.Queue[WatchEvent | None]] = attrs.field(factory=set, init=False)
+    _closing: bool = attrs.field(default=False, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        # super() is skipped on purpose: kmock's fallbacks would answer discovery with the core group
+        # as "/v1" and mutate objects before dispatch. This class serves everything in _serve().
+        for resource, info in builtin_resources():
+            self.resources[resource] = info
+        self.store.on_removed = self._on_removed
+
+    @property
+    def objects(self) -> kmock.ObjectsArray:
+        raise AttributeError("ApiEmulator keeps objects in .store, not in kmock's .objects")
+
+    # Resolving URLs.
+
+    def _info(self, group: str, version: str, plural: str) -> kmock.ResourceInfo | None:
+        key = kmock.resource(group, version, plural)
+        # Not .get(): kmock's ResourcesArray creates missing entries on lookup.
+        return self.resources[key] if key in self.resources else None  # noqa: SIM401
+
+    def target(
+        self,
+        resource: str,
+        namespace: str | None = None,
+        name: str | None = None,
+        subresource: str | None = None,
+    ) -> Target:
+        """Resolve "group/version/plural" (or "v1/plural" for the core group), for the helpers."""
+        parts = resource.strip("/").split("/")
+        if len(parts) == 2:
+            parts.insert(0, "")
+        info = self._info(*parts) if len(parts) == 3 else None
+        if info is None:
+            raise not_found_path()
+        group, version, plural = parts
+        return Target(group, version, plural, info, namespace if info.namespaced else None, name, subresource)
+
+    def _resolve(self, path: str) -> Target:
+        parts = [part for part in path.split("/") if part]
+        if len(parts) >= 3 and parts[0] == "api":
+            group, version, rest = "", parts[1], parts[2:]
+        elif len(parts) >= 4 and parts[0] == "apis":
+            group, version, rest = parts[1], parts[2], parts[3:]
+        else:
+            raise not_found_path()
+        namespace = None
+        # /namespaces/X/plural/... is a namespaced resource; /namespaces/X/status is the namespace's own.
+        if rest[0] == "namespaces" and len(rest) >= 3:
+            info = self._info(group, version, rest[2])
+            if info is not None and info.namespaced:
+                namespace, rest = rest[1], rest[2:]
+        if len(rest) > 3:
+            raise not_found_path()
+        info = self._info(group, version, rest[0])
+        if info is None or (namespace is not None and not info.namespaced):
+            raise not_found_path()
+        name = rest[1] if len(rest) > 1 else None
+        subresource = rest[2] if len(rest) > 2 else None
+        if subresource is not None and subresource not in info.subresources:
+            raise not_found_path()
+        return Target(group, version, rest[0], info, namespace, name, subresource)
+
+    # Reading.
+
+    def _present(self, target: Target, obj: Obj) -> Obj:
+        """Serve a stored object as the requested version (storage is shared across versions)."""
+        if obj.get("apiVersion") != target.api_version:
+            obj = obj | {"apiVersion": target.api_version}
+        return obj
+
+    def _existing(self, target: Target) -> Obj:
+        obj = self.store.get(target.storage, target.namespace, target.name or "")
+        if obj is None:
+            raise target.not_found()
+        return obj
+
+    def get_object(self, target: Target) -> Obj:
+        obj = self._existing(target)
+        return self._scale(target, obj) if target.subresource == "scale" else self._present(target, obj)
+
+    def _matcher(self, target: Target, params: Mapping[str, str]) -> Callable[[Obj], bool]:
+        supported = {"metadata.name", "metadata.namespace"} | SELECTABLE_FIELDS.get(target.storage, set())
+        version = self._crd_versions.get((target.group, target.version, target.plural), {})
+        supported |= {
+            str(field.get("jsonPath", "")).lstrip(".") for field in version.get("selectableFields", [])
+        }
+        try:
+            matches = selectors.make_matcher(
+                params.get("labelSelector"), params.get("fieldSelector"), supported
+            )
+        except selectors.SelectorError as error:
+            raise bad_request(str(error)) from None
+
+        def in_scope(obj: Obj) -> bool:
+            meta = obj["metadata"]
+            if target.namespace is not None and meta.get("namespace") != target.namespace:
+                return False
+            return (target.name is None or meta["name"] == target.name) and matches(obj)
+
+        return in_scope
+
+    def list_objects(self, target: Target, params: Mapping[str, str] | None = None) -> list[Obj]:
+        matches = self._matcher(target, params or {})
+        return [
+            self._present(target, obj)
+            for obj in self.store.objects(target.storage, target.namespace)
+            if matches(obj)
+        ]
+
+    def _list_document(self, target: Target, items: list[Obj]) -> Obj:
+        metadata = {"resourceVersion": str(self.store.revision)}
+        return {
+            "kind": f"{target.kind}List",
+            "apiVersion": target.api_version,
+            "metadata": metadata,
+            "items": items,
+        }
+
+    def _printer_columns(self, target: Target) -> list[Mapping[str, Any]]:
+        version = self._crd_versions.get((target.group, target.version, target.plural), {})
+        return tables.columns_for(version.get("additionalPrinterColumns"))
+
+    # Writing.
+
+    def _admit(self, target: Target, obj: Obj, old: Obj | None, options: WriteOptions, is_patch: bool) -> Obj:
+        """Prune, default and validate a custom resource with the CRD admission engine (admission.py)."""
+        admission = self._custom.get(target.storage)
+        if admission is None:
+            causes = metadata_causes(target, obj["metadata"])  # the engine checks metadata itself
+            if causes:
+                raise target.invalid(obj["metadata"]["name"], causes)
+            return obj
+        try:
+            admitted = admission.admit_with_warnings(
+                obj,
+                old,
+                version=target.version,
+                subresource="status" if target.subresource == "status" else None,
+                field_validation=options.field_validation,
+            )
+        except _load_admission().AdmissionError as error:
+            name = obj["metadata"].get("name", "")
+            patched = obj if is_patch else None  # a patch's unknown fields are reported on "patch"
+            status = error.to_status(kind=target.kind, group=target.group, name=name, patched=patched)
+            raise ApiError.from_status(status) from None
+        options.warnings.extend(admitted.warnings)
+        return dict(admitted.object)
+
+    def _check_body(self, target: Target, body: Any) -> Obj:
+        if not isinstance(body, dict):
+            raise bad_request("the request body must be a JSON object")
+        api_version, kind = body.get("apiVersion", target.api_version), body.get("kind", target.kind)
+        if (api_version, kind) != (target.api_version, target.kind):
+            message = f"the API version in the data ({api_version}) and kind ({kind}) do not match the URL's"
+            raise bad_request(f"{message} ({target.api_version} {target.kind})")
+        if not isinstance(body.get("metadata", {}), dict):
+            raise bad_request("metadata must be an object")
+        identity = {"apiVersion": target.api_version, "kind": target.kind}
+        return (
+            identity
+            | copy.deepcopy(body)
+            | identity
+            | {"metadata": copy.deepcopy(body.get("metadata") or {})}
+        )
+
+    def _check_namespace(self, target: Target) -> None:
+        if not target.info.namespaced:
+            return
+        if target.namespace is None:
+            raise not_found_path()
+        namespace = self.store.get(NAMESPACES, None, target.namespace)
+        details = {"name": target.namespace, "kind": "namespaces"}
+        if namespace is None:
+            raise ApiError(404, "NotFound", f'namespaces "{target.namespace}" not found', details)
+        if namespace["metadata"].get("deletionTimestamp"):
+            message = (
+                f"unable to create new content in namespace {target.namespace} because it is being terminated"
+            )
+            raise ApiError(403, "Forbidden", message, details)
+
+    def create_object(self, target: Target, body: Any, options: WriteOptions | None = None) -> Obj:
+        options = options or WriteOptions()
+        if target.name is not None:
+            raise method_not_allowed()
+        obj = self._check_body(target, body)
+        meta = obj["metadata"]
+        if target.info.namespaced:
+            if meta.get("namespace") not in (None, "", target.namespace):
+                raise bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request"
+                )
+            meta["namespace"] = target.namespace
+        else:
+            meta.pop("namespace", None)
+        self._check_namespace(target)
+        if target.storage in self._custom:
+            definition = self.store.get(CRDS, None, target.qualified)
+            if definition is not None and definition["metadata"].get("deletionTimestamp"):
+                message = (
+                    f"create not allowed while custom resource definition {target.qualified} is terminating"
+                )
+                raise ApiError(405, "MethodNotAllowed", message)
+        if not meta.get("name"):
+            if not meta.get("generateName"):
+                raise target.invalid(
+                    "", [("metadata.name", "Required value: name or generateName is required")]
+                )
+            meta["name"] = meta["generateName"] + "".join(random.choices(_GENERATED_ALPHABET, k=5))
+        for field in SERVER_METADATA:
+            meta.pop(field, None)
+        meta |= {"uid": str(uuid.uuid4()), "creationTimestamp": now(), "generation": 1}
+        if "status" in target.info.subresources:
+            obj.pop("status", None)  # the status is the controllers' to write, through /status
+        if target.storage == NAMESPACES:
+            meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = meta["name"]
+            obj |= {"spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}
+        elif target.storage == ("", "pods"):
+            obj["status"] = {"phase": "Pending"}
+        return self._commit(replace(target, name=meta["name"]), obj, None, options, is_patch=False)
+
+    def _commit(
+        self, target: Target, obj: Obj, old: Obj | None, options: WriteOptions, *, is_patch: bool
+    ) -> Obj:
+        """Admit and store a create or update (unless dry-run), then run the cascades."""
+        obj = self._admit(target, obj, old, options, is_patch)
+        name = obj["metadata"]["name"]
+        admission = None
+        if target.storage == CRDS:
+            obj, admission = self._prepare_crd(target, obj, old)
+        if old is None and self.store.get(target.storage, target.namespace, name) is not None:
+            details = {"name": name, "group": target.group, "kind": target.plural}
+            raise ApiError(409, "AlreadyExists", f'{target.qualified} "{name}" already exists', details)
+        if old is not None:
+            with_status = "status" in target.info.subresources
+            if _generation_relevant(obj, with_status) != _generation_relevant(old, with_status):
+                obj["metadata"]["generation"] = old["metadata"].get("generation", 0) + 1
+        if options.dry_run:
+            return self._present(target, obj)
+        stored = self.store.put(target.storage, obj)
+        if target.storage == CRDS and self.store.get(CRDS, None, name) is not None:
+            self._register_crd(stored, admission)
+        self.store.collect_garbage()
+        return self._present(target, stored)
+
+    def _update(
+        self,
+        target: Target,
+        compute: Callable[[Obj], Any],
+        options: WriteOptions,
+        *,
+        is_patch: bool,
+    ) -> Obj:
+        """Replace or patch: `compute` turns the current object into the requested one."""
+        old = self._existing(target)
+        if target.subresource == "scale":
+            scale = compute(self._scale(target, old))
+            if not isinstance(scale, dict):
+                raise bad_request("the request body must be a JSON object")
+            self._check_version(target, old, scale, is_patch=True)
+            new = copy.deepcopy(old)
+            new.setdefault("spec", {})["replicas"] = scale.get("spec", {}).get("replicas")
+            target = replace(target, subresource=None)
+        else:
+            new = self._check_body(target, compute(self._present(target, old)))
+            if new["metadata"].get("name", target.name) != target.name:
+                message = f"the name of the object ({new['metadata'].get('name')}) does not match the name on the URL"
+                raise bad_request(f"{message} ({target.name})")
+            self._check_version(target, old, new, is_patch=is_patch)
+        if target.subresource == "status":
+            # The status subresource changes only the status; everything else stays as stored.
+            status = new.get("status")
+            new = {key: value for key, value in copy.deepcopy(old).items() if key != "status"}
+            if status is not None:
+                new["status"] = status
+        elif "status" in target.info.subresources:
+            new.pop("status", None)  # and writes to the main resource ignore the status
+            if "status" in old:
+                new["status"] = copy.deepcopy(old["status"])
+        meta = new["metadata"]
+        for field in (*SERVER_METADATA, "name", "namespace"):
+            meta.pop(field, None)
+            if field in old["metadata"]:
+                meta[field] = old["metadata"][field]
+        added = set(meta.get("finalizers") or []) - set(old["metadata"].get("finalizers") or [])
+        if old["metadata"].get("deletionTimestamp") and added:
+            message = f"Forbidden: no new finalizers can be added if the object is being deleted, found {sorted(added)}"
+            raise target.invalid(target.name or "", [("metadata.finalizers", message)])
+        return self._commit(target, new, old, options, is_patch=is_patch)
+
+    def _check_version(self, target: Target, old: Obj, new: Obj, *, is_patch: bool) -> None:
+        """Optimistic concurrency: a resourceVersion in the body must be the stored one."""
+        version = new.get("metadata", {}).get("resourceVersion")
+        if not version:
+            if not is_patch and target.storage in self._custom:  # custom resources allow no blind PUT
+                message = "Invalid value: 0x0: must be specified for an update"
+                raise target.invalid(target.name or "", [("metadata.resourceVersion", message)])
+            return
+        if version != old["metadata"]["resourceVersion"]:
+            raise target.conflict(target.name or "")
+
+    def replace_object(self, target: Target, body: Any, options: WriteOptions | None = None) -> Obj:
+        return self._update(target, lambda old: body, options or WriteOptions(), is_patch=False)
+
+    def patch_object(
+        self, target: Target, content_type: str, patch: Any, options: WriteOptions | None = None
+    ) -> Obj:
+        apply: Callable[[Any, Any], Any]
+        match content_type:
+            case "application/merge-patch+json" | "application/json" | "":
+                apply = patching.merge_patch
+            case "application/strategic-merge-patch+json" if target.storage not in self._custom:
+                apply = patching.strategic_merge_patch
+            case "application/json-patch+json":
+                apply = patching.json_patch
+            case _:
+                what = "server-side apply" if content_type == "application/apply-patch+yaml" else content_type
+                message = f"{what} is not supported for {target.qualified} by the kubetune API emulator"
+                raise ApiError(415, "UnsupportedMediaType", message)
+        if not isinstance(patch, dict | list):
+            raise bad_request("the patch must be a JSON object or a list")
+
+        def compute(old: Obj) -> Any:
+            try:
+                return apply(old, patch)
+            except patching.PatchError as error:
+                raise ApiError(
+                    error.code, "BadRequest" if error.code == 400 else "Invalid", str(error)
+                ) from None
+
+        return self._update(target, compute, options or WriteOptions(), is_patch=True)
+
+    def delete_object(
+        self,
+        target: Target,
+        delete_options: Mapping[str, Any] | None = None,
+        options: WriteOptions | None = None,
+    ) -> Obj:
+        """Delete with the DeleteOptions given (propagationPolicy, preconditions); the answer is the object."""
+        delete_options, options = delete_options or {}, options or WriteOptions()
+        obj = self._existing(target)
+        preconditions = delete_options.get("preconditions") or {}
+        for field in ("uid", "resourceVersion"):
+            if preconditions.get(field) and preconditions[field] != obj["metadata"].get(field):
+                raise target.conflict(target.name or "")
+        policy = delete_options.get("propagationPolicy")
+        if policy is None and delete_options.get("orphanDependents") is not None:
+            policy = "Orphan" if delete_options["orphanDependents"] else "Background"
+        if policy is None and target.storage == ("batch", "jobs"):
+            policy = "Orphan"  # batch/v1 Jobs keep their pods unless told otherwise, with this warning
+            options.warnings.append(
+                "child pods are preserved by default when jobs are deleted; set propagationPolicy=Background"
+                " to remove them or set propagationPolicy=Orphan to suppress this warning"
+            )
+        if policy not in (None, "Background", "Foreground", "Orphan"):
+            raise bad_request(f"unsupported propagationPolicy {policy!r}")
+        if options.dry_run or "All" in (delete_options.get("dryRun") or ()):
+            return self._present(target, obj)
+        deleted = self.store.delete(
+            target.storage, target.namespace, target.name or "", policy or "Background"
+        )
+        return self._present(target, deleted)
+
+    # Subresources, CRDs.
+
+    def _scale(self, target: Target, obj: Obj) -> Obj:
+        meta = obj["metadata"]
+        metadata = {
+            key: meta[key]
+            for key in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+            if key in meta
+        }
+        selector = obj.get("spec", {}).get("selector", {}).get("matchLabels", {})
+        return {
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "metadata": metadata,
+            "spec": {"replicas": obj.get("spec", {}).get("replicas", 1)},
+            "status": {
+                "replicas": obj.get("status", {}).get("replicas", 0),
+                "selector": ",".join(f"{k}={v}" for k, v in selector.items()),
+            },
+        }
+
+    def _prepare_crd(self, target: Target, crd: Obj, old: Obj | None) -> tuple[Obj, Any]:
+        """Check a CRD the way the API does the essentials, build its admission, fill its status."""
+        spec = crd.get("spec") or {}
+        names = spec.get("names") or {}
+        versions = spec.get("versions") or []
+        causes = [(f"spec.{field}", "Required value") for field in ("group",) if not spec.get(field)]
+        causes += [
+            (f"spec.names.{field}", "Required value") for field in ("plural", "kind") if not names.get(field)
+        ]
+        if spec.get("scope") not in ("Namespaced", "Cluster"):
+            causes.append(("spec.scope", 'Unsupported value: must be "Namespaced" or "Cluster"'))
+        if sum(1 for v in versions if v.get("storage")) != 1:
+            causes.append(
+                ("spec.versions", "Invalid value: must have exactly one version marked as storage version")
+            )
+        expected = f"{names.get('plural')}.{spec.get('group')}"
+        if crd["metadata"]["name"] != expected:
+            causes.append(
+                ("metadata.name", f'Invalid value: "{crd["metadata"]["name"]}": must be {expected}')
+            )
+        if old is not None and old.get("spec", {}).get("scope") != spec.get("scope"):
+            causes.append(("spec.scope", "Invalid value: field is immutable"))
+        if causes:
+            raise target.invalid(crd["metadata"]["name"], causes)
+        admission = None
+        module = _load_admission()
+        if module is not None:
+            try:
+                admission = module.CRDAdmission(crd)
+            except ValueError as error:  # schemas or CEL rules the API would refuse; the message says which
+                details = {"name": crd["metadata"]["name"], "group": target.group, "kind": target.kind}
+                raise ApiError(422, "Invalid", str(error), details) from None
+        kind = names["kind"]
+        accepted = {"singular": kind.lower(), "listKind": f"{kind}List"} | names
+        conditions = copy.deepcopy((old or {}).get("status", {}).get("conditions")) or [
+            {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found"},
+            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
+             "message": "the initial names have been accepted"},
+        ]  # fmt: skip
+        for condition in conditions:
+            condition.setdefault("lastTransitionTime", now())
+        storage = next(v["name"] for v in versions if v.get("storage"))
+        stored_versions = sorted({*(old or {}).get("status", {}).get("storedVersions", []), storage})
+        crd["status"] = {
+            "conditions": conditions,
+            "acceptedNames": accepted,
+            "storedVersions": stored_versions,
+        }
+        return crd, admission
+
+    def _register_crd(self, crd: Obj, admission: Any) -> None:
+        spec = crd["spec"]
+        group, names = spec["group"], spec["names"]
+        self._unregister_crd(group, names["plural"])
+        for version in spec["versions"]:
+            if not version.get("served", True):
+                continue
+            self.resources[kmock.resource(group, version["name"], names["plural"])] = kmock.ResourceInfo(
+                namespaced=spec["scope"] == "Namespaced",
+                kind=names["kind"],
+                singular=names.get("singular") or names["kind"].lower(),
+                verbs=set(ALL_VERBS),
+                shortnames=set(names.get("shortNames") or []),
+                categories=set(names.get("categories") or []),
+                subresources=set((version.get("subresources") or {}).keys()) & {"status"},
+            )
+            self._crd_versions[(group, version["name"], names["plural"])] = version
+        self._custom[(group, names["plural"])] = admission
+
+    def _unregister_crd(self, group: str, plural: str) -> None:
+        for resource in [
+            r for r in discovery.served(self.resources) if r.group == group and r.plural == plural
+        ]:
+            del self.resources[resource]
+            self._crd_versions.pop((group, resource.version or "", plural), None)
+        self._custom.pop((group, plural), None)
+
+    def _on_removed(self, storage: GroupResource, obj: Obj) -> None:
+        if storage == CRDS:
+            self._unregister_crd(obj["spec"]["group"], obj["spec"]["names"]["plural"])
+
+    # HTTP.
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        """The aiohttp entry point. Replaces kmock's: its request parser raises on /api/v1/namespaces
+        and on bodies that are not UTF-8 (protobuf), before any handler could answer."""
+        if "protobuf" in raw_request.content_type:
+            message = "the body of the request was in an unknown format - accepted media types include: application/json"
+            return _json_response(ApiError(415, "UnsupportedMediaType", message).status(), 415)
+        request = await self._record(raw_request)
+        if self._payloads:  # reactions a test declared (fault injection) win over the emulation
+            try:
+                return await super(kmock.KubernetesEmulator, self)._handle(request)
+            except NotImplementedError:
+                pass  # no reaction matched
+            except Exception as error:
+                return await self._render_error(error)
+        try:
+            return await self._serve(request)
+        except ApiError as error:
+            return _json_response(error.status(), error.code)
+        except Exception:
+            logger.exception("The API emulator failed on %s %s", raw_request.method, raw_request.path_qs)
+            internal = ApiError(
+                500, "InternalError", "an internal error occurred in the API emulator; see its log"
+            )
+            return _json_response(internal.status(), 500)
+
+    async def _record(self, raw_request: aiohttp.web.BaseRequest) -> kmock.Request:
+        """Parse the request as kmock would (for reactions and `emulator.requests`) and log it, bounded."""
+        body = await raw_request.read()
+        try:
+            data = json.loads(body) if body else None
+        except ValueError:
+            data = None
+        k8s: dict[str, Any] = {}
+        try:
+            target = self._resolve(raw_request.path)
+        except ApiError:
+            pass  # not a resource URL
+        else:
+            method = raw_request.method.upper()
+            watching = raw_request.query.get("watch") in ("true", "1")
+            unnamed = {"GET": "WATCH" if watching else "LIST", "POST": "CREATE", "DELETE": "DELETE"}
+            named = {
+                "GET": "WATCH" if watching else "FETCH",
+                "PATCH": "UPDATE",
+                "PUT": "UPDATE",
+                "DELETE": "DELETE",
+            }
+            action = (unnamed if target.name is None else named).get(method)
+            k8s = {
+                "resource": kmock.resource(target.group, target.version, target.plural),
+                "namespace": target.namespace,
+                "name": target.name,
+                "subresource": target.subresource,
+                "action": kmock.action(action) if action else None,
+            }
+        request = kmock.Request(
+            id=len(self._requests),
+            raw_request=raw_request,
+            method=raw_request.method,
+            url=raw_request.url,
+            params=dict(raw_request.query),
+            headers=dict(raw_request.headers),
+            cookies=dict(raw_request.cookies),
+            body=body,
+            text=body.decode(errors="replace"),
+            data=data,
+            **k8s,
+        )
+        if len(self._requests) >= 2 * _REQUEST_LOG_LIMIT:
+            del self._requests[:-_REQUEST_LOG_LIMIT]
+        self._requests.append(request)
+        return request
+
+    async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
+        # For failures in a test's reaction: a Status, but never a traceback.
+        logger.error("A reaction in the API emulator failed: %r", exc)
+        error = (
+            exc
+            if isinstance(exc, ApiError)
+            else ApiError(500, "InternalError", f"internal error: {type(exc).__name__}")
+        )
+        return _json_response(error.status(), error.code)
+
+    async def _serve(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        path, method, params = request.url.path, request.method.value.upper(), dict(request.params)
+        headers = {key.lower(): value for key, value in request.headers.items()}
+        content_type = headers.get("content-type", "").split(";")[0].strip()
+        accept = headers.get("accept", "")
+        if path.rstrip("/") in ("/healthz", "/livez", "/readyz"):
+            return aiohttp.web.Response(text="ok")
+        if method == "GET" and (document := discovery.document(self.resources, path)) is not None:
+            return _json_response(document)
+        target = self._resolve(path)
+        if method == "GET" and params.get("watch") in ("true", "1"):
+            return await self._watch(request, target, params, accept)
+        options = WriteOptions(
+            dry_run=params.get("dryRun") == "All",
+            # kubectl --validate=false sends Ignore; strict_fields keeps unknown fields refused anyway.
+            field_validation="Strict" if self.strict_fields else params.get("fieldValidation", "Strict"),
+        )
+        status = 200
+        if method == "GET" and target.name is None:
+            items = self.list_objects(target, params)
+            table = tables.wants_table(accept)
+            result = self._table(target, items, params) if table else self._list_document(target, items)
+        elif method == "GET":
+            result = self.get_object(target)
+            if tables.wants_table(accept) and target.subresource is None:
+                result = self._table(target, [result], params)
+        elif method == "POST":
+            result, status = self.create_object(target, self._body(request, content_type), options), 201
+        elif method == "PUT" and target.name is not None:
+            result = self.replace_object(target, self._body(request, content_type), options)
+        elif method == "PATCH" and target.name is not None:
+            # Server-side apply is refused by patch_object() before its YAML body matters.
+            patch = (
+                None if content_type == "application/apply-patch+yaml" else self._body(request, content_type)
+            )
+            result = self.patch_object(target, content_type, patch, options)
+        elif method == "DELETE" and target.subresource is None:
+            delete_options = self._body(request, content_type) if request.body.strip() else {}
+            if not isinstance(delete_options, dict):
+                raise bad_request("DeleteOptions must be an object")
+            delete_options = dict(delete_options)  # not the logged request's
+            if "propagationPolicy" in params:
+                delete_options["propagationPolicy"] = params["propagationPolicy"]
+            if "orphanDependents" in params:
+                delete_options["orphanDependents"] = params["orphanDependents"] == "true"
+            if target.name is not None:
+                result = self.delete_object(target, delete_options, options)
+            else:  # deletecollection: every object the selectors match
+                victims = [obj["metadata"] for obj in self.list_objects(target, params)]
+                deleted = [
+                    self.delete_object(
+                        replace(target, name=m["name"], namespace=m.get("namespace")), delete_options, options
+                    )
+                    for m in victims
+                ]
+                result = self._list_document(target, deleted)
+        else:
+            raise method_not_allowed()
+        warnings = (
+            {"Warning": ", ".join(f'299 - "{w}"' for w in options.warnings)} if options.warnings else None
+        )
+        return _json_response(result, status, warnings)
+
+    @staticmethod
+    def _body(request: kmock.Request, content_type: str) -> Any:
+        if request.data is not None:
+            return request.data  # JSON, already parsed by _record()
+        try:
+            if content_type in ("application/yaml", "application/apply-patch+yaml"):
+                return yaml.safe_load(request.body)
+            return json.loads(request.body or b"null")
+        except (ValueError, yaml.YAMLError) as error:
+            raise bad_request(f"the request body is not valid JSON: {error}") from None
+
+    def _table(
+        self, target: Target, objects: list[Obj], params: Mapping[str, str], first: bool = True
+    ) -> Obj:
+        return tables.to_table(
+            objects,
+            self._printer_columns(target),
+            resource_version=str(self.store.revision),
+            include_object=params.get("includeObject", "Metadata"),
+            with_definitions=first,
+        )
+
+    # Watching.
+
+    async def _watch(
+        self, request: kmock.Request, target: Target, params: Mapping[str, str], accept: str
+    ) -> aiohttp.web.StreamResponse:
+        matches = self._matcher(target, params)
+        since = params.get("resourceVersion") or "0"
+        initial_events = params.get("sendInitialEvents") == "true"
+        bookmarks = params.get("allowWatchBookmarks") == "true"
+        as_table = tables.wants_table(accept)
+        try:
+            timeout = float(params["timeoutSeconds"]) if "timeoutSeconds" in params else None
+            since_revision = int(since)
+        except ValueError:
+            raise bad_request("timeoutSeconds and resourceVersion must be integers") from None
+        queue: asyncio.Queue[WatchEvent | None] = asyncio.Queue()
+        # Subscribing and reading the current state or history happen in one synchronous step, so
+        # no write can fall between them: nothing is lost and nothing is sent twice.
+        unsubscribe = self.store.subscribe(queue.put_nowait)
+        self._watch_queues.add(queue)
+        backlog: list[tuple[str, Obj]] = []
+        expired: ApiError | None = None
+        last = self.store.revision
+        if since_revision == 0 or initial_events:
+            backlog = [
+                ("ADDED", obj) for obj in self.store.objects(target.storage, target.namespace) if matches(obj)
+            ]
+        else:
+            last = since_revision
+            try:
+                for missed in self.store.events_since(since_revision):
+                    backlog += self._translate(missed, target, matches)
+                    last = missed.revision
+            except ApiError as error:
+                expired = error
+
+        assert request._raw_request is not None  # kmock keeps the aiohttp request; needed for streaming
+        raw_request = request._raw_request
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        loop = asyncio.get_running_loop()
+        ends_at = None if timeout is None else loop.time() + timeout
+        first = True
+
+        async def send(type_: str, obj: Obj) -> None:
+            nonlocal first
+            if as_table and type_ in ("ADDED", "MODIFIED", "DELETED"):
+                obj = self._table(target, [self._present(target, obj)], params, first)
+                first = False
+            elif type_ != "ERROR":
+                obj = self._present(target, obj)
+            await response.write(
+                json.dumps({"type": type_, "object": obj}, separators=(",", ":")).encode() + b"\n"
+            )
+
+        def bookmark(revision: int, annotations: dict[str, str] | None = None) -> Obj:
+            metadata: Obj = {"resourceVersion": str(revision)} | (
+                {"annotations": annotations} if annotations else {}
+            )
+            return {"kind": target.kind, "apiVersion": target.api_version, "metadata": metadata}
+
+        try:
+            await response.prepare(raw_request)
+            if expired is not None:
+                await send("ERROR", expired.status())
+                return response
+            for type_, obj in backlog:
+                await send(type_, obj)
+            if initial_events and bookmarks:
+                await send("BOOKMARK", bookmark(last, {"k8s.io/initial-events-end": "true"}))
+            quiet_since = loop.time()
+            while not self._closing:
+                wait = 1.0 if ends_at is None else min(1.0, ends_at - loop.time())
+                if wait <= 0:
+                    break
+                try:
+                    event = await asyncio.wait_for(queue.get(), wait)
+                except TimeoutError:
+                    transport = raw_request.transport
+                    if transport is None or transport.is_closing():
+                        break  # the client went away
+                    if bookmarks and loop.time() - quiet_since > _BOOKMARK_INTERVAL_SECONDS:
+                        last = self.store.revision  # the queue is empty: every event up to here was seen
+                        await send("BOOKMARK", bookmark(last))
+                        quiet_since = loop.time()
+                    continue
+                if event is None:
+                    break
+                if event.revision <= last:
+                    continue
+                last = event.revision
+                for type_, obj in self._translate(event, target, matches):
+                    await send(type_, obj)
+                    quiet_since = loop.time()
+            await response.write_eof()
+        except (ConnectionError, aiohttp.ClientConnectionResetError):
+            pass  # the client disconnected
+        finally:
+            unsubscribe()
+            self._watch_queues.discard(queue)
+        return response
+
+    @staticmethod
+    def _translate(
+        event: WatchEvent, target: Target, matches: Callable[[Obj], bool]
+    ) -> list[tuple[str, Obj]]:
+        """The event as this watch sees it: objects entering or leaving its selectors are ADDED/DELETED."""
+        if event.resource != target.storage:
+            return []
+        now_matches = matches(event.object)
+        if event.type == "ADDED":
+            return [("ADDED", event.object)] if now_matches else []
+        if event.type == "DELETED":
+            return [("DELETED", event.object)] if now_matches else []
+        matched_before = event.old is not None and matches(event.old)
+        if matched_before and now_matches:
+            return [("MODIFIED", event.object)]
+        if now_matches:
+            return [("ADDED", event.object)]
+        return [("DELETED", event.object)] if matched_before else []
+
+    def close_watches(self) -> None:
+        """End every open watch stream (on shutdown), so that clients reconnect or stop."""
+        self._closing = True
+        for queue in list(self._watch_queues):
+            queue.put_nowait(None)
+
+
+class EmulatorServer:
+    """An `ApiEmulator` on a real TCP port, served from its own thread and event loop.
+
+    Usable as a context manager (or start()/stop()). The helpers (get, list, create, patch,
+    replace, delete) are thread-safe: they run on the emulator's loop and raise `ApiError`.
+    """
+
+    def __init__(
+        self,
+        *,
+        crds: Iterable[Mapping[str, Any]] = (),
+        host: str = "127.0.0.1",
+        port: int = 0,
+        namespaces: Iterable[str] = ("default",),
+        strict_fields: bool = True,
+        history_limit: int = 10_000,
+    ) -> None:
+        self.emulator = ApiEmulator(strict_fields=strict_fields, store=Store(history_limit))
+        self._crds = [copy.deepcopy(dict(crd)) for crd in crds]
+        self._namespaces = list(namespaces)
+        self._host, self._port = host, port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self.url = ""
+
+    def __enter__(self) -> EmulatorServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="kubetune-api-emulator", daemon=True)
+        self._thread.start()
+        self._ready.wait(timeout=30)
+        if self._failure is not None:
+            raise RuntimeError("the API emulator failed to start") from self._failure
+        if not self._ready.is_set():
+            raise RuntimeError("the API emulator did not start within 30 seconds")
+
+    def stop(self) -> None:
+        if self._loop is None or self._thread is None or self._stopped is None:
+            return
+        self._loop.call_soon_threadsafe(self._stopped.set)
+        self._thread.join(timeout=30)
+        self._loop = self._thread = None
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as error:
+            self._failure = error  # start() raises it, if still waiting
+            logger.exception("The API emulator stopped")
+        finally:
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        # kmock.Server would also install a DNS interceptor and a client session; a plain aiohttp
+        # low-level server is all that is needed to put the handler on a port.
+        async with self.emulator:
+            runner = aiohttp.web.ServerRunner(aiohttp.web.Server(self.emulator), shutdown_timeout=1.0)
+            await runner.setup()
+            site = aiohttp.web.TCPSite(runner, self._host, self._port)
+            await site.start()
+            port = runner.addresses[0][1]
+            self.url = f"http://{self._host}:{port}"
+            for namespace in self._namespaces:
+                self.emulator.create_object(
+                    self.emulator.target("v1/namespaces"), {"metadata": {"name": namespace}}
+                )
+            crd_target = self.emulator.target("apiextensions.k8s.io/v1/customresourcedefinitions")
+            for crd in self._crds:
+                self.emulator.create_object(crd_target, crd)
+            self._ready.set()
+            try:
+                await self._stopped.wait()
+            finally:
+                self.emulator.close_watches()
+                await runner.cleanup()
+
+    def kubeconfig(self, path: str | Path) -> Path:
+        """Write a kubeconfig (no TLS, no auth) for kubectl and the Python client; returns its path."""
+        path = Path(path)
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
+            "users": [{"name": "emulator", "user": {}}],
+            "contexts": [
+                {
+                    "name": "emulator",
+                    "context": {"cluster": "emulator", "user": "emulator", "namespace": "default"},
+                }
+            ],
+            "current-context": "emulator",
+            "preferences": {},
+        }
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    # Thread-safe helpers. `resource` is "group/version/plural", or "v1/plural" for the core group.
+    # They raise ApiError as the API would answer (get and delete answer None for 404 instead).
+
+    def _on_loop(self, operation: Callable[[], T]) -> T:
+        """Run an operation on the emulator's loop thread, which alone touches the store."""
+        if self._loop is None:
+            raise RuntimeError("the API emulator is not running")
+
+        async def call() -> T:
+            return operation()
+
+        # A copy: the results are the store's own dicts.
+        return copy.deepcopy(asyncio.run_coroutine_threadsafe(call(), self._loop).result(timeout=30))
+
+    def get(
+        self, resource: str, namespace: str | None, name: str, *, subresource: str | None = None
+    ) -> Obj | None:
+        emulator = self.emulator
+        try:
+            return self._on_loop(
+                lambda: emulator.get_object(emulator.target(resource, namespace, name, subresource))
+            )
+        except ApiError as error:
+            if error.code == 404:
+                return None
+            raise
+
+    def list(
+        self,
+        resource: str,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> list[Obj]:
+        params = {"labelSelector": label_selector or "", "fieldSelector": field_selector or ""}
+        return self._on_loop(
+            lambda: self.emulator.list_objects(self.emulator.target(resource, namespace), params)
+        )
+
+    def create(self, resource: str, body: Mapping[str, Any], namespace: str | None = None) -> Obj:
+        """Create in `namespace`, or else the body's; returns the stored object."""
+        body = copy.deepcopy(dict(body))
+        namespace = namespace or body.get("metadata", {}).get("namespace")
+        return self._on_loop(
+            lambda: self.emulator.create_object(self.emulator.target(resource, namespace), body)
+        )
+
+    def patch(
+        self,
+        resource: str,
+        namespace: str | None,
+        name: str,
+        patch: Any,
+        *,
+        subresource: str | None = None,
+        patch_type: str = "application/merge-patch+json",
+    ) -> Obj:
+        patch = copy.deepcopy(patch)
+
+        def operation() -> Obj:
+            target = self.emulator.target(resource, namespace, name, subresource)
+            return self.emulator.patch_object(target, patch_type, patch)
+
+        return self._on_loop(operation)
+
+    def replace(
+        self,
+        resource: str,
+        namespace: str | None,
+        name: str,
+        body: Mapping[str, Any],
+        *,
+        subresource: str | None = None,
+    ) -> Obj:
+        body = copy.deepcopy(dict(body))
+        return self._on_loop(
+            lambda: self.emulator.replace_object(
+                self.emulator.target(resource, namespace, name, subresource), body
+            )
+        )
+
+    def delete(
+        self, resource: str, namespace: str | None, name: str, *, propagation_policy: str | None = None
+    ) -> Obj | None:
+        """Delete; returns the object as of the deletion, or None if there was none."""
+        options = {"propagationPolicy": propagation_policy} if propagation_policy else {}
+        try:
+            return self._on_loop(
+                lambda: self.emulator.delete_object(self.emulator.target(resource, namespace, name), options)
+            )
+        except ApiError as error:
+            if error.code == 404:
+                return None
+            raise

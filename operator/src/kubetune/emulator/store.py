@@ -1,0 +1,233 @@
+"""The object store behind the emulator: revisions, watch history, deletion and garbage collection.
+
+Everything here is synchronous and runs on the emulator's event loop thread, so a write and the
+fan-out of its watch event happen atomically: a watcher that subscribes and reads the history in
+one synchronous step can neither miss nor double-count an event.
+
+Stored objects are never mutated in place: every write stores a fresh dict. Callers may read and
+serialise what they get, and must copy it before changing it.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import datetime
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+GroupResource = tuple[str, str]  # (group, plural): all versions of a resource share one storage
+ObjectKey = tuple[str, str]  # (namespace or "", name)
+Obj = dict[str, Any]
+
+NAMESPACES: GroupResource = ("", "namespaces")
+CRDS: GroupResource = ("apiextensions.k8s.io", "customresourcedefinitions")
+FOREGROUND = "foregroundDeletion"
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ApiError(Exception):
+    """An error the API answers with a `Status` object."""
+
+    def __init__(self, code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code, self.reason, self.message, self.details = code, reason, message, details
+
+    @classmethod
+    def from_status(cls, status: Mapping[str, Any]) -> ApiError:
+        return cls(status["code"], status.get("reason", ""), status.get("message", ""), status.get("details"))
+
+    def status(self) -> Obj:
+        status: Obj = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure"}
+        status |= {"message": self.message, "reason": self.reason, "code": self.code}
+        if self.details:
+            status["details"] = self.details
+        return status
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    revision: int
+    resource: GroupResource
+    type: str  # ADDED | MODIFIED | DELETED
+    object: Obj
+    old: Obj | None  # the state before, so that selector watches can turn updates into ADDED/DELETED
+
+
+class Store:
+    def __init__(self, history_limit: int = 10_000) -> None:
+        self._objects: dict[GroupResource, dict[ObjectKey, Obj]] = collections.defaultdict(dict)
+        self._uids: dict[str, tuple[GroupResource, ObjectKey]] = {}
+        self._revision = 0
+        self._history: collections.deque[WatchEvent] = collections.deque(maxlen=history_limit)
+        self._oldest_lost = 0  # the newest revision that fell out of the history
+        self._subscribers: list[Callable[[WatchEvent], None]] = []
+        self.on_removed: Callable[[GroupResource, Obj], None] = lambda resource, obj: None
+
+    @property
+    def revision(self) -> int:
+        return self._revision
+
+    def get(self, resource: GroupResource, namespace: str | None, name: str) -> Obj | None:
+        return self._objects[resource].get((namespace or "", name))
+
+    def objects(self, resource: GroupResource, namespace: str | None = None) -> list[Obj]:
+        objects = self._objects[resource]
+        return [objects[key] for key in sorted(objects) if namespace is None or key[0] == namespace]
+
+    def _all(self) -> Iterator[tuple[GroupResource, Obj]]:
+        for resource, objects in list(self._objects.items()):
+            for obj in list(objects.values()):
+                yield resource, obj
+
+    # Watching.
+
+    def subscribe(self, callback: Callable[[WatchEvent], None]) -> Callable[[], None]:
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback)
+
+    def events_since(self, revision: int) -> list[WatchEvent]:
+        """Events after `revision`; ApiError 410 if some of them fell out of the bounded history."""
+        if revision < self._oldest_lost:
+            message = f"too old resource version: {revision} ({self._oldest_lost + 1})"
+            raise ApiError(410, "Expired", message)
+        return [event for event in self._history if event.revision > revision]
+
+    def _publish(self, type_: str, resource: GroupResource, obj: Obj, old: Obj | None) -> None:
+        event = WatchEvent(int(obj["metadata"]["resourceVersion"]), resource, type_, obj, old)
+        if len(self._history) == self._history.maxlen:
+            self._oldest_lost = self._history[0].revision
+        self._history.append(event)
+        for callback in list(self._subscribers):
+            callback(event)
+
+    # Writing. The server validates first; these only store, publish and cascade.
+
+    def put(self, resource: GroupResource, obj: Obj) -> Obj:
+        """Store a new or changed object under a fresh resourceVersion and publish the event.
+
+        An update that empties the finalizers of an object being deleted deletes it instead.
+        """
+        obj = copy.deepcopy(obj)
+        meta = obj["metadata"]
+        key = (meta.get("namespace", ""), meta["name"])
+        old = self._objects[resource].get(key)
+        releasing = old is not None and meta.get("deletionTimestamp") and not meta.get("finalizers")
+        if releasing and not self._held(resource, obj):
+            return self._remove(resource, key, last_state=obj)
+        self._revision += 1
+        meta["resourceVersion"] = str(self._revision)
+        self._objects[resource][key] = obj
+        self._uids[meta["uid"]] = (resource, key)
+        self._publish("ADDED" if old is None else "MODIFIED", resource, obj, old)
+        return obj
+
+    def _remove(self, resource: GroupResource, key: ObjectKey, last_state: Obj | None = None) -> Obj:
+        old = self._objects[resource].pop(key)
+        obj = copy.deepcopy(last_state or old)
+        self._revision += 1
+        obj["metadata"]["resourceVersion"] = str(self._revision)  # DELETED carries a new revision
+        self._uids.pop(obj["metadata"]["uid"], None)
+        self._publish("DELETED", resource, obj, old)
+        self.on_removed(resource, obj)
+        return obj
+
+    def delete(self, resource: GroupResource, namespace: str | None, name: str, propagation: str) -> Obj:
+        """Delete as the API does: mark while finalizers hold it, then remove, then collect garbage."""
+        result = self._delete(resource, (namespace or "", name), propagation)
+        self.collect_garbage()
+        return result
+
+    def _delete(self, resource: GroupResource, key: ObjectKey, propagation: str) -> Obj:
+        obj = self._objects[resource][key]
+        uid = obj["metadata"]["uid"]
+        if propagation == "Orphan":
+            for dependent_resource, dependent in self._dependents(uid):
+                orphan = copy.deepcopy(dependent)
+                refs = orphan["metadata"]["ownerReferences"]
+                orphan["metadata"]["ownerReferences"] = [ref for ref in refs if ref.get("uid") != uid]
+                self.put(dependent_resource, orphan)
+        if obj["metadata"].get("deletionTimestamp"):
+            return obj  # already being deleted
+        obj = copy.deepcopy(obj)
+        meta = obj["metadata"]
+        if propagation == "Foreground" and self._dependents(uid):
+            meta["finalizers"] = [*meta.get("finalizers", []), FOREGROUND]
+        # Namespaces and CRDs always pass through Terminating while their contents go.
+        if not meta.get("finalizers") and resource not in (NAMESPACES, CRDS):
+            return self._remove(resource, key)
+        meta["deletionTimestamp"] = now()
+        meta["deletionGracePeriodSeconds"] = 0
+        if meta.get("generation"):
+            meta["generation"] += 1  # as the API does when it sets deletionTimestamp
+        if resource == NAMESPACES:
+            obj.setdefault("status", {})["phase"] = "Terminating"
+        obj = self.put(resource, obj)
+        for content_resource, content in self._contents(resource, obj):
+            content_key = (content["metadata"].get("namespace", ""), content["metadata"]["name"])
+            self._delete(content_resource, content_key, "Background")
+        return obj
+
+    def _dependents(self, uid: str) -> list[tuple[GroupResource, Obj]]:
+        return [
+            (resource, obj)
+            for resource, obj in self._all()
+            if any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences") or [])
+        ]
+
+    def _contents(self, resource: GroupResource, obj: Obj) -> list[tuple[GroupResource, Obj]]:
+        """What must go before a terminating namespace or CRD can: its objects."""
+        if resource == NAMESPACES:
+            name = obj["metadata"]["name"]
+            return [(r, o) for r, o in self._all() if o["metadata"].get("namespace") == name]
+        if resource == CRDS:
+            spec = obj.get("spec", {})
+            custom = (spec.get("group", ""), spec.get("names", {}).get("plural", ""))
+            return [(custom, o) for o in self.objects(custom)]
+        return []
+
+    def _held(self, resource: GroupResource, obj: Obj) -> bool:
+        return bool(self._contents(resource, obj))
+
+    def _owner_state(self, uid: str) -> str:
+        """'gone', 'foreground' (being deleted in the foreground) or 'present'."""
+        location = self._uids.get(uid)
+        if location is None:
+            return "gone"
+        meta = self._objects[location[0]][location[1]]["metadata"]
+        return "foreground" if FOREGROUND in meta.get("finalizers", []) else "present"
+
+    def collect_garbage(self) -> None:
+        """Run what the garbage collector and namespace controller would, until nothing changes.
+
+        Dependents whose owners are all gone (or one is deleting in the foreground) get deleted;
+        a foreground deletion is released once its dependents are gone; a terminating namespace
+        or CRD without finalizers goes once it is empty.
+        """
+        changed = True
+        while changed:
+            changed = False
+            for resource, obj in self._all():
+                meta = obj["metadata"]
+                key = (meta.get("namespace", ""), meta["name"])
+                if self._objects[resource].get(key) is not obj:
+                    continue  # changed or removed earlier in this pass
+                finalizers = meta.get("finalizers") or []
+                if meta.get("deletionTimestamp"):
+                    if FOREGROUND in finalizers and not self._dependents(meta["uid"]):
+                        released = copy.deepcopy(obj)
+                        released["metadata"]["finalizers"] = [f for f in finalizers if f != FOREGROUND]
+                        self.put(resource, released)
+                        changed = True
+                    elif not finalizers and not self._held(resource, obj):
+                        self._remove(resource, key)
+                        changed = True
+                    continue
+                owners = [self._owner_state(ref.get("uid", "")) for ref in meta.get("ownerReferences") or []]
+                if owners and (all(state == "gone" for state in owners) or "foreground" in owners):
+                    self._delete(resource, key, "Foreground" if "foreground" in owners else "Background")
+                    changed = True
