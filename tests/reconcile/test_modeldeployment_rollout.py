@@ -180,3 +180,41 @@ def test_replica_change_is_not_a_new_revision() -> None:
     world.step()
     assert world.status["revision"] == 1
     assert world.deployment(1)["spec"]["replicas"] == 3
+
+
+def test_http_route_weights_carry_the_canary_split() -> None:
+    world = _world(job=passed_job({"perplexity": "3.9"}), **{"spec.rollout.httpRouteRef": {"name": "public"}})
+    _ready_first_revision(world)
+    _new_revision(world)
+    world.make_ready()
+    outcome = world.step()
+    assert not [a for a in outcome.actions if getattr(a, "kind", "") == "HTTPRoute"]  # set once per step
+    patches = []
+    world2 = _world(
+        job=passed_job({"perplexity": "3.9"}), **{"spec.rollout.httpRouteRef": {"name": "public"}}
+    )
+    world2.step()
+    world2.make_ready()
+    patches += [a for a in world2.step().actions if getattr(a, "kind", "") == "HTTPRoute"]
+    assert patches and patches[0].json_patch
+    (operation,) = patches[0].patch
+    assert operation["path"] == "/spec/rules/0/backendRefs"
+    assert [(b["name"], b["weight"]) for b in operation["value"]] == [("support-bot-r1", 100)]
+
+
+def test_http_route_weights_follow_steps_and_rollback() -> None:
+    world = _world(job=passed_job({"perplexity": "3.9"}), **{"spec.rollout.httpRouteRef": {"name": "public"}})
+    _ready_first_revision(world)
+    world.resource["spec"]["maxModelLen"] = 8192
+    outcome = world.step()
+    (route,) = [a for a in outcome.actions if getattr(a, "kind", "") == "HTTPRoute"]
+    assert [(b["name"], b["weight"]) for b in route.patch[0]["value"]] == [
+        ("support-bot-r1", 90),
+        ("support-bot-r2", 10),
+    ]
+    world.make_ready()
+    world.step()
+    world.finish_bench("support-bot-bench-r2-s0", {"errorRate": "0.5"})
+    outcome = world.step()
+    (route,) = [a for a in outcome.actions if getattr(a, "kind", "") == "HTTPRoute"]
+    assert [(b["name"], b["weight"]) for b in route.patch[0]["value"]] == [("support-bot-r1", 100)]

@@ -17,6 +17,7 @@ import aiohttp
 logger = logging.getLogger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 
 # (apiVersion, kind) -> plural; the operator only touches these kinds.
 _PLURALS = {
@@ -31,6 +32,8 @@ _PLURALS = {
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
     ("kubetune.dev/v1alpha1", "FineTuneJob"): "finetunejobs",
     ("kubetune.dev/v1alpha1", "ModelDeployment"): "modeldeployments",
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproutes",
+    ("keda.sh/v1alpha1", "ScaledObject"): "scaledobjects",
 }
 
 
@@ -183,12 +186,15 @@ class KubeClient:
         kind: str,
         namespace: str | None,
         name: str,
-        patch: dict[str, Any],
+        patch: Any,
         *,
         subresource: str | None = None,
+        json_patch: bool = False,
     ) -> dict[str, Any]:
         path = resource_path(api_version, kind, namespace, name, subresource)
-        return await self._request("PATCH", path, json=patch, content_type=MERGE_PATCH)
+        return await self._request(
+            "PATCH", path, json=patch, content_type=JSON_PATCH if json_patch else MERGE_PATCH
+        )
 
     async def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> None:
         path = resource_path(api_version, kind, namespace, name)

@@ -67,7 +67,14 @@ async def apply(client: KubeClient, namespace: str, outcome: Outcome) -> None:
         if isinstance(action, Create):
             await client.create(action.manifest)
         elif isinstance(action, Patch):
-            await client.patch(action.api_version, action.kind, namespace, action.name, action.patch)
+            await client.patch(
+                action.api_version,
+                action.kind,
+                namespace,
+                action.name,
+                action.patch,
+                json_patch=action.json_patch,
+            )
         elif isinstance(action, Delete):
             await client.delete(action.api_version, action.kind, namespace, action.name)
 

@@ -36,7 +36,8 @@ class Patch:
     api_version: str
     kind: str
     name: str
-    patch: Manifest
+    patch: Any  # a merge patch (dict), or a JSON patch (list of operations) when json_patch is set
+    json_patch: bool = False
 
 
 @dataclass(frozen=True)

@@ -389,6 +389,34 @@ def _drive(draft: _Draft, source: render.ResolvedSource, latest: dict[str, Any])
         _canary_step(draft, source, latest, stable, rollout)
 
 
+def _route_weights(draft: _Draft, weights: dict[int, int]) -> None:
+    """With spec.rollout.httpRouteRef, traffic follows the HTTPRoute's backend weights (Gateway API) rather than
+    the replica ratio. Only the first rule's backendRefs are replaced: the user's matches and filters stay."""
+    rollout = draft.spec.rollout
+    if rollout is None or rollout.http_route_ref is None:
+        return
+    backends = [
+        {
+            "group": "",
+            "kind": "Service",
+            "name": render.revision_name(draft.owner, revision),
+            "port": render.SERVING_PORT,
+            "weight": weight,
+        }
+        for revision, weight in sorted(weights.items())
+    ]
+    operation = [{"op": "replace", "path": "/spec/rules/0/backendRefs", "value": backends}]
+    draft.actions.append(
+        Patch(
+            "gateway.networking.k8s.io/v1",
+            "HTTPRoute",
+            rollout.http_route_ref.name,
+            operation,
+            json_patch=True,
+        )
+    )
+
+
 def _promote(draft: _Draft, latest: dict[str, Any], how: str) -> None:
     revision = latest["revision"]
     previous = draft.status.get("stableRevision")
@@ -396,6 +424,10 @@ def _promote(draft: _Draft, latest: dict[str, Any], how: str) -> None:
         if entry["state"] == "Stable" and entry["revision"] != revision:
             draft.save_revision({**entry, "state": "Superseded", "weight": 0})
     draft.save_revision({**latest, "state": "Stable", "weight": 100, "reason": how})
+    if (draft.spec.rollout or Rollout()).http_route_ref:
+        if render.revision_name(draft.owner, revision) not in draft.observed.services:
+            draft.actions.append(Create(render.revision_service(draft.owner, revision)))
+        _route_weights(draft, {revision: 100})
     draft.status.update(stableRevision=revision, canaryWeight=0, phase="Ready")
     draft.condition(PROGRESSING, "False", "RolloutComplete", f"revision {revision} is stable")
     draft.condition(ROLLED_BACK, "False", "Promoted", f"revision {revision} promoted")
@@ -420,6 +452,7 @@ def _rollback(draft: _Draft, latest: dict[str, Any], reason: str, message: str) 
         )
     draft.condition(PROGRESSING, "False", reason, message)
     if stable is not None:
+        _route_weights(draft, {stable: 100})
         draft.actions.append(
             Patch(
                 "apps/v1",
@@ -490,8 +523,11 @@ def _canary_step(
     stable_replicas, canary_count = render.canary_replicas(max(draft.spec.replicas, 1), weight)
     _ensure_deployment(draft, source, stable, stable_replicas, "stable")
     _ensure_deployment(draft, source, revision, canary_count, "canary")
-    if render.revision_name(draft.owner, revision) not in draft.observed.services:
-        draft.actions.append(Create(render.revision_service(draft.owner, revision)))
+    for service_revision in (stable, revision):
+        if render.revision_name(draft.owner, service_revision) not in draft.observed.services:
+            draft.actions.append(Create(render.revision_service(draft.owner, service_revision)))
+    if (latest.get("weight") or 0) != weight:
+        _route_weights(draft, {stable: 100 - weight, revision: weight})
     draft.status.update(canaryWeight=weight, phase="Progressing")
     view = draft.observed.deployments.get(revision)
     ready = view.ready if view else 0
