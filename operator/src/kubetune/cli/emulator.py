@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"Kubernetes API emulator at {server.url} with the kubetune CRDs installed.")
         print(f"  export KUBECONFIG={kubeconfig}")
         print(
-            "  kubectl apply --validate=false -f examples/01-lora-basic/finetunejob.yaml && kubectl get ftj"
+            "  kubectl apply -f examples/01-lora-basic/finetunejob.yaml && kubectl get ftj"
         )
         print("Ctrl-C stops it.", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
