@@ -99,6 +99,36 @@ def _rendered_command(base: Path, adapter: Path, port: int, python: Path) -> lis
     return [str(python), *container["command"][1:], *args]
 
 
+def _bench_lands_in_status(endpoint: str, tmp_path: Path) -> None:
+    """The bench stage as its Job runs it, against this real server; its termination message, read back the
+    way the operator reads pods, becomes status.benchmark."""
+    import json
+    import sys
+
+    from kubetune.reconcile.observed import job_view
+
+    log = tmp_path / "termination-log"
+    command = [sys.executable, "-m", "kubetune_trainer", "bench", "--endpoint", endpoint, "--model", "support",
+               "--requests", "12", "--concurrency", "4", "--max-tokens", "8"]  # fmt: skip
+    subprocess.run(command, check=True, env={**os.environ, "KUBETUNE_TERMINATION_LOG": str(log)}, timeout=300)
+    summary = json.loads(log.read_text())
+    bench = summary["benchmark"]
+    assert summary["ok"] is True and bench["errorRate"] == "0" and bench["requests"] == 12
+    assert 0 < float(bench["p50LatencySeconds"]) <= float(bench["p95LatencySeconds"])
+    assert float(bench["ttftSeconds"]) <= float(bench["p95LatencySeconds"])
+    assert float(bench["outputTokensPerSecond"]) > 0
+    pod = {"metadata": {"name": "b", "labels": {"job-name": "tiny-bench-r1"}},
+           "status": {"phase": "Succeeded", "containerStatuses": [{"name": "bench", "state": {"terminated": {"exitCode": 0, "message": log.read_text()}}}]}}  # fmt: skip
+    view = job_view(
+        {
+            "metadata": {"name": "tiny-bench-r1"},
+            "status": {"conditions": [{"type": "Complete", "status": "True"}]},
+        },
+        [pod],
+    )
+    assert view.summary() == summary  # what the operator copies into status.benchmark (tests/reconcile)
+
+
 def test_rendered_vllm_command_serves_chat_and_metrics(model_and_adapter, tmp_path: Path) -> None:
     python = _vllm_python()
     base, adapter = model_and_adapter
@@ -136,6 +166,7 @@ def test_rendered_vllm_command_serves_chat_and_metrics(model_and_adapter, tmp_pa
             assert reply.json()["choices"][0]["message"]["content"] is not None
         metrics = requests.get(f"{url}/metrics", timeout=10).text
         assert "vllm:num_requests_waiting" in metrics
+        _bench_lands_in_status(f"{url}/v1", tmp_path)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,8 @@ def _print_schema() -> int:
     return EXIT_OK
 
 
-def run_stage(stage: str, config_path: str) -> int:
+def execute_stage(stage: str, config_path: str) -> tuple[int, dict[str, Any]]:
+    """Run one stage; (exit code, summary). Never raises: failures become summaries the operator can read."""
     from pydantic import ValidationError
 
     from kubetune.api.trainer_config import TrainerConfig
@@ -85,9 +87,8 @@ def run_stage(stage: str, config_path: str) -> int:
         config = TrainerConfig.model_validate_json(Path(config_path).read_text(encoding="utf-8"))
     except (OSError, ValidationError) as error:
         message = f"config: {error}"[:1500]
-        write_termination_message({"stage": stage, "ok": False, "reason": "InvalidSpec", "message": message})
         log.error("%s", message)
-        return EXIT_INVALID_INPUT
+        return EXIT_INVALID_INPUT, {"stage": stage, "ok": False, "reason": "InvalidSpec", "message": message}
     try:
         module = importlib.import_module(f"kubetune_trainer.stages.{stage}")
     except ModuleNotFoundError as error:
@@ -96,46 +97,111 @@ def run_stage(stage: str, config_path: str) -> int:
         message = (
             f"stage {stage!r} is not available in this trainer image (no kubetune_trainer.stages.{stage})"
         )
-        write_termination_message(
-            {"stage": stage, "ok": False, "reason": "StageUnavailable", "message": message}
-        )
         log.error("%s", message)
-        return EXIT_ERROR
+        return EXIT_ERROR, {"stage": stage, "ok": False, "reason": "StageUnavailable", "message": message}
     summary: dict[str, Any]
     try:
         summary = module.run(config)
     except Exception as error:
         log.exception("stage %s failed", stage)
-        summary = {
-            "stage": stage,
-            "ok": False,
-            "reason": type(error).__name__,
-            "message": str(error)[:1500],
-            "exitCode": EXIT_ERROR,
-        }
-    write_termination_message(summary)
+        summary = {"stage": stage, "ok": False, "reason": type(error).__name__, "message": str(error)[:1500]}
+        return EXIT_ERROR, summary
     code = summary.get("exitCode")
-    if isinstance(code, int):
-        return code
-    return EXIT_OK if summary.get("ok", True) else EXIT_ERROR
+    if not isinstance(code, int):
+        code = EXIT_OK if summary.get("ok", True) else EXIT_ERROR
+    return code, summary
+
+
+def run_stage(stage: str, config_path: str) -> int:
+    code, summary = execute_stage(stage, config_path)
+    write_termination_message(summary)
+    return code
+
+
+def run_stages(stages: list[str], config_path: str) -> int:
+    """Several stages in one pod (e.g. `evaluate,export`): stop at the first failure; one termination message
+    carries every stage's results, later stages' keys winning."""
+    merged: dict[str, Any] = {}
+    code = EXIT_OK
+    for stage in stages:
+        code, summary = execute_stage(stage, config_path)
+        merged.update(summary)
+        if code != EXIT_OK:
+            break
+    write_termination_message(merged)
+    return code
+
+
+def _fetch(argv: list[str]) -> int:
+    """`kubetune-trainer fetch SRC DEST [SRC DEST ...]`: the serving pods' init step. A URI ending in '/' is a
+    prefix (a model directory), anything else one file."""
+    from kubetune_trainer import storage
+
+    if not argv or len(argv) % 2:
+        print("usage: kubetune-trainer fetch SRC DEST [SRC DEST ...]", file=sys.stderr)
+        return EXIT_INVALID_INPUT
+    for source, destination in zip(argv[::2], argv[1::2], strict=True):
+        started = time.perf_counter()
+        if source.endswith("/"):
+            storage.download_dir(source, destination)
+        else:
+            storage.download_file(source, Path(destination))
+        log.info("fetched %s to %s in %.1fs", source, destination, time.perf_counter() - started)
+    return EXIT_OK
+
+
+def _bench(argv: list[str]) -> int:
+    from kubetune_trainer.bench import run_benchmark
+
+    parser = argparse.ArgumentParser(prog="kubetune-trainer bench")
+    parser.add_argument(
+        "--endpoint", required=True, help="OpenAI-compatible base URL, e.g. http://svc:8000/v1"
+    )
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    args = parser.parse_args(argv)
+    summary = run_benchmark(
+        args.endpoint,
+        args.model,
+        requests=args.requests,
+        concurrency=args.concurrency,
+        max_tokens=args.max_tokens,
+    )
+    write_termination_message(summary)
+    print(json.dumps(summary))
+    return EXIT_OK if summary["ok"] else EXIT_ERROR
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kubetune-trainer", description=__doc__.split("\n\n")[0])
-    parser.add_argument("stage", choices=[*STAGES, "schema"])
-    parser.add_argument("--config", help="path to the TrainerConfig JSON (trainer-config.json)")
-    parser.add_argument("--log-level", default=os.environ.get("KUBETUNE_LOG_LEVEL", "INFO"))
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=os.environ.get("KUBETUNE_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if argv[:1] == ["fetch"]:
+        return _fetch(argv[1:])
+    if argv[:1] == ["bench"] and "--config" not in argv:
+        return _bench(argv[1:])
+    parser = argparse.ArgumentParser(prog="kubetune-trainer", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "stage", help="one of " + ", ".join([*STAGES, "schema", "fetch"]) + "; or a comma list"
+    )
+    parser.add_argument("--config", help="path to the TrainerConfig JSON (trainer-config.json)")
+    parser.add_argument("--log-level", default=os.environ.get("KUBETUNE_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    logging.getLogger().setLevel(args.log_level.upper())
     if args.stage == "schema":
         return _print_schema()
+    stages = args.stage.split(",")
+    unknown = [stage for stage in stages if stage not in STAGES]
+    if unknown:
+        parser.error(f"unknown stage {unknown[0]!r}: choose from {', '.join(STAGES)}")
     if not args.config:
         parser.error(f"stage {args.stage} needs --config FILE")
-    return run_stage(args.stage, args.config)
+    return run_stages(stages, args.config)
 
 
 if __name__ == "__main__":
