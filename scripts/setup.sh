@@ -10,3 +10,5 @@ fi
 # torch first and exact: a looser request would pull a multi-GB CUDA build.
 .venv/bin/pip install --quiet torch==2.13.0
 .venv/bin/pip install --quiet -c constraints.txt -e '.[operator,trainer,dev]'
+# checkov conflicts with our pins, so it gets a virtualenv of its own, built once and cached.
+.venv/bin/python -m tests.chart.checkov_env

@@ -10,18 +10,16 @@
 --   not yet observed at the current generation -> Progressing
 local hs = {}
 
-local function latest_message(status, preferred)
+local function condition_message(status, kind)
   if status == nil or status.conditions == nil then
     return nil
   end
-  for _, kind in ipairs(preferred) do
-    for _, c in ipairs(status.conditions) do
-      if c.type == kind and c.message ~= nil and c.message ~= "" then
-        if c.reason ~= nil and c.reason ~= "" then
-          return c.reason .. ": " .. c.message
-        end
-        return c.message
+  for _, c in ipairs(status.conditions) do
+    if c.type == kind and c.message ~= nil and c.message ~= "" then
+      if c.reason ~= nil and c.reason ~= "" then
+        return c.reason .. ": " .. c.message
       end
+      return c.message
     end
   end
   return nil
@@ -54,7 +52,17 @@ local map = {
 }
 hs.status = map[phase] or "Unknown"
 
-local message = latest_message(status, { "Failed", "RolledBack", "Blocked", "Progressing", "Ready", "Available" })
+-- The condition that explains each phase (kubetune.reconcile.modeldeployment).
+local explained_by = {
+  Pending = "GatePassed",
+  Blocked = "GatePassed",
+  Deploying = "Progressing",
+  Progressing = "Progressing",
+  Paused = "Progressing",
+  RolledBack = "RolledBack",
+  Failed = "Available",
+}
+local message = nil
 if phase == "Ready" then
   message = "Serving"
   if status.endpoint ~= nil then
@@ -63,10 +71,16 @@ if phase == "Ready" then
   if status.revision ~= nil then
     message = message .. " (revision " .. tostring(status.revision) .. ")"
   end
-elseif phase == "Progressing" and status.canaryWeight ~= nil then
-  message = "Canary at " .. tostring(status.canaryWeight) .. "%" .. (message and (": " .. message) or "")
-elseif message == nil then
-  message = phase
+else
+  local kind = explained_by[phase]
+  if kind ~= nil then
+    message = condition_message(status, kind)
+  end
+  if phase == "Progressing" and status.canaryWeight ~= nil then
+    message = "Canary at " .. tostring(status.canaryWeight) .. "%" .. (message and (": " .. message) or "")
+  elseif message == nil then
+    message = phase
+  end
 end
 if hs.status == "Unknown" then
   message = "Unknown phase " .. tostring(phase)

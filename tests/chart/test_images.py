@@ -1,0 +1,180 @@
+"""The operator and trainer Dockerfiles: multi-stage, pinned, numeric non-root user, no build tools or
+installers at run time, caches on writable volumes; and their pins equal what .venv (the tests) runs."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+from tests.chart import locks
+from tests.chart.chartkit import CHART, REPO
+
+OPERATOR = REPO / "Dockerfile"
+TRAINER = REPO / "trainer-image" / "Dockerfile"
+BUILD_TOOLS = re.compile(r"\b(gcc|g\+\+|clang|make|cmake|build-essential|python3-dev|git|rustc|cargo|nvcc)\b")
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str | None
+    lines: list[str]
+
+
+def parse(path: Path) -> tuple[dict[str, str], list[Stage]]:
+    """Global ARG defaults and the stages (instructions with continuation lines joined)."""
+    text = path.read_text()
+    text = re.sub(r"<<'?EOF'?\n.*?\nEOF\n", "<<EOF\n", text, flags=re.S)  # heredoc bodies are data
+    instructions = [
+        line for line in re.sub(r"\\\n", " ", text).splitlines() if line.strip() and not line.startswith("#")
+    ]
+    args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for line in instructions:
+        keyword, _, rest = line.strip().partition(" ")
+        if keyword == "FROM":
+            match = re.fullmatch(r"(\S+)(?:\s+AS\s+(\S+))?", rest.strip(), re.I)
+            assert match, line
+            stages.append(Stage(match.group(1), match.group(2), []))
+        elif stages:
+            stages[-1].lines.append(line.strip())
+        elif keyword == "ARG":
+            name, _, default = rest.partition("=")
+            args[name.strip()] = default.strip()
+    return args, stages
+
+
+def _resolve(reference: str, args: dict[str, str]) -> str:
+    return re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], reference)
+
+
+@pytest.mark.parametrize("path", [OPERATOR, TRAINER], ids=["operator", "trainer"])
+def test_image_is_multi_stage_pinned_and_non_root(path: Path) -> None:
+    text = path.read_text()
+    assert text.startswith("# syntax=docker/dockerfile:1"), "the syntax directive must be the very first line"
+    args, stages = parse(path)
+    assert len(stages) >= 2, "build in one stage, run from another"
+    for stage in stages:
+        base = _resolve(stage.base, args)
+        assert re.search(r":\d+\.\d+\.\d+", base) and "latest" not in base, f"unpinned base {base}"
+    final = stages[-1]
+    assert any(line.startswith("COPY --from=build") for line in final.lines)
+    users = [line.split()[1] for line in final.lines if line.startswith("USER ")]
+    assert users and re.fullmatch(r"[1-9]\d*:\d+", users[-1]), (
+        "the final stage must end as a numeric non-root user"
+    )
+
+
+@pytest.mark.parametrize("path", [OPERATOR, TRAINER], ids=["operator", "trainer"])
+def test_final_stage_installs_no_build_tools_and_runs_no_installer(path: Path) -> None:
+    _, stages = parse(path)
+    for line in stages[-1].lines:
+        if line.startswith("RUN "):
+            assert (
+                "pip install" not in line and "apt-get install" not in line and "conda install" not in line
+            ), line
+            assert not BUILD_TOOLS.search(line), line
+
+
+def test_operator_image_matches_the_chart() -> None:
+    _, stages = parse(OPERATOR)
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    user = next(line.split()[1] for line in reversed(stages[-1].lines) if line.startswith("USER "))
+    assert user == f"{values['podSecurityContext']['runAsUser']}:{values['podSecurityContext']['runAsGroup']}"
+    env = " ".join(line for line in stages[-1].lines if line.startswith("ENV "))
+    assert "HOME=/tmp" in env  # the chart's only writable mount
+    assert 'ENTRYPOINT ["kubetune"]' in stages[-1].lines
+    # pip leaves the runtime: the build stage removes it from the venv, the final stage from the base.
+    assert any("pip uninstall" in line for line in stages[0].lines)
+    assert any("pip uninstall" in line for line in stages[-1].lines)
+
+
+def test_trainer_image_matches_the_pods_the_operator_renders() -> None:
+    from kubetune.render.pod import CACHE_MOUNT, RUN_AS_USER, cache_env
+
+    _, stages = parse(TRAINER)
+    final = stages[-1]
+    user = next(line.split()[1] for line in reversed(final.lines) if line.startswith("USER "))
+    assert user == f"{RUN_AS_USER}:{RUN_AS_USER}"
+    env = " ".join(line for line in final.lines if line.startswith("ENV "))
+    for item in cache_env():
+        if item["name"] in ("HOME", "HF_HOME", "TRITON_CACHE_DIR", "XDG_CACHE_HOME"):
+            assert f"{item['name']}={item['value']}" in env, item
+    assert f"XDG_CACHE_HOME={CACHE_MOUNT}" in env
+    assert 'ENTRYPOINT ["kubetune-trainer"]' in final.lines
+
+
+def test_trainer_base_image_and_constraints_agree_on_torch() -> None:
+    args, stages = parse(TRAINER)
+    pins = locks.parse_pins(locks.TRAINER_CONSTRAINTS.read_text())
+    assert args["TORCH_VERSION"] == pins["torch"]
+    assert _resolve(stages[0].base, args).split(":")[1].startswith(pins["torch"] + "-cuda")
+    assert stages[0].base == stages[-1].base == "${PYTORCH_IMAGE}"
+    build = " ".join(stages[0].lines)
+    assert "-c trainer-image/constraints.txt" in build
+
+
+def _installed(name: str) -> str | None:
+    try:
+        return Version(metadata.version(name)).public
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("label", "pins"),
+    [
+        ("trainer-image/constraints.txt", lambda: locks.parse_pins(locks.TRAINER_CONSTRAINTS.read_text())),
+        (
+            "the operator Dockerfile's lock",
+            lambda: locks.parse_pins(locks.dockerfile_lock(OPERATOR.read_text())),
+        ),
+    ],
+    ids=["trainer", "operator"],
+)
+def test_image_pins_equal_the_versions_the_tests_run(label: str, pins) -> None:  # type: ignore[no-untyped-def]
+    pinned = pins()
+    mismatched = {
+        name: (version, _installed(name))
+        for name, version in pinned.items()
+        if _installed(name) not in (None, version)
+    }
+    assert mismatched == {}, (
+        f"{label} pins other versions than .venv runs (regenerate: python -m tests.chart.locks)"
+    )
+
+
+def test_images_pin_their_whole_dependency_closure() -> None:
+    trainer = locks.parse_pins(locks.TRAINER_CONSTRAINTS.read_text())
+    assert set(locks.trainer_pins()) - set(trainer) == set(), "regenerate trainer-image/constraints.txt"
+    operator = locks.parse_pins(locks.dockerfile_lock(OPERATOR.read_text()))
+    assert set(locks.operator_pins()) - set(operator) == set(), "regenerate the operator Dockerfile's lock"
+
+
+def test_image_pins_satisfy_pyproject() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    for extra, pins in (
+        ("trainer", locks.parse_pins(locks.TRAINER_CONSTRAINTS.read_text())),
+        ("operator", locks.parse_pins(locks.dockerfile_lock(OPERATOR.read_text()))),
+    ):
+        for text in [*project["dependencies"], *extras[extra]]:
+            requirement = Requirement(text)
+            name = canonicalize_name(requirement.name)
+            assert name in pins, f"{extra}: {name} is not pinned"
+            assert requirement.specifier.contains(pins[name], prereleases=True), (extra, text, pins[name])
+
+
+def test_the_pin_check_can_fail() -> None:
+    with pytest.raises(ValueError, match="exact pin"):
+        locks.parse_pins("torch>=2\n")
+    assert _installed("pyyaml") != "0.0.1"
