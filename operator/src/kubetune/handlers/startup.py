@@ -29,7 +29,7 @@ async def configure(
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
-    settings.batching.error_delays = (1, 2, 5, 10, 30, 60)
+    settings.queueing.error_delays = (1, 2, 5, 10, 30, 60)
     if RUNTIME.config.metrics_port:
         start_http_server(RUNTIME.config.metrics_port, registry=REGISTRY)
         logger.info("metrics on :%d/metrics", RUNTIME.config.metrics_port)
