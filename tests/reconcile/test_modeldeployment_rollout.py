@@ -218,3 +218,19 @@ def test_http_route_weights_follow_steps_and_rollback() -> None:
     outcome = world.step()
     (route,) = [a for a in outcome.actions if getattr(a, "kind", "") == "HTTPRoute"]
     assert [(b["name"], b["weight"]) for b in route.patch[0]["value"]] == [("support-bot-r1", 100)]
+
+
+def test_benchmark_on_demand_through_the_annotation() -> None:
+    world = _world(job=passed_job({"perplexity": "3.9"}))
+    _ready_first_revision(world)
+    world.step()
+    assert world.bench_jobs() == ["support-bot-bench-r1"]  # nothing new without a request
+    world.resource["metadata"]["annotations"] = {"kubetune.dev/benchmark": "2026-11-29T12:00"}
+    world.step()
+    (extra,) = [name for name in world.bench_jobs() if name != "support-bot-bench-r1"]
+    world.finish_bench(extra, {**HEALTHY, "p95LatencySeconds": "1.7"})
+    world.step()
+    assert world.status["benchmark"]["p95LatencySeconds"] == "1.7"
+    assert world.status["benchmark"]["trigger"] == "2026-11-29T12:00"
+    world.step()
+    assert len(world.bench_jobs()) == 2

@@ -197,6 +197,9 @@ class Benchmark(ApiModel):
     error_rate: Annotated[str, Field(max_length=32)] | None = None
     revision: int | None = None
     time: Annotated[str, Field(max_length=64)] | None = None
+    trigger: Annotated[str, Field(max_length=64)] | None = Field(
+        default=None, description="The kubetune.dev/benchmark annotation value that asked for this run"
+    )
 
 
 class RevisionStatus(ApiModel):

@@ -34,6 +34,8 @@ CONDITION_ORDER = (GATE_PASSED, AVAILABLE, PROGRESSING, ROLLED_BACK, BENCHMARKED
 # A revision whose pods are not ready after this long has failed its rollout.
 PROGRESS_DEADLINE_SECONDS = 600
 MAX_REVISIONS_IN_STATUS = 10
+# Set or change this annotation (e.g. to a timestamp) to benchmark the stable revision again.
+BENCHMARK_ANNOTATION = "kubetune.dev/benchmark"
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,7 @@ class _Draft:
     actions: list[Action] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
+    benchmark_trigger: str = ""
 
     def condition(self, kind: str, status: c.ConditionStatus, reason: str, message: str) -> bool:
         before = c.find(list(self.status.get("conditions") or []), kind)
@@ -262,6 +265,7 @@ def reconcile_deployment(
         )
         return Outcome(status)
     draft = _Draft(owner, spec, observed, status, generation, defaults)
+    draft.benchmark_trigger = str((meta.get("annotations") or {}).get(BENCHMARK_ANNOTATION, ""))[:64]
     name = render.served_model_name(owner, spec)
     status.update(endpoint=render.endpoint(owner), servedModelName=name)
     try:
@@ -633,10 +637,15 @@ def _serve_stable(draft: _Draft, source: render.ResolvedSource, revision: int) -
 
 
 def _benchmark(draft: _Draft, revision: int, ready: int) -> None:
-    """After a rollout completes: one benchmark of the shared endpoint, recorded in status.benchmark."""
-    if (draft.status.get("benchmark") or {}).get("revision") == revision or not ready:
+    """After a rollout completes, and again whenever the annotation kubetune.dev/benchmark changes (on demand):
+    one benchmark of the shared endpoint, recorded in status.benchmark."""
+    trigger = draft.benchmark_trigger
+    recorded = draft.status.get("benchmark") or {}
+    if (recorded.get("revision") == revision and recorded.get("trigger", "") == trigger) or not ready:
         return
     name = f"{draft.owner.name}-bench-r{revision}"
+    if trigger:
+        name += "-" + hashlib.sha256(trigger.encode()).hexdigest()[:8]
     job = draft.observed.bench_jobs.get(name)
     if job is None:
         draft.actions.append(
@@ -661,6 +670,8 @@ def _benchmark(draft: _Draft, revision: int, ready: int) -> None:
         return
     bench = (job.summary() or {}).get("benchmark") or {}
     draft.status["benchmark"] = {**bench, "revision": revision, "time": draft.observed.now}
+    if trigger:
+        draft.status["benchmark"]["trigger"] = trigger
     message = ", ".join(
         f"{key} {bench[key]}"
         for key in ("p50LatencySeconds", "p95LatencySeconds", "outputTokensPerSecond")
