@@ -125,3 +125,17 @@ def test_lineage_reaches_pod_annotations() -> None:
 )
 def test_canary_replica_split(total: int, weight: int, expected: tuple[int, int]) -> None:
     assert render.canary_replicas(total, weight) == expected
+
+
+def test_autoscaling_targets_the_stable_revision_with_hpa_or_keda() -> None:
+    spec = ModelDeploymentSpec.model_validate(load_example("05-serve-canary/modeldeployment.yaml")["spec"])
+    hpa = render.horizontal_pod_autoscaler(OWNER, spec, 3)
+    kubernetes_validate.validate(hpa, "1.37.0", strict=True)
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "support-bot-r3"
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 8)
+    assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "vllm_num_requests_waiting"
+    keda = render.keda_scaled_object(OWNER, spec, 3, "http://prometheus.monitoring.svc:9090")
+    assert keda["spec"]["scaleTargetRef"] == {"name": "support-bot-r3"}
+    (trigger,) = keda["spec"]["triggers"]
+    assert trigger["type"] == "prometheus" and trigger["metadata"]["threshold"] == "5"
+    assert trigger["metadata"]["query"].startswith('sum(vllm:num_requests_waiting{namespace="team-a"')
