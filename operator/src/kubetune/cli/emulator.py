@@ -38,9 +38,7 @@ def run(args: argparse.Namespace) -> int:
         kubeconfig = server.kubeconfig(directory / "kubeconfig")
         print(f"Kubernetes API emulator at {server.url} with the kubetune CRDs installed.")
         print(f"  export KUBECONFIG={kubeconfig}")
-        print(
-            "  kubectl apply -f examples/01-lora-basic/finetunejob.yaml && kubectl get ftj"
-        )
+        print("  kubectl apply -f examples/01-lora-basic/finetunejob.yaml && kubectl get ftj")
         print("Ctrl-C stops it.", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from kubetune.api.manifests import crd_files
 from kubetune.api.reference import api_reference
-from kubetune.cli import emulator
+from kubetune.cli import emulator, sandbox, user
 
 
 def _crds(args: argparse.Namespace) -> int:
@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     operator.add_argument("--verbose", action="store_true")
     operator.set_defaults(run=_operator)
     emulator.register(commands)
+    sandbox.register(commands)
+    user.register(commands)
     return parser
 
 

@@ -1,0 +1,220 @@
+"""End to end: `kubetune sandbox up` as a user runs it, kubectl, the real operator and trainer.
+
+A FineTuneJob on data uploaded to the sandbox's S3 trains; its training pod is deleted mid-run (the retry
+resumes from the newest checkpoint), then the job is suspended and resumed through the CLI, and succeeds
+with its outputs in S3. The user CLI is exercised against it. Stopping the sandbox with SIGTERM leaves
+no process behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubetune.sandbox import seed
+from tests.sandbox.conftest import wait_for
+
+JOB = "e2e"
+DATASET_URI = "s3://kubetune-sandbox/user-data/e2e.jsonl"
+OUTPUT = f"outputs/default/{JOB}/"
+
+
+def finetunejob() -> dict[str, Any]:
+    return {
+        "apiVersion": "kubetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": JOB, "namespace": "default"},
+        "spec": {
+            "baseModel": {"uri": seed.BASE_MODEL_URI},
+            "dataset": {"uri": DATASET_URI, "evalSplit": "0.1"},
+            "method": "lora",
+            "lora": {"r": 8, "alpha": 16, "targetModules": ["all-linear"]},
+            "hyperparameters": {"epochs": 1, "maxSteps": 90, "learningRate": "3e-3", "batchSize": 4,
+                                "maxSeqLength": 96, "gradientCheckpointing": False},
+            "checkpoint": {"everySteps": 10, "keepLast": 2},
+            "evaluation": {"metrics": ["perplexity"], "maxSamples": 8, "maxNewTokens": 8},
+            "resources": {"gpus": 0},
+            "output": {"uri": f"s3://{seed.BUCKET}/{OUTPUT}"},
+            "storageSecretRef": {"name": "sandbox-s3"},
+            "backoffLimit": 4,
+        },
+    }  # fmt: skip
+
+
+def _sandbox_processes(directory: Path) -> list[int]:
+    """Processes started by this sandbox: their command line or environment names its directory."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            text = (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if str(directory).encode() in text:
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    directory = tmp_path_factory.mktemp("sandbox")
+    log = (directory / "sandbox-up.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kubetune.cli.main", "sandbox", "up", "--dir", str(directory)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for(
+            "sandbox.json", lambda: (directory / "sandbox.json").exists() or process.poll() is not None, 600
+        )
+        assert process.poll() is None, (directory / "sandbox-up.log").read_text()
+        info = json.loads((directory / "sandbox.json").read_text())
+        info["dir"] = directory
+        yield info
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=120)
+        log.close()
+    assert code == 0, (directory / "sandbox-up.log").read_text()
+    wait_for("every sandbox process gone", lambda: not _sandbox_processes(directory), timeout=30)
+
+
+def run(info: dict[str, Any], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KUBECONFIG": info["kubeconfig"], "HOME": str(info["dir"] / "home")}
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert not check or result.returncode == 0, f"{args}: {result.stdout}\n{result.stderr}"
+    return result
+
+
+def kubetune(info: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
+    return run(info, sys.executable, "-m", "kubetune.cli.main", *args)
+
+
+def kubectl_json(info: dict[str, Any], *args: str) -> Any:
+    return json.loads(run(info, "kubectl", *args, "-o", "json").stdout)
+
+
+def s3_client(info: dict[str, Any]) -> Any:
+    import boto3
+
+    s3 = info["s3"]
+    return boto3.client("s3", endpoint_url=s3["endpoint"], aws_access_key_id=s3["accessKeyId"],
+                        aws_secret_access_key=s3["secretAccessKey"], region_name=s3["region"])  # fmt: skip
+
+
+def job_status(info: dict[str, Any]) -> dict[str, Any]:
+    return kubectl_json(info, "get", "finetunejob", JOB).get("status") or {}
+
+
+def train_pods(info: dict[str, Any]) -> list[dict[str, Any]]:
+    pods = kubectl_json(info, "get", "pods", "-l", f"kubetune.dev/finetunejob={JOB},kubetune.dev/stage=train")
+    return sorted(pods["items"], key=lambda p: p["metadata"]["creationTimestamp"])
+
+
+@pytest.mark.slow
+@pytest.mark.kubectl
+def test_sandbox_writes_its_contract(sandbox: dict[str, Any]) -> None:
+    assert set(sandbox) >= {"apiServer", "s3", "bucket", "baseModelUri", "datasetUri", "storageSecretName"}
+    assert set(sandbox["s3"]) == {"endpoint", "accessKeyId", "secretAccessKey", "region"}
+    assert sandbox["storageSecretName"] == "sandbox-s3"
+    keys = [o["Key"] for o in s3_client(sandbox).list_objects_v2(Bucket=sandbox["bucket"])["Contents"]]
+    assert any(k.startswith(seed.MODEL_PREFIX) and k.endswith("config.json") for k in keys)
+    assert seed.DATASET_KEY in keys
+    secret = kubectl_json(sandbox, "get", "secret", "sandbox-s3")
+    assert set(secret["data"]) == {
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_ENDPOINT_URL",
+        "AWS_REGION",
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.kubectl
+def test_finetunejob_survives_a_deleted_pod_and_a_suspension_then_succeeds(
+    sandbox: dict[str, Any], tmp_path: Path
+) -> None:
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl is not installed")
+    from kubetune_trainer.tiny import demo_instruction_rows
+
+    rows = "".join(json.dumps(r) + "\n" for r in demo_instruction_rows(300, seed=7))
+    s3_client(sandbox).put_object(Bucket=seed.BUCKET, Key=DATASET_URI.split("/", 3)[3], Body=rows.encode())
+    manifest = tmp_path / "job.json"  # JSON: YAML 1.2 (kubectl) would read an unquoted 3e-3 as a number
+    manifest.write_text(json.dumps(finetunejob()))
+    run(sandbox, "kubectl", "apply", "--validate=false", "-f", str(manifest))
+
+    # 1. Delete the training pod once a checkpoint exists: the Job's retry resumes from it.
+    wait_for("a first checkpoint", lambda: job_status(sandbox).get("checkpoints"), timeout=400)
+    first = next(p for p in reversed(train_pods(sandbox)) if p["status"].get("phase") == "Running")
+    run(sandbox, "kubectl", "delete", "pod", first["metadata"]["name"], "--wait=false")
+    wait_for("a replacement training pod", lambda: any(
+        p["metadata"]["uid"] != first["metadata"]["uid"] and p["status"].get("phase") == "Running"
+        for p in train_pods(sandbox)), timeout=120)  # fmt: skip
+
+    # 2. Suspend through the CLI (pods go away), then resume.
+    kubetune(sandbox, "suspend", JOB)
+    wait_for("Suspended", lambda: job_status(sandbox).get("phase") == "Suspended", timeout=120)
+    wait_for("no running training pod", lambda: not [p for p in train_pods(sandbox)
+                                                     if p["status"].get("phase") in ("Pending", "Running")], 60)  # fmt: skip
+    kubetune(sandbox, "resume", JOB)
+
+    status = wait_for("Succeeded", lambda: (s := job_status(sandbox)).get("phase") in ("Succeeded", "Failed") and s,
+                      timeout=600)  # fmt: skip
+    assert status["phase"] == "Succeeded", json.dumps(status, indent=1)
+    outputs = status["outputs"]
+    assert outputs["adapterUri"].startswith(f"s3://{seed.BUCKET}/{OUTPUT}")
+    keys = [
+        o["Key"] for o in s3_client(sandbox).list_objects_v2(Bucket=seed.BUCKET, Prefix=OUTPUT)["Contents"]
+    ]
+    assert any(k.startswith(f"{OUTPUT}adapter/") for k in keys)
+    assert f"{OUTPUT}manifest.json" in keys
+
+    finished = [p for p in train_pods(sandbox) if p["status"].get("phase") == "Succeeded"]
+    summary = json.loads(finished[-1]["status"]["containerStatuses"][0]["state"]["terminated"]["message"])
+    assert summary.get("resumedFromStep"), summary  # it did not start over
+
+    # 3. The user CLI against the sandbox.
+    assert "Succeeded" in kubetune(sandbox, "status", JOB).stdout
+    assert "step" in kubetune(sandbox, "checkpoints", JOB).stdout
+    png = tmp_path / "loss.png"
+    plotted = kubetune(sandbox, "plot", JOB, "-o", str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "train" in plotted.stdout or "eval" in plotted.stdout
+    logs = kubetune(sandbox, "logs", JOB, "--no-follow")
+    assert logs.stdout.strip()
+    assert kubetune(sandbox, "watch", JOB).returncode == 0
+    missing = run(sandbox, sys.executable, "-m", "kubetune.cli.main", "status", "nope", check=False)
+    assert missing.returncode == 1 and "not found" in missing.stderr
+
+
+def test_a_port_in_use_is_one_line_and_leaves_nothing_running(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for flag in ("--api-port", "--s3-port"):
+            started = time.monotonic()
+            result = subprocess.run(
+                [sys.executable, "-m", "kubetune.cli.main", "sandbox", "up", "--dir", str(tmp_path / flag), flag, str(port)],
+                capture_output=True, text=True, timeout=300, check=False,
+            )  # fmt: skip
+            assert result.returncode == 1
+            lines = [line for line in result.stderr.splitlines() if line.strip()]
+            assert len(lines) == 1 and f"port {port}" in lines[0] and flag in lines[0], result.stderr
+            assert time.monotonic() - started < 120
+            assert not _sandbox_processes(tmp_path / flag)
