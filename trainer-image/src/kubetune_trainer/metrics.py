@@ -120,7 +120,9 @@ class TrainerMetrics:
         from prometheus_client import start_http_server
 
         try:
-            self._server, _ = start_http_server(port, registry=self.registry)
+            # The sandbox gives every pod its own loopback address; in a cluster the pod IP is all addresses.
+            host = os.environ.get("KUBETUNE_METRICS_HOST", "0.0.0.0")
+            self._server, _ = start_http_server(port, addr=host, registry=self.registry)
         except OSError as error:
             log.warning("metrics endpoint not started on port %d: %s", port, error)
             return False

@@ -547,6 +547,15 @@ def _make_callback_class() -> type:
             self.run.checkpoints = self.store.retain(self.keep_last)
             self.store.write_history(self.run.history)
             self.metrics.checkpoint_step.set(state.global_step)
+            self._write_log_history(state)
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.is_world_process_zero:
+                self._write_log_history(state)
+
+        def _write_log_history(self, state: Any) -> None:
+            """The loss curve (`kubetune plot` reads it), beside the checkpoints; small, rewritten whole."""
+            storage.write_text(self.store.prefix + "log_history.json", json.dumps(state.log_history))
 
     return RunCallback
 
