@@ -213,7 +213,9 @@ class Checkpoint(ApiModel):
     keep_last: Annotated[int, Field(ge=1, le=100)] = 3
 
 
-Quantization = Literal["gguf-q4_k_m", "gguf-q8_0", "gguf-f16"]
+# bnb-nf4: a bitsandbytes 4-bit model loadable with from_pretrained. GGUF formats need llama.cpp's converter,
+# which the trainer image does not ship yet: the export then writes bnb-nf4 instead and says so in a warning.
+Quantization = Literal["bnb-nf4", "gguf-q4_k_m", "gguf-q8_0", "gguf-f16"]
 
 
 class Output(ApiModel):
@@ -221,7 +223,7 @@ class Output(ApiModel):
     merge: bool = False
     quantize: (
         Annotated[
-            list[Quantization], Field(max_length=3, json_schema_extra={"x-kubernetes-list-type": "set"})
+            list[Quantization], Field(max_length=4, json_schema_extra={"x-kubernetes-list-type": "set"})
         ]
         | None
     ) = None

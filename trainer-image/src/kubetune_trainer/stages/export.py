@@ -320,6 +320,8 @@ def run(config: TrainerConfig) -> dict[str, Any]:
 
         if spec.output.quantize and merged_dir is not None:
             for fmt in spec.output.quantize:
+                if fmt == NF4_FORMAT:
+                    continue
                 reason = (
                     "GGUF conversion is not built into this trainer image yet"
                     if gguf_available()
