@@ -4,6 +4,7 @@ level-based reconcile under a per-object lock."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Mapping
@@ -118,16 +119,10 @@ async def reconcile_job(namespace: str, name: str) -> Outcome | None:
             await apply(client, namespace, outcome)
         except Exception as error:
             metrics.RECONCILES.labels(KIND, "error").inc()
-            await _record_error(client, body, error)
+            await record_error(client, KIND, body, error)
             raise kopf.TemporaryError(f"reconcile failed: {error}", delay=15) from error
         before = body.get("status") or {}
-        if outcome.status != before:
-            await client.patch(
-                API_VERSION, KIND, namespace, name, {"status": outcome.status}, subresource="status"
-            )
-        for event in outcome.events:
-            kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason, message=event.message)
-            metrics.EVENTS.labels(KIND, event.reason).inc()
+        await write_outcome(client, KIND, body, outcome)
         _observe_durations(before, outcome.status)
         gpus = int(((body.get("spec") or {}).get("resources") or {}).get("gpus", 1)) * int(
             ((body.get("spec") or {}).get("resources") or {}).get("nodes", 1)
@@ -138,23 +133,43 @@ async def reconcile_job(namespace: str, name: str) -> Outcome | None:
         return outcome
 
 
-async def _record_error(client: KubeClient, body: dict[str, Any], error: Exception) -> None:
+async def write_outcome(client: KubeClient, kind: str, body: dict[str, Any], outcome: Outcome) -> None:
+    """The whole status in one write (only when it changed), then the events, one line each."""
+    meta = body["metadata"]
+    # A reconcile that got here succeeded: an earlier error condition no longer holds.
+    conditions = [cond for cond in outcome.status.get("conditions") or [] if cond.get("type") != "Reconciled"]
+    if conditions:
+        outcome.status["conditions"] = conditions
+    if outcome.status != (body.get("status") or {}):
+        await client.patch(
+            API_VERSION,
+            kind,
+            meta["namespace"],
+            meta["name"],
+            {"status": outcome.status},
+            subresource="status",
+        )
+    for event in outcome.events:
+        kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason, message=event.message)
+        metrics.EVENTS.labels(kind, event.reason).inc()
+
+
+async def record_error(client: KubeClient, kind: str, body: dict[str, Any], error: Exception) -> None:
     """Never leave an object without a status: say what went wrong and that it will be retried."""
     status = dict(body.get("status") or {})
     status.setdefault("phase", "Pending")
-    status["observedGeneration"] = body["metadata"].get("generation", 1)
+    generation = int(body["metadata"].get("generation") or 1)
+    status["observedGeneration"] = generation
     message = f"reconcile failed and will be retried: {type(error).__name__}: {error}"
     status["conditions"] = c.set_condition(
         list(status.get("conditions") or []), "Reconciled", "False", "ReconcileError", message,
-        now=now(), generation=int(body["metadata"].get("generation") or 1),
+        now=now(), generation=generation,
     )  # fmt: skip
-    try:
-        meta = body["metadata"]
+    meta = body["metadata"]
+    with contextlib.suppress(ApiError):  # the retry will try again
         await client.patch(
-            API_VERSION, KIND, meta["namespace"], meta["name"], {"status": status}, subresource="status"
+            API_VERSION, kind, meta["namespace"], meta["name"], {"status": status}, subresource="status"
         )
-    except ApiError:
-        pass  # the retry will try again
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from typing import Any, cast
+from typing import Any
 
 import kopf
 
 from kubetune.adapters import metrics
 from kubetune.adapters.kube import KubeClient
 from kubetune.api.common import GROUP, VERSION
-from kubetune.handlers.finetunejob import apply, now
+from kubetune.handlers.finetunejob import apply, now, record_error, write_outcome
 from kubetune.handlers.runtime import RUNTIME
 from kubetune.reconcile.modeldeployment import ServingObserved, deployment_view, reconcile_deployment
 from kubetune.reconcile.observed import job_view
@@ -86,14 +86,9 @@ async def reconcile_serving(namespace: str, name: str) -> None:
             await apply(client, namespace, outcome)
         except Exception as error:
             metrics.RECONCILES.labels(KIND, "error").inc()
+            await record_error(client, KIND, body, error)
             raise kopf.TemporaryError(f"reconcile failed: {error}", delay=15) from error
-        if outcome.status != (body.get("status") or {}):
-            await client.patch(
-                API_VERSION, KIND, namespace, name, {"status": outcome.status}, subresource="status"
-            )
-        for event in outcome.events:
-            kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason, message=event.message)
-            metrics.EVENTS.labels(KIND, event.reason).inc()
+        await write_outcome(client, KIND, body, outcome)
         metrics.RECONCILES.labels(KIND, "ok").inc()
         metrics.RECONCILE_SECONDS.labels(KIND).observe(time.perf_counter() - started)
 
