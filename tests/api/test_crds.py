@@ -56,7 +56,14 @@ def test_every_string_and_list_is_bounded_and_every_node_typed(info) -> None:
     root = document["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     unbounded = []
     text = yaml.safe_dump(root)
-    for forbidden in ("patternProperties", "propertyNames", "additionalProperties: false", "$ref", "anyOf", "title:"):
+    for forbidden in (
+        "patternProperties",
+        "propertyNames",
+        "additionalProperties: false",
+        "$ref",
+        "anyOf",
+        "title:",
+    ):
         assert forbidden not in text, f"{forbidden} is not allowed in a structural schema"
     for path, node in _walk(root):
         if path in ("", ".metadata", ".metadata.name", ".apiVersion", ".kind"):

@@ -620,7 +620,7 @@ def deleted(**_):
 def test_a_kopf_operator_handles_creation_and_deletion_with_its_finalizer(
     server: EmulatorServer, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "operator.py"
+    path = tmp_path / "widget_operator.py"  # not "operator.py": Kopf puts its folder on sys.path
     path.write_text(KOPF_OPERATOR)
     monkeypatch.setenv("EMULATOR_URL", server.url)
     # A namespace pattern makes Kopf watch /api/v1/namespaces too.

@@ -110,7 +110,6 @@ def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run_bit_for_bit
     config_file = write_config(interrupted, tmp_path / "config.json")
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join(sys.path),
         "KUBETUNE_LOG_LEVEL": "WARNING",
         "OMP_NUM_THREADS": "1",  # as in this process: the same kernels, the same bits
     }

@@ -176,7 +176,8 @@ _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
 
 def _s3_error(action: str, uri: str, error: Exception) -> StorageError:
     # botocore's messages carry the operation and the status code, never the credentials.
-    code = str(getattr(error, "response", {}).get("Error", {}).get("Code", ""))
+    # Connection errors carry no response (botocore sets it to None).
+    code = str(((getattr(error, "response", None) or {}).get("Error") or {}).get("Code", ""))
     return StorageError(f"{action} {uri} failed: {error}", not_found=code in _NOT_FOUND_CODES)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, get_args
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from kubetune.api.common import (
     ApiModel,
@@ -85,6 +85,13 @@ class Dataset(ApiModel):
             ),
         )
     )
+
+    @model_validator(mode="after")
+    def _one_evaluation_source(self) -> Dataset:
+        # Mirrors the CEL rule, so a spec can never pass admission yet fail the operator (or the reverse).
+        if (self.eval_split is None) == (self.eval_uri is None):
+            raise ValueError("exactly one of spec.dataset.evalSplit or spec.dataset.evalUri must be set")
+        return self
 
 
 class Lora(ApiModel):
@@ -238,6 +245,12 @@ class Output(ApiModel):
             ),
         )
     )
+
+    @model_validator(mode="after")
+    def _uri_is_a_prefix(self) -> Output:
+        if not self.uri.endswith("/"):
+            raise ValueError("spec.output.uri must end with '/' (it is a prefix)")
+        return self
 
 
 class FineTuneJobSpec(ApiModel):

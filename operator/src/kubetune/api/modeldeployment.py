@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from kubetune.api.common import (
     ApiModel,
@@ -58,6 +58,17 @@ class Source(ApiModel):
             ),
         )
     )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Source:
+        # The CEL rules again, so the typed model refuses exactly what the API server refuses.
+        if (self.fine_tune_job_ref is None) == (self.model_uri is None):
+            raise ValueError("exactly one of spec.source.fineTuneJobRef or spec.source.modelUri must be set")
+        if self.checkpoint is not None and self.fine_tune_job_ref is None:
+            raise ValueError("spec.source.checkpoint needs spec.source.fineTuneJobRef")
+        if self.adapter_uris is not None and self.model_uri is None:
+            raise ValueError("spec.source.adapterUris needs spec.source.modelUri")
+        return self
 
 
 class Gate(ApiModel):
@@ -185,6 +196,15 @@ class ModelDeploymentSpec(ApiModel):
             ),
         )
     )
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> ModelDeploymentSpec:
+        if self.serve == "adapter" and self.source.model_uri is not None and self.source.adapter_uris is None:
+            raise ValueError("spec.serve adapter with spec.source.modelUri needs spec.source.adapterUris")
+        scaling = self.autoscaling
+        if scaling is not None and not scaling.min_replicas <= self.replicas <= scaling.max_replicas:
+            raise ValueError("spec.replicas must lie within spec.autoscaling.minReplicas..maxReplicas")
+        return self
 
 
 class Benchmark(ApiModel):

@@ -2085,6 +2085,9 @@ class _CelValidator:
         if s.type == "number" and isinstance(value, (int, float)) and not isinstance(value, bool):
             return celtypes.DoubleType(float(value))
         if s.type == "integer" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not -(2**63) <= int(value) < 2**63:
+                # JSON decodes it as a float in kube-apiserver; the schema walk reports the type error.
+                return celtypes.DoubleType(float(value))
             return celtypes.IntType(int(value))
         if s.type == "boolean" and isinstance(value, bool):
             return celtypes.BoolType(value)

@@ -179,7 +179,14 @@ async def finetunejob_changed(namespace: str | None, name: str, **_: Any) -> Non
     await reconcile_job(namespace or "default", name)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=RUNTIME.config.resync_seconds, sharp=False)
+@kopf.timer(
+    GROUP,
+    VERSION,
+    PLURAL,
+    interval=RUNTIME.config.resync_seconds,
+    initial_delay=RUNTIME.config.resync_seconds,  # create/resume already reconciled it: no double work
+    sharp=False,
+)
 async def finetunejob_resync(namespace: str | None, name: str, **_: Any) -> None:
     """Level-based on top of Kopf's edge triggers: a missed event is corrected within one interval."""
     await reconcile_job(namespace or "default", name)

@@ -109,7 +109,14 @@ async def modeldeployment_changed(namespace: str | None, name: str, **_: Any) ->
     await reconcile_serving(namespace or "default", name)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=RUNTIME.config.resync_seconds, sharp=False)
+@kopf.timer(
+    GROUP,
+    VERSION,
+    PLURAL,
+    interval=RUNTIME.config.resync_seconds,
+    initial_delay=RUNTIME.config.resync_seconds,  # create/resume already reconciled it: no double work
+    sharp=False,
+)
 async def modeldeployment_resync(namespace: str | None, name: str, **_: Any) -> None:
     await reconcile_serving(namespace or "default", name)
 
