@@ -37,12 +37,18 @@ def now() -> str:
 async def observe(client: KubeClient, body: dict[str, Any]) -> Observed:
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     selector = f"{MANAGED_BY}=kubetune,{JOB_LABEL}={name}"
-    jobs, pods, config_map, service = await asyncio.gather(
+    multinode = int(((body.get("spec") or {}).get("resources") or {}).get("nodes") or 1) > 1
+
+    async def nothing() -> None:
+        return None
+
+    # Only what can matter is read: pods when Jobs exist, the rendezvous Service for multi-node jobs.
+    jobs, config_map, service = await asyncio.gather(
         client.list("batch/v1", "Job", namespace, label_selector=selector),
-        client.list("v1", "Pod", namespace, label_selector=selector),
         client.get("v1", "ConfigMap", namespace, child_name(name, "config")),
-        client.get("v1", "Service", namespace, child_name(name, "train")),
+        client.get("v1", "Service", namespace, child_name(name, "train")) if multinode else nothing(),
     )
+    pods = await client.list("v1", "Pod", namespace, label_selector=selector) if jobs else []
     uid = body["metadata"].get("uid")
     mine = [
         j for j in jobs if any(ref.get("uid") == uid for ref in j["metadata"].get("ownerReferences") or [])
