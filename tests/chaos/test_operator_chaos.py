@@ -54,7 +54,7 @@ def test_sigkill_at_random_points_across_52_lifecycles(emulator: EmulatorServer,
             kills += 1
             time.sleep(rng.uniform(0.0, 0.5))  # sometimes the world moves on while nobody watches
             operator.start()
-            next_kill = time.monotonic() + rng.uniform(0.4, 2.5)
+            next_kill = time.monotonic() + rng.uniform(0.3, 1.2)
 
     operator.start()
     try:
