@@ -33,7 +33,7 @@ def _operator(args: argparse.Namespace) -> int:
     """Runs the operator in this process (what the operator image does)."""
     import kopf
 
-    import kubetune.handlers  # noqa: F401  (registers the handlers)
+    import kubetune.handlers.all  # noqa: F401  (registers the handlers)
     from kubetune.handlers.runtime import RUNTIME
 
     kopf.configure(
