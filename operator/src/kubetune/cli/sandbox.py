@@ -14,14 +14,16 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from kubetune.cli import user
 
+T = TypeVar("T")
 EXAMPLES = Path(__file__).resolve().parents[4] / "examples" / "quickstart"
 RESOURCES = {
     "FineTuneJob": "kubetune.dev/v1alpha1/finetunejobs",
@@ -140,7 +142,23 @@ def _wait_deployment(server: Any, namespace: str, name: str, timeout: float) -> 
     raise QuickstartError(f"ModelDeployment {name} not Ready after {timeout:.0f}s (phase {last})")
 
 
+def _retrying(call: Callable[[], T], attempts: int = 10, delay: float = 3.0) -> T:
+    """Right after Ready the Service may still be switching backends: a reset connection is worth a retry."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except (urllib.error.URLError, ConnectionError) as error:
+            if attempt == attempts - 1 or (isinstance(error, urllib.error.HTTPError) and error.code < 500):
+                raise
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
 def chat(endpoint: str, model: str, question: str, timeout: float = 120.0) -> str:
+    return _retrying(lambda: _chat_once(endpoint, model, question, timeout))
+
+
+def _chat_once(endpoint: str, model: str, question: str, timeout: float) -> str:
     body = {
         "model": model,
         "messages": [{"role": "user", "content": question}],
@@ -158,6 +176,10 @@ def chat(endpoint: str, model: str, question: str, timeout: float = 120.0) -> st
 
 
 def _served_names(endpoint: str) -> list[str]:
+    return _retrying(lambda: _served_names_once(endpoint))
+
+
+def _served_names_once(endpoint: str) -> list[str]:
     with urllib.request.urlopen(endpoint.rstrip("/") + "/models", timeout=30) as response:
         return [m["id"] for m in json.loads(response.read()).get("data", [])]
 
