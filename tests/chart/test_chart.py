@@ -248,10 +248,8 @@ def test_serving_and_trainer_pod_monitors_select_the_pods_the_operator_renders()
     relabel = trainer["podMetricsEndpoints"][0]["relabelings"][0]["sourceLabels"][0]
     assert relabel == "__meta_kubernetes_pod_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", ftj.JOB_LABEL)
     serving = monitors["kubetune-serving"]
-    try:
-        from kubetune.render import modeldeployment as md
-    except ImportError:  # pragma: no cover - the ModelDeployment renderer lands separately
-        pytest.skip("kubetune.render.modeldeployment is not there yet")
+    from kubetune.render import modeldeployment as md
+
     assert serving["selector"]["matchExpressions"][0]["key"] == md.DEPLOYMENT_LABEL
     assert serving["podMetricsEndpoints"][0]["port"] == "http"
     assert (
