@@ -33,12 +33,15 @@ from tests.chart.chartkit import (
 HERE = Path(__file__).resolve().parent
 PROMTOOL = shutil.which("promtool")
 PROMETHEUS = shutil.which("prometheus")
-needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool missing: scripts/system-packages.sh installs it"
-)
-needs_prometheus = pytest.mark.skipif(
-    PROMETHEUS is None, reason="prometheus missing: scripts/system-packages.sh installs it"
-)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _monitoring_tools_present() -> None:
+    """CI installs them (scripts/system-packages.sh): a missing tool is a failure, never a silent skip."""
+    missing = [name for name, path in (("promtool", PROMTOOL), ("prometheus", PROMETHEUS)) if path is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} missing: run scripts/system-packages.sh (as root)")
+
 
 # The values alerts-test.yaml was written for (alert thresholds at their defaults).
 RULE_VALUES: dict[str, Any] = {
@@ -124,14 +127,12 @@ def _write_rules(directory: Path, values: dict[str, Any]) -> Path:
 # -- promtool ----------------------------------------------------------------------------------------------
 
 
-@needs_promtool
 def test_promtool_check_rules_accepts_the_rendered_rules(tmp_path: Path) -> None:
     _write_rules(tmp_path, MONITORING_ON)
     result = _promtool("check", "rules", "rules.yaml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@needs_promtool
 def test_promtool_unit_tests_pass_for_every_alert(tmp_path: Path) -> None:
     _write_rules(tmp_path, RULE_VALUES)
     shutil.copy(HERE / "alerts-test.yaml", tmp_path / "alerts-test.yaml")
@@ -140,7 +141,6 @@ def test_promtool_unit_tests_pass_for_every_alert(tmp_path: Path) -> None:
     assert "SUCCESS" in result.stdout
 
 
-@needs_promtool
 def test_promtool_unit_tests_fail_when_an_alert_is_missing(tmp_path: Path) -> None:
     values = json.loads(json.dumps(RULE_VALUES))
     values["metrics"]["prometheusRule"]["disabledAlerts"] = ["KubetuneCheckpointStale"]
@@ -235,7 +235,6 @@ def test_dashboard_queries_use_only_existing_metrics() -> None:
         assert unknown == set(), (title, unknown)
 
 
-@needs_promtool
 def test_dashboard_queries_parse(tmp_path: Path) -> None:
     """promtool has no parser for bare expressions: each query becomes a recording rule."""
     rules = [
@@ -288,8 +287,7 @@ def running_operator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
 def prometheus(running_operator: tuple[int, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Debian's Prometheus in its own directory on a free port, scraping the operator like the chart's
     ServiceMonitor does (same path), with the chart's rules loaded; killed at the end."""
-    if PROMETHEUS is None:
-        pytest.skip("prometheus missing: scripts/system-packages.sh installs it")
+    assert PROMETHEUS is not None  # _monitoring_tools_present fails the module otherwise
     metrics_port, _ = running_operator
     directory = tmp_path_factory.mktemp("prometheus")
     endpoint = one(manifests(RULE_VALUES), "ServiceMonitor")["spec"]["endpoints"][0]
@@ -345,7 +343,6 @@ def _wait_for(url: str, promql: str, timeout: float = 25.0) -> list[dict[str, An
     raise AssertionError(f"no result for {promql} within {timeout}s")
 
 
-@needs_prometheus
 def test_prometheus_scrapes_the_running_operator(prometheus: str, running_operator: tuple[int, Any]) -> None:
     from tests.integration.harness import Api
 
