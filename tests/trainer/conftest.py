@@ -185,3 +185,23 @@ def write_jsonl(path: Path, rows: list[Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread for training tests: on a shared 2-core machine, OpenMP threads spin-waiting on a
+    busy core made them 5-8x slower; single-threaded they are steady (and just as deterministic)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def trainer_work_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The stages' scratch space, per test."""
+    work = tmp_path / "work"
+    monkeypatch.setenv("KUBETUNE_WORK_DIR", str(work))
+    return work

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,24 +15,9 @@ import pytest
 from tests.trainer.conftest import S3Helper, write_config
 from tests.trainer.test_train import DATA_URI, chat_rows, make_job, put_jsonl, validate
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "trainer_work_dir")
+
 PREFIX = "s3://artifacts/team/job/checkpoints/"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared 2-core machine, OpenMP threads spin-waiting on a busy core made
-    these tests 5-8x slower; single-threaded they are steady (and just as deterministic)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def _work_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KUBETUNE_WORK_DIR", str(tmp_path / "work"))
 
 
 def _checkpoint_dir(tmp_path: Path, name: str, payload: bytes = b"weights") -> Path:

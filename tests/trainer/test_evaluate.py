@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 PREDICTIONS = ["The capital of France is Paris.", "3 + 4 = 8.", "", "Die Hauptstadt ist Berlin, glaube ich."]
 REFERENCES = ["The capital of France is Paris.", "3 + 4 = 7.", "Lima.", "The capital of Germany is Berlin."]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared 2-core machine, OpenMP threads spin-waiting on a busy core made
-    these tests 5-8x slower; single-threaded they are steady (and just as deterministic)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_rouge_l_and_bleu_equal_the_reference_libraries() -> None:

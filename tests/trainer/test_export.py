@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,23 +11,13 @@ import pytest
 
 from tests.trainer.conftest import build_config
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 PROMPTS = [
     [{"role": "user", "content": "What is 3 + 4?"}],
     [{"role": "user", "content": "What is the capital of France?"}],
     [{"role": "user", "content": "What is 12 - 5?"}],
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared 2-core machine, OpenMP threads spin-waiting on a busy core made
-    these tests 5-8x slower; single-threaded they are steady (and just as deterministic)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_adapter(base_dir: Path, out_dir: Path, *, base_uri: str, record_base: bool = True) -> Path:

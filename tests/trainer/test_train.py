@@ -12,13 +12,14 @@ import os
 import signal
 import socket
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.trainer.conftest import S3Helper, build_config
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "trainer_work_dir")
 
 DATA_URI = "s3://data/train.jsonl"
 OUTPUT = "s3://artifacts/team/job/"
@@ -31,23 +32,6 @@ FAST_HYPER = {
     "gradientCheckpointing": False,
     "warmupRatio": "0.1",
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared 2-core machine, OpenMP threads spin-waiting on a busy core made
-    these tests 5-8x slower; single-threaded they are steady (and just as deterministic)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def _work_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KUBETUNE_WORK_DIR", str(tmp_path / "work"))
 
 
 def chat_rows(n: int = 320, seed: int = 7) -> list[dict[str, Any]]:
