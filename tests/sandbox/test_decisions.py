@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from kubetune.api.timestamps import format_time
 from kubetune.sandbox import decisions
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -120,7 +121,7 @@ def test_suspend_deletes_pods_and_resume_recreates_them() -> None:
 
 
 def test_active_deadline_fails_the_job() -> None:
-    started = decisions.format_time(NOW - timedelta(seconds=120))
+    started = format_time(NOW - timedelta(seconds=120))
     plan = decisions.plan_job(job(activeDeadlineSeconds=60, status={"startTime": started}),
                               [pod("a", "Running")], vanished=0, now=NOW)  # fmt: skip
     reason = condition(plan, "Failed")

@@ -8,7 +8,6 @@ import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any, cast
 
 import kopf
@@ -17,6 +16,7 @@ from kubetune.adapters import metrics
 from kubetune.adapters.kube import ApiError, KubeClient
 from kubetune.adapters.scrape import scrape_trainer
 from kubetune.api.common import GROUP, VERSION
+from kubetune.api.timestamps import seconds_between, utc_now
 from kubetune.handlers.runtime import RUNTIME
 from kubetune.reconcile import conditions as c
 from kubetune.reconcile.finetunejob import Create, Delete, Outcome, Patch, reconcile
@@ -31,7 +31,7 @@ _locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
 
 def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc_now()
 
 
 async def observe(client: KubeClient, body: dict[str, Any]) -> Observed:
@@ -86,14 +86,9 @@ async def apply(client: KubeClient, namespace: str, outcome: Outcome) -> None:
             await client.delete(action.api_version, action.kind, namespace, action.name)
 
 
-def _parse_time(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-
-
-def _seconds_between(start: str | None, end: str | None) -> float | None:
-    if not start or not end:
-        return None
-    return max(0.0, (_parse_time(end) - _parse_time(start)).total_seconds())
+def _elapsed(start: str | None, end: str | None) -> float | None:
+    seconds = seconds_between(start, end)
+    return None if seconds is None else max(0.0, seconds)
 
 
 def _observe_durations(before: dict[str, Any], after: dict[str, Any]) -> None:
@@ -102,11 +97,11 @@ def _observe_durations(before: dict[str, Any], after: dict[str, Any]) -> None:
     now_running = c.find(after.get("conditions") or [], c.RUNNING) or {}
     if now_running.get("status") == "True" and was.get("status") != "True" and not before.get("restarts"):
         validated = c.find(after.get("conditions") or [], c.DATASET_VALIDATED) or {}
-        wait = _seconds_between(validated.get("lastTransitionTime"), now_running.get("lastTransitionTime"))
+        wait = _elapsed(validated.get("lastTransitionTime"), now_running.get("lastTransitionTime"))
         if wait is not None:
             metrics.QUEUE_WAIT_SECONDS.observe(wait)
     if was.get("status") == "True" and now_running.get("reason") == c.TRAINING_COMPLETE:
-        duration = _seconds_between(was.get("lastTransitionTime"), now_running.get("lastTransitionTime"))
+        duration = _elapsed(was.get("lastTransitionTime"), now_running.get("lastTransitionTime"))
         if duration is not None:
             metrics.TRAINING_SECONDS.observe(duration)
 

@@ -12,13 +12,13 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
 from kubetune.api.modeldeployment import Analysis, ModelDeploymentSpec, Rollout
 from kubetune.api.thresholds import failed_thresholds
+from kubetune.api.timestamps import seconds_between
 from kubetune.reconcile import conditions as c
 from kubetune.reconcile.finetunejob import Action, Create, Delete, Event, Outcome, Patch
 from kubetune.reconcile.observed import JobView
@@ -67,12 +67,7 @@ def deployment_view(deployment: Manifest) -> DeploymentView:
 
 
 def _seconds_since(start: str | None, now: str) -> float:
-    if not start:
-        return 0.0
-    parse = "%Y-%m-%dT%H:%M:%SZ"
-    begin = datetime.strptime(start, parse).replace(tzinfo=UTC)
-    end = datetime.strptime(now, parse).replace(tzinfo=UTC)
-    return (end - begin).total_seconds()
+    return seconds_between(start, now) or 0.0
 
 
 class GateBlockedError(Exception):

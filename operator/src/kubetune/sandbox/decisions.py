@@ -12,8 +12,10 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
+
+from kubetune.api.timestamps import format_time, parse_time
 
 Obj = dict[str, Any]
 
@@ -24,16 +26,6 @@ BATCH_CONTROLLER_UID_LABEL = "batch.kubernetes.io/controller-uid"
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 POD_TEMPLATE_HASH = "pod-template-hash"
 TERMINAL_PHASES = ("Succeeded", "Failed")
-
-
-def parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-
-
-def format_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def condition_true(obj: Mapping[str, Any], kind: str) -> bool:

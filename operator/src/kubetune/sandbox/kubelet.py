@@ -37,10 +37,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from kubetune.api.timestamps import utc_now
 from kubetune.sandbox import decisions
 from kubetune.sandbox.cluster import CONFIGMAPS, PODS, SECRETS, SERVICES, Cluster, is_not_found, log
 from kubetune.sandbox.images import ImageMap, ImageNotMappedError
@@ -54,7 +54,7 @@ FALLBACK_LOG_LINES = 80
 
 
 def now() -> str:
-    return decisions.format_time(datetime.now(UTC))
+    return utc_now()
 
 
 class _MissingVolumeError(Exception):
