@@ -135,15 +135,11 @@ class ServiceProxy:
     def _handler(self, key: tuple[str, int]):  # type: ignore[no-untyped-def]
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             listener = self._listeners.get(key)
-            backend = listener.pick() if listener else None
-            if backend is None:
-                writer.close()  # no ready endpoint: a cluster refuses the connection too
+            upstream = await _connect_to_any(listener) if listener else None
+            if upstream is None:
+                writer.close()  # no ready endpoint answers: a cluster refuses the connection too
                 return
-            try:
-                upstream_reader, upstream_writer = await asyncio.open_connection(*backend)
-            except OSError:
-                writer.close()
-                return
+            upstream_reader, upstream_writer = upstream
             try:
                 await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
             except asyncio.CancelledError:
@@ -154,6 +150,22 @@ class ServiceProxy:
                         end.close()
 
         return handle
+
+
+async def _connect_to_any(
+    listener: _Listener,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    """Round-robin over the ready endpoints, skipping one that just went away (a pod deleted before the
+    next endpoint sync), as kube-proxy's retries to another endpoint do."""
+    for _ in range(len(listener.backends)):
+        backend = listener.pick()
+        if backend is None:
+            return None
+        try:
+            return await asyncio.open_connection(*backend)
+        except OSError:
+            continue
+    return None
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
