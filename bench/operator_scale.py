@@ -170,7 +170,7 @@ def job_manifest(name: str, namespace: str) -> dict[str, Any]:
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "baseModel": {"uri": "s3://models/tiny/"},
-            "dataset": {"uri": "s3://data/rows.jsonl", "evalSplit": "0.05"},
+            "dataset": {"uri": "s3://data/rows.jsonl", "evalSplit": 0.05},
             "output": {"uri": f"s3://artifacts/{namespace}/{name}/"},
             "suspend": True,
         },

@@ -38,13 +38,13 @@ HYPERPARAMETERS = {
     "epochs": 1,
     "batchSize": 8,
     "maxSeqLength": 256,
-    "learningRate": "2e-4",
-    "warmupRatio": "0.03",
+    "learningRate": 2e-4,
+    "warmupRatio": 0.03,
     "scheduler": "cosine",
     "packing": True,
     "gradientCheckpointing": False,
 }
-LORA = {"r": 16, "alpha": 32, "dropout": "0.05", "targetModules": ["all-linear"]}
+LORA = {"r": 16, "alpha": 32, "dropout": 0.05, "targetModules": ["all-linear"]}
 
 
 def conversations(count: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -183,7 +183,7 @@ def main() -> int:
     def config(round_index: int) -> TrainerConfig:
         spec = {
             "baseModel": {"uri": "pvc://models/tiny"},
-            "dataset": {"uri": "pvc://data/chats.jsonl", "evalSplit": "0.02"},
+            "dataset": {"uri": "pvc://data/chats.jsonl", "evalSplit": 0.02},
             "method": "lora",
             "lora": LORA,
             "hyperparameters": HYPERPARAMETERS,

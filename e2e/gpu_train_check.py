@@ -96,16 +96,16 @@ def make_config(method: str, *, steps: int, seq: int, batch: int) -> Any:
     spec = FineTuneJobSpec.model_validate(
         {
             "baseModel": {"uri": "pvc://models/llama"},
-            "dataset": {"uri": "pvc://data/chats.jsonl", "evalSplit": "0.02"},
+            "dataset": {"uri": "pvc://data/chats.jsonl", "evalSplit": 0.02},
             "method": method,
-            "lora": {"r": 16, "alpha": 32, "dropout": "0.05", "targetModules": ["all-linear"]},
+            "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "targetModules": ["all-linear"]},
             "hyperparameters": {
                 "maxSteps": steps,
                 "batchSize": batch,
                 "maxSeqLength": seq,
                 "packing": True,
                 "gradientCheckpointing": True,
-                "learningRate": "2e-4",
+                "learningRate": 2e-4,
             },
             "checkpoint": {"everySteps": 100_000, "keepLast": 1},
             "resources": {"gpus": 1},

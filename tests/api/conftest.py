@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
+from kubetune.api.manifests import load_yaml
+
 REPO = Path(__file__).resolve().parents[2]
 DELETE = object()
 
@@ -19,7 +21,7 @@ def load_crd(plural: str) -> dict[str, Any]:
 
 
 def load_example(relative: str) -> dict[str, Any]:
-    return yaml.safe_load((REPO / "examples" / relative).read_text())
+    return load_yaml((REPO / "examples" / relative).read_text())
 
 
 def _split(path: str) -> list[str | int]:

@@ -11,7 +11,7 @@ from kubetune.api.trainer_config import ArtifactLayout, TrainerConfig, resolve_d
 
 MINIMAL_JOB = {
     "baseModel": {"uri": "s3://models/tiny/"},
-    "dataset": {"uri": "s3://data/rows.jsonl", "evalSplit": "0.1"},
+    "dataset": {"uri": "s3://data/rows.jsonl", "evalSplit": 0.1},
     "output": {"uri": "s3://artifacts/job/"},
 }
 
@@ -27,19 +27,21 @@ def test_minimal_job_gets_documented_defaults() -> None:
 @pytest.mark.parametrize(
     ("field", "value", "accepted"),
     [
-        ("learningRate", "2e-4", True),
-        ("learningRate", "1", True),
-        ("learningRate", "0", False),
-        ("learningRate", "1.5", False),
+        ("learningRate", 2e-4, True),
+        ("learningRate", 1, True),
+        ("learningRate", 0, False),
+        ("learningRate", 1.5, False),
+        ("learningRate", "2e-4", False),
         ("learningRate", "abc", False),
-        ("learningRate", "-1e-4", False),
-        ("warmupRatio", "0.5", True),
-        ("warmupRatio", "0.51", False),
-        ("weightDecay", "0", True),
-        ("weightDecay", "1", False),
+        ("learningRate", True, False),
+        ("learningRate", -1e-4, False),
+        ("warmupRatio", 0.5, True),
+        ("warmupRatio", 0.51, False),
+        ("weightDecay", 0, True),
+        ("weightDecay", 1, False),
     ],
 )
-def test_number_strings_are_parsed_and_range_checked(field: str, value: str, accepted: bool) -> None:
+def test_decimals_are_numbers_and_range_checked(field: str, value: object, accepted: bool) -> None:
     if accepted:
         Hyperparameters.model_validate({field: value})
     else:
@@ -49,13 +51,13 @@ def test_number_strings_are_parsed_and_range_checked(field: str, value: str, acc
 
 def test_unknown_fields_are_refused_by_the_typed_model() -> None:
     with pytest.raises(ValidationError, match=r"(?s)learningrate.*Extra inputs are not permitted"):
-        Hyperparameters.model_validate({"learningrate": "1e-4"})
+        Hyperparameters.model_validate({"learningrate": 1e-4})
 
 
 def test_resolved_defaults_always_have_warmup_and_lora() -> None:
     resolved = resolve_defaults(FineTuneJobSpec.model_validate(MINIMAL_JOB))
     assert resolved.hyperparameters is not None
-    assert resolved.hyperparameters.warmup_ratio == "0.03"
+    assert resolved.hyperparameters.warmup_ratio == 0.03
     assert resolved.lora == Lora()
     assert resolved.evaluation is not None and resolved.checkpoint is not None
 

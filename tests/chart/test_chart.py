@@ -15,6 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from kubetune.api.manifests import load_yaml
 from tests.chart import chartkit
 from tests.chart.chartkit import CHART, NAMESPACE, REPO, VALUE_SETS, env_of, manifests, of_kind, one, render
 from tests.chart.thirdparty import THIRD_PARTY_KINDS, structural_errors
@@ -234,7 +235,7 @@ def test_serving_and_trainer_pod_monitors_select_the_pods_the_operator_renders()
         m["metadata"]["name"]: m["spec"] for m in of_kind(manifests(VALUE_SETS["monitoring"]), "PodMonitor")
     }
     owner = ftj.Owner(name="support-bot", namespace="team-a", uid="u")
-    example = yaml.safe_load((REPO / "examples" / "01-lora-basic" / "finetunejob.yaml").read_text())
+    example = load_yaml((REPO / "examples" / "01-lora-basic" / "finetunejob.yaml").read_text())
     from kubetune.api.finetunejob import FineTuneJobSpec
     from kubetune.render.pod import OperatorDefaults
 
@@ -357,7 +358,7 @@ def test_crd_template_holds_the_crd_file_byte_for_byte(path: Path) -> None:
 def test_rendered_crds_equal_crds_folder_plus_chart_metadata() -> None:
     rendered = {c["metadata"]["name"]: c for c in of_kind(manifests({}), "CustomResourceDefinition")}
     for path in sorted((REPO / "crds").glob("*.yaml")):
-        source = yaml.safe_load(path.read_text())
+        source = load_yaml(path.read_text())
         crd = rendered[source["metadata"]["name"]]
         assert crd["spec"] == source["spec"]
         assert crd["metadata"]["labels"].items() >= source["metadata"]["labels"].items()

@@ -17,6 +17,7 @@ import pytest
 import requests
 import yaml
 
+from kubetune.api.manifests import load_yaml
 from tests.chart.chartkit import (
     CHART,
     MONITORING_ON,
@@ -347,7 +348,7 @@ def test_prometheus_scrapes_the_running_operator(prometheus: str, running_operat
     from tests.integration.harness import Api
 
     _, server = running_operator
-    example = yaml.safe_load((REPO / "examples" / "01-lora-basic" / "finetunejob.yaml").read_text())
+    example = load_yaml((REPO / "examples" / "01-lora-basic" / "finetunejob.yaml").read_text())
     Api(server.url, namespace=example["metadata"]["namespace"]).create(example)
     phases = _wait_for(prometheus, "kubetune_finetunejobs")
     assert {series["metric"]["phase"] for series in phases} >= {"Pending", "Running", "Succeeded", "Failed"}

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kubetune.api.manifests import load_yaml
 from kubetune.emulator.server import EmulatorServer
 
 from .conftest import WIDGET_CRD, WIDGETS
@@ -161,5 +162,5 @@ def test_kubectl_applies_the_project_crds_and_an_example(kubectl: Kubectl) -> No
     example = REPO / "examples" / "01-lora-basic" / "finetunejob.yaml"
     kubectl("apply", "--validate=false", "-f", str(example))
     listed = kubectl("get", "ftj", "-o", "name").stdout.split()
-    assert listed == [f"finetunejob.kubetune.dev/{yaml.safe_load(example.read_text())['metadata']['name']}"]
+    assert listed == [f"finetunejob.kubetune.dev/{load_yaml(example.read_text())['metadata']['name']}"]
     assert kubectl("get", "ftj").stdout.split()[0] == "NAME"

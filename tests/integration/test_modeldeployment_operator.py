@@ -93,7 +93,7 @@ def test_blocked_until_the_job_passes_then_ready_with_benchmark(api: Api, operat
         "thresholds reason",
         lambda: api.condition("gated", GATE_PASSED, MD).get("reason") == "ThresholdsNotMet",
     )
-    assert "perplexity 9.1 > max 6.0" in api.condition("gated", GATE_PASSED, MD)["message"]
+    assert "perplexity 9.1 > max 6" in api.condition("gated", GATE_PASSED, MD)["message"]
     assert api.get("Deployment", "gated-r1") is None
     _pass(api, "gate-job", perplexity="3.2")
     _first_revision_ready(api, "gated")

@@ -278,7 +278,7 @@ def test_failed_thresholds_keep_succeeded_but_evaluation_not_passed() -> None:
     world.step()
     assert world.phase == "Succeeded"
     passed = world.condition(c.EVALUATION_PASSED)
-    assert passed["status"] == "False" and "perplexity 9.5 > max 8.0" in passed["message"]
+    assert passed["status"] == "False" and "perplexity 9.5 > max 8" in passed["message"]
     assert world.resource["status"]["evaluation"]["passed"] is False  # the operator's verdict, not the pod's
     assert "EvaluationFailed" in _reasons(world)
 

@@ -61,7 +61,7 @@ def test_gate_thresholds_keep_it_blocked_naming_metric_value_and_threshold() -> 
     world.step()
     gate = world.condition(GATE_PASSED)
     assert world.status["phase"] == "Blocked"
-    assert gate["reason"] == "ThresholdsNotMet" and "perplexity 6.7 > max 6.0" in gate["message"]
+    assert gate["reason"] == "ThresholdsNotMet" and "perplexity 6.7 > max 6" in gate["message"]
 
 
 def test_first_revision_rolls_out_directly_and_records_a_benchmark() -> None:

@@ -142,7 +142,7 @@ def test_multinode_is_an_indexed_job_with_rendezvous_service() -> None:
 def test_config_map_carries_resolved_trainer_config() -> None:
     config = _children(_spec("lora-basic"))[0]
     data = json.loads(config["data"]["trainer-config.json"])
-    assert data["spec"]["hyperparameters"]["warmupRatio"] == "0.03"
+    assert data["spec"]["hyperparameters"]["warmupRatio"] == 0.03
     assert data["job"] == {"name": "support-bot", "namespace": "team-a", "uid": OWNER.uid, "generation": 1}
     assert "s3-credentials" in json.dumps(data)  # the Secret's name, never its content
 

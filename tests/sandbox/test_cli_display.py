@@ -24,7 +24,7 @@ def test_progress_line_before_training() -> None:
 
 def test_evaluation_table_compares_base_tuned_and_thresholds() -> None:
     job = {
-        "spec": {"evaluation": {"thresholds": {"perplexity": {"max": "20.0"}, "rougeL": {"min": "0.5"}}}},
+        "spec": {"evaluation": {"thresholds": {"perplexity": {"max": 20.0}, "rougeL": {"min": 0.5}}}},
         "status": {"evaluation": {"metrics": {"perplexity": "6.8", "rougeL": "0.1"},
                                   "baseline": {"perplexity": "150", "rougeL": "0.02"},
                                   "passed": False, "failedThresholds": ["rougeL 0.1 < min 0.5"]}},

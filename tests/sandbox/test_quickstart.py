@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
+from kubetune.api.manifests import load_yaml
 from kubetune.sandbox import seed
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,8 +35,8 @@ def test_quickstart_trains_a_model_that_beats_the_base_and_serves_it(tmp_path: P
 
 
 def test_quickstart_manifests_point_at_the_documented_sandbox_uris() -> None:
-    job = yaml.safe_load((REPO / "examples/quickstart/finetunejob.yaml").read_text())
-    deployment = yaml.safe_load((REPO / "examples/quickstart/modeldeployment.yaml").read_text())
+    job = load_yaml((REPO / "examples/quickstart/finetunejob.yaml").read_text())
+    deployment = load_yaml((REPO / "examples/quickstart/modeldeployment.yaml").read_text())
     assert job["spec"]["baseModel"]["uri"] == seed.BASE_MODEL_URI
     assert job["spec"]["dataset"]["uri"] == seed.DATASET_URI
     assert job["spec"]["output"]["uri"].startswith(f"s3://{seed.BUCKET}/")
@@ -54,7 +54,7 @@ def test_the_quickstart_manifests_pass_admission() -> None:
             ("finetunejob.yaml", "finetunejobs"),
             ("modeldeployment.yaml", "modeldeployments"),
         ):
-            body = yaml.safe_load((REPO / "examples/quickstart" / name).read_text())
+            body = load_yaml((REPO / "examples/quickstart" / name).read_text())
             server.create(f"kubetune.dev/v1alpha1/{resource}", body)
 
 

@@ -36,10 +36,10 @@ def finetunejob() -> dict[str, Any]:
         "metadata": {"name": JOB, "namespace": "default"},
         "spec": {
             "baseModel": {"uri": seed.BASE_MODEL_URI},
-            "dataset": {"uri": DATASET_URI, "evalSplit": "0.1"},
+            "dataset": {"uri": DATASET_URI, "evalSplit": 0.1},
             "method": "lora",
             "lora": {"r": 8, "alpha": 16, "targetModules": ["all-linear"]},
-            "hyperparameters": {"epochs": 1, "maxSteps": 90, "learningRate": "3e-3", "batchSize": 4,
+            "hyperparameters": {"epochs": 1, "maxSteps": 90, "learningRate": 3e-3, "batchSize": 4,
                                 "maxSeqLength": 96, "gradientCheckpointing": False},
             "checkpoint": {"everySteps": 10, "keepLast": 2},
             "evaluation": {"metrics": ["perplexity"], "maxSamples": 8, "maxNewTokens": 8},

@@ -15,7 +15,7 @@ import pytest
 from tests.trainer.conftest import S3Helper, write_config
 from tests.trainer.test_train import DATA_URI, chat_rows, make_job, put_jsonl, validate
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread", "trainer_work_dir")
+pytestmark = pytest.mark.usefixtures("torch_threads", "trainer_work_dir")
 
 PREFIX = "s3://artifacts/team/job/checkpoints/"
 
@@ -84,7 +84,7 @@ def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run_bit_for_bit
     spec = {
         "hyperparameters": {"epochs": 2, "batchSize": 4},
         "checkpoint": {"everySteps": 4, "keepLast": 2},
-        "lora": {"r": 8, "alpha": 16, "dropout": "0.1"},  # dropout: the RNG state must be restored too
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.1},  # dropout: the RNG state must be restored too
     }
     straight = make_job("lora", tiny_model_s3, output="s3://artifacts/straight/", **spec)
     interrupted = make_job("lora", tiny_model_s3, output="s3://artifacts/team/job/", **spec)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("torch_threads")
 
 PREDICTIONS = ["The capital of France is Paris.", "3 + 4 = 8.", "", "Die Hauptstadt ist Berlin, glaube ich."]
 REFERENCES = ["The capital of France is Paris.", "3 + 4 = 7.", "Lima.", "The capital of Germany is Berlin."]
@@ -62,13 +62,13 @@ def test_thresholds_give_a_readable_verdict() -> None:
     from kubetune_trainer.stages.evaluate import check_thresholds
 
     thresholds = {
-        "perplexity": Threshold(max="8.0"),
-        "rougeL": Threshold(min="0.35", max="1"),
-        "bleu": Threshold(min="10"),
+        "perplexity": Threshold(max=8.0),
+        "rougeL": Threshold(min=0.35, max=1),
+        "bleu": Threshold(min=10),
     }
     assert check_thresholds({"perplexity": 3.2, "rougeL": 0.5, "bleu": 22.5}, thresholds) == []  # type: ignore[arg-type]
     failed = check_thresholds({"perplexity": 9.123, "rougeL": 0.3}, thresholds)  # type: ignore[arg-type]
-    assert failed == ["bleu was not computed", "perplexity 9.123 > max 8.0", "rougeL 0.3 < min 0.35"]
+    assert failed == ["bleu was not computed", "perplexity 9.123 > max 8", "rougeL 0.3 < min 0.35"]
     assert check_thresholds({"perplexity": 1.0}, None) == []
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from tests.trainer.conftest import S3Helper, build_config
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread", "trainer_work_dir")
+pytestmark = pytest.mark.usefixtures("torch_threads", "trainer_work_dir")
 
 DATA_URI = "s3://data/train.jsonl"
 OUTPUT = "s3://artifacts/team/job/"
@@ -27,10 +27,10 @@ FAST_HYPER = {
     "epochs": 3,
     "batchSize": 8,
     "maxSeqLength": 128,
-    "learningRate": "2e-3",
+    "learningRate": 2e-3,
     "packing": True,
     "gradientCheckpointing": False,
-    "warmupRatio": "0.1",
+    "warmupRatio": 0.1,
 }
 
 
@@ -65,9 +65,9 @@ def make_job(method: str, base_model: str, *, output: str = OUTPUT, merge: bool 
     from kubetune.api.finetunejob import Output
 
     hyper = {k: v for k, v in {**FAST_HYPER, **spec.pop("hyperparameters", {})}.items() if v is not None}
-    dataset = spec.pop("dataset", {"uri": DATA_URI, "evalSplit": "0.1"})
+    dataset = spec.pop("dataset", {"uri": DATA_URI, "evalSplit": 0.1})
     if method != "full":
-        spec.setdefault("lora", {"r": 8, "alpha": 16, "dropout": "0.05"})
+        spec.setdefault("lora", {"r": 8, "alpha": 16, "dropout": 0.05})
     spec.setdefault("checkpoint", {"everySteps": 20, "keepLast": 2})
     spec.setdefault("resources", {"gpus": 0})
     config = build_config(
@@ -178,7 +178,7 @@ def test_best_fit_packing_is_dense_and_deterministic() -> None:
 def test_warmup_is_never_zero_and_schedules_follow_the_spec(tiny_model_uri: str) -> None:
     from kubetune_trainer.stages.train import Device, training_arguments
 
-    config = make_job("lora", tiny_model_uri, hyperparameters={"warmupRatio": "0.001", "scheduler": "linear"})
+    config = make_job("lora", tiny_model_uri, hyperparameters={"warmupRatio": 0.001, "scheduler": "linear"})
     args = training_arguments(config, Path("/tmp/unused"), Device(cuda=False, bf16=False), has_eval=True)
     assert args.get_warmup_steps(10) == 1
     assert args.lr_scheduler_type == "linear"
@@ -264,7 +264,7 @@ def test_lora_all_stages_on_s3_beat_the_base_and_report_status(
             "metrics": ["perplexity", "rougeL", "bleu"],
             "maxNewTokens": 16,
             "maxSamples": 24,
-            "thresholds": {"perplexity": {"max": "1000"}},
+            "thresholds": {"perplexity": {"max": 1000}},
         },
         merge=True,
     ).model_copy(update={"metrics_port": free_port()})
@@ -318,9 +318,9 @@ def test_dpo_raises_the_held_out_reward_margin(s3: S3Helper, tiny_model_s3: str)
     config = make_job(
         "dpo",
         tiny_model_s3,
-        dataset={"uri": DATA_URI, "format": "preference", "evalSplit": "0.1"},
-        hyperparameters={"epochs": 2, "learningRate": "5e-3", "packing": False},
-        dpo={"beta": "0.1"},
+        dataset={"uri": DATA_URI, "format": "preference", "evalSplit": 0.1},
+        hyperparameters={"epochs": 2, "learningRate": 5e-3, "packing": False},
+        dpo={"beta": 0.1},
     )
     validate(config)
     outcome = train.train(config)
@@ -347,7 +347,7 @@ def test_early_stopping_stops_and_keeps_the_best_checkpoint(s3: S3Helper, tiny_m
         # A learning rate far too high: eval loss soon rises, and patience 1 stops at the first rise.
         hyperparameters={
             "epochs": 6,
-            "learningRate": "1.0",
+            "learningRate": 1.0,
             "scheduler": "constant_with_warmup",
             "earlyStoppingPatience": 1,
         },

@@ -108,7 +108,7 @@ def test_every_format_and_file_type_over_s3(
     uri = s3.put(f"s3://data/sets/{fmt}.{file_type}", data)
     config = make_config(
         base_model=tiny_model_uri,
-        dataset={"uri": uri, "evalSplit": "0.2"},
+        dataset={"uri": uri, "evalSplit": 0.2},
         output="s3://artifacts/jobs/one/",
         method=method_for(fmt),
     )
@@ -271,7 +271,7 @@ def test_invalid_row_tolerance(s3: S3Helper, tiny_model_uri: str, make_config: M
     assert validate.run(strict)["ok"] is False
     lenient = make_config(
         base_model=tiny_model_uri,
-        dataset={"uri": uri, "invalidRowTolerance": "0.1"},
+        dataset={"uri": uri, "invalidRowTolerance": 0.1},
         output="s3://artifacts/b/",
     )
     summary = validate.run(lenient)
@@ -349,7 +349,7 @@ def test_eval_split_is_by_hash_and_seed_not_position(
         uri = s3.put(f"s3://data/{name}.jsonl", jsonl(data))
         config = make_config(
             base_model=tiny_model_uri,
-            dataset={"uri": uri, "evalSplit": "0.25"},
+            dataset={"uri": uri, "evalSplit": 0.25},
             output=f"s3://artifacts/{name}/",
             hyperparameters={"seed": seed},
         )

@@ -7,13 +7,13 @@ agree on what is valid.
 
 from __future__ import annotations
 
-import math
+import decimal as _decimal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from annotated_types import GroupedMetadata
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 GROUP = "kubetune.dev"
@@ -28,8 +28,6 @@ LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 LABEL_KEY_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 # Kubernetes resource.Quantity, e.g. "500m", "2", "16Gi", "1.5G".
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
-# A decimal number written as a string: no floats in specs (Kubernetes convention).
-NUMBER_PATTERN = r"^[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$"
 
 # Storage URIs. Bucket names follow S3's rules; keys may not climb out of their prefix.
 _S3 = r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9!_.*'()/=+@,:-]*)?"
@@ -59,17 +57,19 @@ def rules(*items: dict[str, str]) -> dict[str, Any]:
     return {"x-kubernetes-validations": list(items)}
 
 
-def _interval_text(gt: float | None, ge: float | None, lt: float | None, le: float | None) -> str:
-    low = f"({gt:g}" if gt is not None else f"[{ge:g}" if ge is not None else "(0"
-    high = f"{lt:g})" if lt is not None else f"{le:g}]" if le is not None else "inf)"
-    return f"{low}, {high}"
+def _refuse_quoted_number(value: object) -> object:
+    if isinstance(value, str):
+        raise ValueError(f"use a number, not the string {value!r} (for example learningRate: 2e-4)")
+    return value
 
 
 @dataclass(frozen=True)
 class Decimal(GroupedMetadata):
-    """A number kept as a string in the API, range-checked by pydantic and by a CEL rule alike.
+    """A decimal field: a YAML/JSON number (`learningRate: 2e-4`), bounded alike in the model and the CRD.
 
-    Use as `Annotated[str, Decimal(gt=0, le=1)]`.
+    Use as `Annotated[float, Decimal(gt=0, le=1)]`. The CRD gets `type: number` with `minimum`/`maximum`,
+    so the API server checks the bounds itself. A structural schema cannot also admit a quoted string
+    for a number, so the model refuses one too, saying to use a number.
     """
 
     gt: float | None = None
@@ -78,33 +78,22 @@ class Decimal(GroupedMetadata):
     le: float | None = None
     description: str = ""
 
-    @property
-    def message(self) -> str:
-        return f"must be a number in {_interval_text(self.gt, self.ge, self.lt, self.le)}"
-
-    def cel_rule(self) -> str:
-        bounds = (">", self.gt), (">=", self.ge), ("<", self.lt), ("<=", self.le)
-        return " && ".join(f"double(self) {op} {float(bound)!r}" for op, bound in bounds if bound is not None)
-
-    def check(self, value: str) -> str:
-        number = float(value)
-        ok = math.isfinite(number)
-        ok = ok and (self.gt is None or number > self.gt) and (self.ge is None or number >= self.ge)
-        ok = ok and (self.lt is None or number < self.lt) and (self.le is None or number <= self.le)
-        if not ok:
-            raise ValueError(f"{value!r} {self.message}")
-        return value
-
     def __iter__(self) -> Iterator[Any]:
-        rule = self.cel_rule()
-        extra = rules(cel(rule, self.message)) if rule else {}
         yield Field(
-            pattern=NUMBER_PATTERN,
-            max_length=32,
+            strict=True,
+            allow_inf_nan=False,
+            gt=self.gt,
+            ge=self.ge,
+            lt=self.lt,
+            le=self.le,
             description=self.description or None,
-            json_schema_extra=extra,
         )
-        yield AfterValidator(self.check)
+        yield BeforeValidator(_refuse_quoted_number)
+
+
+def decimal_text(value: float) -> str:
+    """A decimal as people write it and as Kubernetes quantities accept it: 5.0 -> "5", 2e-4 -> "0.0002"."""
+    return format(_decimal.Decimal(repr(value)).normalize(), "f")
 
 
 DnsName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]

@@ -21,7 +21,22 @@ MAX_NAME_LENGTH = 52
 
 _DROPPED_KEYS = {"title", "propertyNames", "$defs"}
 # Reads best top-down: what it is, then its limits, then its children, then its rules.
-_KEY_ORDER = {key: rank for rank, key in enumerate(("type", "description", "default", "enum", "format"))}
+_KEY_ORDER = {
+    key: rank
+    for rank, key in enumerate(
+        (
+            "type",
+            "description",
+            "default",
+            "enum",
+            "format",
+            "minimum",
+            "exclusiveMinimum",
+            "maximum",
+            "exclusiveMaximum",
+        )
+    )
+}
 
 
 @dataclass(frozen=True)

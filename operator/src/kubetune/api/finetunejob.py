@@ -48,7 +48,7 @@ class Dataset(ApiModel):
     uri: DataUri = Field(description="JSONL, JSON, CSV or Parquet at s3://BUCKET/KEY or pvc://CLAIM/PATH")
     format: DatasetFormat = "auto"
     eval_split: (
-        Annotated[str, Decimal(gt=0, le=0.5, description="Fraction of rows held out for evaluation")] | None
+        Annotated[float, Decimal(gt=0, le=0.5, description="Fraction of rows held out for evaluation")] | None
     ) = None
     eval_uri: DataUri | None = Field(
         default=None, description="A separate evaluation file; never overlaps training"
@@ -67,8 +67,8 @@ class Dataset(ApiModel):
         default=None, description="A Jinja chat template overriding the tokenizer's; saved with the outputs"
     )
     invalid_row_tolerance: Annotated[
-        str, Decimal(ge=0, lt=1, description="Fraction of rows that may be invalid before validation fails")
-    ] = "0"
+        float, Decimal(ge=0, lt=1, description="Fraction of rows that may be invalid before validation fails")
+    ] = 0.0
 
     model_config = ConfigDict(
         json_schema_extra=rules(
@@ -97,7 +97,7 @@ class Dataset(ApiModel):
 class Lora(ApiModel):
     r: Annotated[int, Field(ge=1, le=1024)] = 16
     alpha: Annotated[int, Field(ge=1, le=4096)] = 32
-    dropout: Annotated[str, Decimal(ge=0, lt=1)] = "0.05"
+    dropout: Annotated[float, Decimal(ge=0, lt=1)] = 0.05
     target_modules: Annotated[
         list[Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.*-]+$")]],
         Field(min_length=1, max_length=64, json_schema_extra={"x-kubernetes-list-type": "set"}),
@@ -107,7 +107,7 @@ class Lora(ApiModel):
 
 
 class Dpo(ApiModel):
-    beta: Annotated[str, Decimal(gt=0, le=10)] = "0.1"
+    beta: Annotated[float, Decimal(gt=0, le=10)] = 0.1
     loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
 
 
@@ -116,8 +116,8 @@ class Hyperparameters(ApiModel):
     max_steps: Annotated[int, Field(ge=1, le=10_000_000)] | None = Field(
         default=None, description="Stops after this many optimizer steps; overrides epochs"
     )
-    learning_rate: Annotated[str, Decimal(gt=0, le=1)] = "2e-4"
-    warmup_ratio: Annotated[str, Decimal(gt=0, le=0.5)] | None = Field(
+    learning_rate: Annotated[float, Decimal(gt=0, le=1)] = 2e-4
+    warmup_ratio: Annotated[float, Decimal(gt=0, le=0.5)] | None = Field(
         default=None,
         description="Warmup as a fraction of all steps; 0.03 when neither this nor warmupSteps is set",
     )
@@ -128,8 +128,8 @@ class Hyperparameters(ApiModel):
     max_seq_length: Annotated[int, Field(ge=16, le=131_072)] = 2048
     packing: bool = False
     gradient_checkpointing: bool = True
-    weight_decay: Annotated[str, Decimal(ge=0, lt=1)] = "0"
-    max_grad_norm: Annotated[str, Decimal(gt=0, le=1000)] = "1.0"
+    weight_decay: Annotated[float, Decimal(ge=0, lt=1)] = 0.0
+    max_grad_norm: Annotated[float, Decimal(gt=0, le=1000)] = 1.0
     early_stopping_patience: Annotated[int, Field(ge=1, le=100)] | None = Field(
         default=None, description="Evaluations without eval-loss improvement before training stops"
     )
@@ -147,8 +147,8 @@ class Hyperparameters(ApiModel):
 
 
 class Threshold(ApiModel):
-    min: Annotated[str, Decimal(ge=0)] | None = None
-    max: Annotated[str, Decimal(ge=0)] | None = None
+    min: Annotated[float, Decimal(ge=0)] | None = None
+    max: Annotated[float, Decimal(ge=0)] | None = None
 
     model_config = ConfigDict(
         json_schema_extra=rules(

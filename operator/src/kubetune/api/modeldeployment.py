@@ -95,8 +95,8 @@ class ServingResources(ApiModel):
 
 
 class Analysis(ApiModel):
-    max_error_rate: Annotated[str, Decimal(ge=0, le=1)] = "0.01"
-    max_p95_latency_seconds: Annotated[str, Decimal(gt=0, le=3600)] = "2.0"
+    max_error_rate: Annotated[float, Decimal(ge=0, le=1)] = 0.01
+    max_p95_latency_seconds: Annotated[float, Decimal(gt=0, le=3600)] = 2.0
     interval_seconds: Annotated[int, Field(ge=5, le=3600, description="How long each step is observed")] = 60
 
 
@@ -142,7 +142,7 @@ class Autoscaling(ApiModel):
     metric: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")] = (
         "vllm:num_requests_waiting"
     )
-    target: Annotated[str, Decimal(gt=0, le=1_000_000)] = "5"
+    target: Annotated[float, Decimal(gt=0, le=1_000_000)] = 5.0
     engine: Literal["hpa", "keda"] = "hpa"
 
     model_config = ConfigDict(

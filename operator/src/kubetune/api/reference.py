@@ -9,8 +9,6 @@ from typing import Any
 from kubetune.api.crd import KINDS, KindInfo, structural_schema
 
 _LIMITS = (
-    ("minimum", ">= {}"),
-    ("maximum", "<= {}"),
     ("minLength", "min length {}"),
     ("maxLength", "max length {}"),
     ("minItems", "min items {}"),
@@ -27,8 +25,15 @@ def _type_of(node: dict[str, Any]) -> str:
     return str(node.get("type", "any"))
 
 
+def _bounds(node: dict[str, Any]) -> Iterator[str]:
+    if "minimum" in node:
+        yield f"{'>' if node.get('exclusiveMinimum') else '>='} {node['minimum']}"
+    if "maximum" in node:
+        yield f"{'<' if node.get('exclusiveMaximum') else '<='} {node['maximum']}"
+
+
 def _constraints(node: dict[str, Any]) -> str:
-    parts = [template.format(node[key]) for key, template in _LIMITS if key in node]
+    parts = [*_bounds(node), *(template.format(node[key]) for key, template in _LIMITS if key in node)]
     if "enum" in node:
         parts.append("one of " + ", ".join(f"`{value}`" for value in node["enum"]))
     if "pattern" in node and len(node["pattern"]) <= 40:

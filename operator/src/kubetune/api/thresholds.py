@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from kubetune.api.common import decimal_text
 from kubetune.api.finetunejob import Threshold
 
 
@@ -21,8 +22,8 @@ def failed_thresholds(metrics: Mapping[str, str | float], thresholds: Mapping[An
         if math.isnan(value):
             failures.append(f"{name} was not measured")
             continue
-        if threshold.min is not None and value < float(threshold.min):
-            failures.append(f"{name} {value:.4g} < min {threshold.min}")
-        if threshold.max is not None and value > float(threshold.max):
-            failures.append(f"{name} {value:.4g} > max {threshold.max}")
+        if threshold.min is not None and value < threshold.min:
+            failures.append(f"{name} {value:.4g} < min {decimal_text(threshold.min)}")
+        if threshold.max is not None and value > threshold.max:
+            failures.append(f"{name} {value:.4g} > max {decimal_text(threshold.max)}")
     return failures

@@ -23,7 +23,7 @@ from kubetune.api.finetunejob import (
 )
 
 CONFIG_FILE_NAME = "trainer-config.json"
-DEFAULT_WARMUP_RATIO = "0.03"
+DEFAULT_WARMUP_RATIO = 0.03
 Stage = Literal["validate", "train", "evaluate", "export", "all", "bench"]
 
 

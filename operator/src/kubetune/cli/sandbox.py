@@ -19,8 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
-import yaml
-
+from kubetune.api.manifests import load_all_yaml
 from kubetune.cli import user
 
 T = TypeVar("T")
@@ -105,7 +104,7 @@ def load_manifests(directory: Path) -> list[dict[str, Any]]:
         raise QuickstartError(f"no quickstart manifests at {directory}; pass --manifests DIR")
     documents = []
     for path in sorted(directory.glob("*.yaml")):
-        documents += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+        documents += list(load_all_yaml(path.read_text()))
     # Jobs before deployments: a ModelDeployment waits for its source anyway, but this reads naturally.
     return sorted(documents, key=lambda d: list(RESOURCES).index(d["kind"]) if d["kind"] in RESOURCES else 99)
 

@@ -33,6 +33,7 @@ import attrs
 import kmock
 import yaml
 
+from kubetune.api.manifests import load_yaml
 from kubetune.emulator import discovery, patching, selectors, tables
 from kubetune.emulator.resources import (
     ALL_VERBS,
@@ -721,7 +722,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
             return request.data  # JSON, already parsed by _record()
         try:
             if content_type in ("application/yaml", "application/apply-patch+yaml"):
-                return yaml.safe_load(request.body)
+                return load_yaml(request.body.decode())
             return json.loads(request.body or b"null")
         except (ValueError, yaml.YAMLError) as error:
             raise bad_request(f"the request body is not valid JSON: {error}") from None

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from kubetune.api.common import decimal_text
 from kubetune.api.modeldeployment import Analysis, ModelDeploymentSpec, Rollout
 from kubetune.api.thresholds import failed_thresholds
 from kubetune.api.timestamps import seconds_between
@@ -497,16 +498,16 @@ def _roll_out_directly(
 def _analysis_failure(summary: dict[str, Any], analysis: Analysis, weight: int) -> tuple[str, str] | None:
     bench = summary.get("benchmark") or {}
     error_rate = float(bench.get("errorRate", "0") or 0)
-    if error_rate > float(analysis.max_error_rate):
+    if error_rate > analysis.max_error_rate:
         return (
             "ErrorRateTooHigh",
-            f"error rate {error_rate:.3g} > {analysis.max_error_rate} at {weight}% traffic",
+            f"error rate {error_rate:.3g} > {decimal_text(analysis.max_error_rate)} at {weight}% traffic",
         )
     p95 = bench.get("p95LatencySeconds")
-    if p95 is not None and float(p95) > float(analysis.max_p95_latency_seconds):
+    if p95 is not None and float(p95) > analysis.max_p95_latency_seconds:
         return (
             "LatencyTooHigh",
-            f"p95 latency {float(p95):.3g}s > {analysis.max_p95_latency_seconds}s at {weight}% traffic",
+            f"p95 latency {float(p95):.3g}s > {decimal_text(analysis.max_p95_latency_seconds)}s at {weight}% traffic",
         )
     return None
 

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from kubetune.api.common import API_VERSION
+from kubetune.api.common import API_VERSION, decimal_text
 from kubetune.api.modeldeployment import ModelDeploymentSpec, ServingResources
 from kubetune.render.pod import (
     GPU_PRODUCT_LABEL,
@@ -330,7 +330,7 @@ def horizontal_pod_autoscaler(
                     "pods": {
                         # Prometheus Adapter exposes vLLM's "vllm:x" series as "vllm_x".
                         "metric": {"name": scaling.metric.replace(":", "_")},
-                        "target": {"type": "AverageValue", "averageValue": scaling.target},
+                        "target": {"type": "AverageValue", "averageValue": decimal_text(scaling.target)},
                     },
                 }
             ],
@@ -358,7 +358,7 @@ def keda_scaled_object(
                     "metadata": {
                         "serverAddress": prometheus_url,
                         "query": query,
-                        "threshold": scaling.target,
+                        "threshold": decimal_text(scaling.target),
                     },
                 }
             ],

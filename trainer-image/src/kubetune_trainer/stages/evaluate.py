@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kubetune.api.common import decimal_text
 from kubetune_trainer import storage
 from kubetune_trainer.metrics import format_number
 
@@ -122,10 +123,10 @@ def check_thresholds(metrics: dict[str, float], thresholds: Mapping[Metric, Thre
         if value is None or math.isnan(value):
             failed.append(f"{name} was not computed")
             continue
-        if threshold.min is not None and value < float(threshold.min):
-            failed.append(f"{name} {format_number(value)} < min {threshold.min}")
-        if threshold.max is not None and value > float(threshold.max):
-            failed.append(f"{name} {format_number(value)} > max {threshold.max}")
+        if threshold.min is not None and value < threshold.min:
+            failed.append(f"{name} {format_number(value)} < min {decimal_text(threshold.min)}")
+        if threshold.max is not None and value > threshold.max:
+            failed.append(f"{name} {format_number(value)} > max {decimal_text(threshold.max)}")
     return failed
 
 

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kubetune.api.finetunejob import Dpo
+from kubetune.api.trainer_config import DEFAULT_WARMUP_RATIO
 from kubetune_trainer import storage
 from kubetune_trainer.checkpoints import CheckpointRecord, CheckpointStore
 from kubetune_trainer.metrics import Progress, RankInfo, TrainerMetrics, fit_summary, format_number
@@ -238,7 +240,7 @@ def lora_config(spec: FineTuneJobSpec) -> Any:
     return LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
-        lora_dropout=float(lora.dropout),
+        lora_dropout=lora.dropout,
         target_modules=targets,
         task_type="CAUSAL_LM",
         bias="none",
@@ -580,7 +582,7 @@ def training_arguments(
         warmup: float = hyper.warmup_steps
     else:
         # A ratio in (0, 1): the Trainer takes ceil(total_steps * ratio), at least 1 step for any ratio > 0.
-        warmup = float(hyper.warmup_ratio or "0.03")
+        warmup = hyper.warmup_ratio or DEFAULT_WARMUP_RATIO
     kwargs: dict[str, Any] = {
         "output_dir": str(output_dir),
         "per_device_train_batch_size": hyper.batch_size,
@@ -588,11 +590,11 @@ def training_arguments(
         "gradient_accumulation_steps": hyper.gradient_accumulation_steps,
         "num_train_epochs": hyper.epochs,
         "max_steps": hyper.max_steps or -1,
-        "learning_rate": float(hyper.learning_rate),
+        "learning_rate": hyper.learning_rate,
         "lr_scheduler_type": hyper.scheduler,
         "warmup_steps": warmup,
-        "weight_decay": float(hyper.weight_decay),
-        "max_grad_norm": float(hyper.max_grad_norm),
+        "weight_decay": hyper.weight_decay,
+        "max_grad_norm": hyper.max_grad_norm,
         "seed": hyper.seed,
         "data_seed": hyper.seed,
         "bf16": device.bf16,
@@ -624,7 +626,7 @@ def training_arguments(
         kwargs["gradient_checkpointing_kwargs"] = kwargs.pop("activation_checkpointing_kwargs")
         kwargs.update(
             {
-                "beta": float(dpo_spec.beta) if dpo_spec else 0.1,
+                "beta": dpo_spec.beta if dpo_spec else Dpo().beta,
                 "loss_type": [dpo_spec.loss_type if dpo_spec else "sigmoid"],
                 "max_length": hyper.max_seq_length,
                 "precompute_ref_log_probs": False,

@@ -530,7 +530,7 @@ def _prepare(
             counter=counter,
             max_seq_length=hyper.max_seq_length,
             outputs={"train": train, "eval": evaluation},
-            eval_fraction=float(dataset.eval_split) if dataset.eval_split else None,
+            eval_fraction=dataset.eval_split,
             seed=hyper.seed,
         )
         # The eval file first: its rows must be known before any training row is accepted.
@@ -561,14 +561,13 @@ def _prepare(
 def _check_outcome(config: TrainerConfig, files: list[FileReport], tally: Tally, warnings: list[str]) -> None:
     spec = config.spec
     total = tally.invalid + tally.train + tally.eval + tally.duplicates + tally.leakage
-    tolerance = float(spec.dataset.invalid_row_tolerance)
+    tolerance = spec.dataset.invalid_row_tolerance
     if tally.invalid and tally.invalid > tolerance * max(total, 1):
         first = "; ".join(tally.errors[:ERRORS_IN_MESSAGE])
         more = f" (and {tally.invalid - ERRORS_IN_MESSAGE} more)" if tally.invalid > ERRORS_IN_MESSAGE else ""
         raise ValidationFailedError(
             INVALID_DATASET,
-            f"{tally.invalid} of {total} rows are invalid (invalidRowTolerance {spec.dataset.invalid_row_tolerance}): "
-            f"{first}{more}",
+            f"{tally.invalid} of {total} rows are invalid (invalidRowTolerance {tolerance:g}): {first}{more}",
         )
     if tally.invalid:
         warnings.append(f"{tally.invalid} invalid rows skipped (within invalidRowTolerance)")
@@ -611,7 +610,7 @@ def _estimate(
             seq_length=seq_length,
             gradient_checkpointing=hyper.gradient_checkpointing,
             lora_r=lora.r if lora else 16,
-            lora_dropout=float(lora.dropout) if lora else 0.0,
+            lora_dropout=lora.dropout if lora else 0.0,
             target_modules=list(lora.target_modules) if lora else None,
             gpus=resources.gpus,
             nodes=resources.nodes,
