@@ -180,3 +180,49 @@ def test_deleting_the_job_removes_its_children(api: Api, operator) -> None:
     api.wait_job(f"{name}-validate")
     api.delete("FineTuneJob", name)
     api.wait_for("children collected", lambda: not api.list("Job", f"kubetune.dev/finetunejob={name}"))
+
+
+# Written as people write it: decimals are plain YAML numbers, `2e-4` without a dot included.
+MANIFEST_AS_TYPED = """\
+apiVersion: kubetune.dev/v1alpha1
+kind: FineTuneJob
+metadata:
+  name: typed-numbers
+spec:
+  baseModel: {uri: "s3://models/tiny/"}
+  dataset: {uri: "s3://data/rows.jsonl", evalSplit: 0.1}
+  method: lora
+  lora: {r: 8, alpha: 16, dropout: 0.05}
+  hyperparameters: {epochs: 1, learningRate: 2e-4, warmupRatio: 0.03}
+  evaluation:
+    metrics: [perplexity]
+    thresholds: {perplexity: {max: 20}}
+  resources: {gpus: 0}
+  output: {uri: "s3://artifacts/typed-numbers/"}
+"""
+
+
+@pytest.mark.kubectl
+def test_kubectl_apply_with_plain_numbers_trains_with_exactly_that_learning_rate(
+    api: Api, operator, kubeconfig: Path, tmp_path: Path
+) -> None:
+    from kubetune.api.trainer_config import CONFIG_FILE_NAME, TrainerConfig
+    from kubetune_trainer.stages.train import Device, training_arguments
+
+    _kubectl(kubeconfig, tmp_path, "apply", "-f", "-", stdin=MANIFEST_AS_TYPED)
+    stored = api.get("FineTuneJob", "typed-numbers")
+    assert stored is not None
+    hyper = stored["spec"]["hyperparameters"]
+    assert (hyper["learningRate"], hyper["warmupRatio"]) == (0.0002, 0.03)
+    assert stored["spec"]["evaluation"]["thresholds"] == {"perplexity": {"max": 20}}
+    api.wait_phase("typed-numbers", "Validating")
+
+    # The config the trainer's pods mount, read back the way the trainer reads it.
+    config_map = api.wait_for("the trainer config", lambda: api.get("ConfigMap", "typed-numbers-config"))
+    config = TrainerConfig.model_validate_json(config_map["data"][CONFIG_FILE_NAME])
+    assert config.spec.hyperparameters is not None and config.spec.lora is not None
+    assert config.spec.hyperparameters.learning_rate == 0.0002
+    assert config.spec.lora.dropout == 0.05 and config.spec.dataset.eval_split == 0.1
+    arguments = training_arguments(config, tmp_path / "out", Device(cuda=False, bf16=False), has_eval=True)
+    assert arguments.learning_rate == 0.0002
+    assert arguments.lr_scheduler_type == "cosine"
