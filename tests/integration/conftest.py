@@ -10,9 +10,8 @@ from tests.integration.harness import Api, OperatorProcess
 
 @pytest.fixture(scope="module")
 def emulator():
-    from kubetune.emulator.server import EmulatorServer
-
     from kubetune.api.crd import all_crds
+    from kubetune.emulator.server import EmulatorServer
 
     with EmulatorServer(crds=all_crds()) as server:
         yield server
