@@ -1,8 +1,9 @@
 """Live progress as Prometheus metrics, and the stage summary the operator reads from the termination message.
 
-Metric names share the prefix `kubetune_trainer_` and carry base units (seconds, bytes). They have no job
-labels: one trainer pod serves one job, and the operator adds identity when it scrapes. The server runs on
-the global rank 0 only, so ranks on one node never fight over the port.
+Metric names come from the operator↔trainer contract (`kubetune.api.trainer_contract`): the prefix
+`kubetune_trainer_`, base units in the name (seconds, bytes). They have no job labels: one trainer pod
+serves one job, and the operator adds identity when it scrapes. The server runs on the global rank 0 only,
+so ranks on one node never fight over the port.
 
 The summary uses the FineTuneJobStatus field names (camelCase) so the operator copies it into status as is;
 `__main__` writes it to the termination-message file. Numbers that status keeps as strings (epoch, losses,
@@ -17,9 +18,10 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from kubetune.api import trainer_contract as contract
+
 log = logging.getLogger(__name__)
 
-PREFIX = "kubetune_trainer_"
 # __main__ compacts to 4096 bytes; keep well below so it never has to drop our fields.
 SUMMARY_BUDGET_BYTES = 3500
 MAX_CHECKPOINTS_IN_SUMMARY = 10
@@ -95,23 +97,29 @@ class TrainerMetrics:
         self.registry = CollectorRegistry()
 
         def gauge(name: str, help_text: str) -> Gauge:
-            return Gauge(PREFIX + name, help_text, registry=self.registry)
+            return Gauge(name, help_text, registry=self.registry)
 
-        self.step = gauge("step", "Optimizer steps completed")
-        self.total_steps = gauge("total_steps", "Optimizer steps planned for the whole run")
-        self.epoch = gauge("epoch", "Epochs completed (fractional)")
-        self.train_loss = gauge("train_loss", "Mean training loss since the previous report")
-        self.eval_loss = gauge("eval_loss", "Loss on the evaluation split at the latest evaluation")
-        self.learning_rate = gauge("learning_rate", "Current learning rate")
+        self.step = gauge(contract.STEP, "Optimizer steps completed")
+        self.total_steps = gauge(contract.TOTAL_STEPS, "Optimizer steps planned for the whole run")
+        self.epoch = gauge(contract.EPOCH, "Epochs completed (fractional)")
+        self.train_loss = gauge(contract.TRAIN_LOSS, "Mean training loss since the previous report")
+        self.eval_loss = gauge(contract.EVAL_LOSS, "Loss on the evaluation split at the latest evaluation")
+        self.learning_rate = gauge(contract.LEARNING_RATE, "Current learning rate")
         self.tokens_per_second = gauge(
-            "tokens_per_second", "Non-padding training tokens per second, all ranks"
+            contract.TOKENS_PER_SECOND, "Non-padding training tokens per second, all ranks"
         )
         self.tokens_seen = Counter(
-            PREFIX + "tokens_seen", "Non-padding training tokens processed, all ranks", registry=self.registry
+            contract.TOKENS_SEEN_TOTAL,
+            "Non-padding training tokens processed, all ranks",
+            registry=self.registry,
         )
-        self.gpu_memory = gauge("gpu_memory_bytes", "Peak GPU memory allocated by this process")
-        self.eta = gauge("eta_seconds", "Estimated seconds until training completes")
-        self.checkpoint_step = gauge("last_checkpoint_step", "Step of the newest complete checkpoint")
+        self.gpu_memory = gauge(contract.GPU_MEMORY_BYTES, "Peak GPU memory allocated by this process")
+        self.eta = gauge(contract.ETA_SECONDS, "Estimated seconds until training completes")
+        self.checkpoint_step = gauge(contract.LAST_CHECKPOINT_STEP, "Step of the newest complete checkpoint")
+        self.resumed_from_step = gauge(
+            contract.RESUMED_FROM_STEP,
+            "Step of the checkpoint this run resumed from; 0 when it started afresh",
+        )
         self._tokens_counted = 0
         self._server: Any = None
 

@@ -1,4 +1,4 @@
-"""Live training progress from the trainer's Prometheus samples (the metric names are the contract)."""
+"""Live training progress from the trainer's Prometheus samples (the names are in api.trainer_contract)."""
 
 from __future__ import annotations
 
@@ -6,17 +6,19 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from kubetune.api import trainer_contract as contract
+
 # trainer metric -> (status.progress key or live key, how to format it)
 TRAINER_METRICS: dict[str, tuple[str, str]] = {
-    "kubetune_trainer_step": ("step", "int"),
-    "kubetune_trainer_total_steps": ("totalSteps", "int"),
-    "kubetune_trainer_epoch": ("epoch", "str"),
-    "kubetune_trainer_train_loss": ("trainLoss", "str"),
-    "kubetune_trainer_eval_loss": ("evalLoss", "str"),
-    "kubetune_trainer_tokens_per_second": ("tokensPerSecond", "int"),
-    "kubetune_trainer_eta_seconds": ("etaSeconds", "int"),
-    "kubetune_trainer_last_checkpoint_step": ("lastCheckpointStep", "int"),
-    "kubetune_trainer_resumed_from_step": ("resumedFromStep", "int"),
+    contract.STEP: ("step", "int"),
+    contract.TOTAL_STEPS: ("totalSteps", "int"),
+    contract.EPOCH: ("epoch", "str"),
+    contract.TRAIN_LOSS: ("trainLoss", "str"),
+    contract.EVAL_LOSS: ("evalLoss", "str"),
+    contract.TOKENS_PER_SECOND: ("tokensPerSecond", "int"),
+    contract.ETA_SECONDS: ("etaSeconds", "int"),
+    contract.LAST_CHECKPOINT_STEP: ("lastCheckpointStep", "int"),
+    contract.RESUMED_FROM_STEP: ("resumedFromStep", "int"),
 }
 
 

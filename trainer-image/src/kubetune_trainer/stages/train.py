@@ -796,6 +796,8 @@ def train(
         run_state.checkpoints = store.complete()
         log.info("resuming from checkpoint step %d (%s)", latest.step, latest.uri)
     resumed_from = latest.step if latest else None
+    if resumed_from is not None:
+        metrics.resumed_from_step.set(resumed_from)  # the operator scrapes it into status.resumedFromStep
 
     set_seed(hyper.seed)  # model init (LoRA matrices) must not depend on what ran before
     base = load_base_model(base_dir, method=spec.method, device=device, rank=rank)
