@@ -36,7 +36,7 @@ def _spec(example: str) -> FineTuneJobSpec:
 
 
 def _children(spec: FineTuneJobSpec) -> list[dict[str, Any]]:
-    config = render.config_map(OWNER, spec)
+    config = render.config_map(OWNER, spec, DEFAULTS)
     digest = config["metadata"]["annotations"][render.CONFIG_HASH_ANNOTATION]
     children = [
         config,

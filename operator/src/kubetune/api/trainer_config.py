@@ -21,6 +21,7 @@ from kubetune.api.finetunejob import (
     Lora,
     Resources,
 )
+from kubetune.api.trainer_contract import DEFAULT_METRICS_PORT, MAX_METRICS_PORT, MIN_METRICS_PORT
 
 CONFIG_FILE_NAME = "trainer-config.json"
 DEFAULT_WARMUP_RATIO = 0.03
@@ -79,7 +80,8 @@ class ArtifactLayout(ApiModel):
 class TrainerConfig(ApiModel):
     job: JobIdentity
     spec: FineTuneJobSpec = Field(description="The job's spec with every default resolved")
-    metrics_port: Annotated[int, Field(ge=1024, le=65535)] = 9400
+    # Where the trainer serves /metrics: the operator renders its KUBETUNE_TRAINER_METRICS_PORT here.
+    metrics_port: Annotated[int, Field(ge=MIN_METRICS_PORT, le=MAX_METRICS_PORT)] = DEFAULT_METRICS_PORT
     progress_interval_seconds: Annotated[int, Field(ge=1, le=300)] = 15
 
     @property

@@ -62,7 +62,7 @@ async def observe(client: KubeClient, body: dict[str, Any]) -> Observed:
     if RUNTIME.config.scrape_progress and train is not None:
         running = train.newest_pod("Running")
         if running is not None and running.ip:
-            samples = await scrape_trainer(running.ip, RUNTIME.config.trainer_metrics_port)
+            samples = await scrape_trainer(running.ip, RUNTIME.config.defaults.trainer_metrics_port)
             live = progress_from_samples(samples) if samples else None
     return Observed(
         now=now(), config_map=config_map is not None, service=service is not None, jobs=views, live=live

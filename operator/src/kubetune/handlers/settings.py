@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubetune.api.trainer_contract import MAX_METRICS_PORT, MIN_METRICS_PORT
 from kubetune.render.pod import OperatorDefaults
 
 
@@ -47,7 +48,6 @@ class OperatorConfig:
     defaults: OperatorDefaults = field(default_factory=OperatorDefaults)
     resync_seconds: int = 30
     metrics_port: int = 8080
-    trainer_metrics_port: int = 9400
     scrape_progress: bool = True
     namespaces: tuple[str, ...] = ()
     vllm_image: str = "vllm/vllm-openai:v0.11.0"
@@ -62,6 +62,14 @@ class OperatorConfig:
             image_pull_policy=env.get("KUBETUNE_IMAGE_PULL_POLICY", base.image_pull_policy),
             gpu_tolerations=_json_list(env, "KUBETUNE_GPU_TOLERATIONS", base.gpu_tolerations),
             service_account_name=env.get("KUBETUNE_TRAINER_SERVICE_ACCOUNT", base.service_account_name),
+            # One setting for both ends: rendered into trainer pods and their config, and scraped there.
+            trainer_metrics_port=_int(
+                env,
+                "KUBETUNE_TRAINER_METRICS_PORT",
+                base.trainer_metrics_port,
+                low=MIN_METRICS_PORT,
+                high=MAX_METRICS_PORT,
+            ),
         )
         if defaults.image_pull_policy not in ("Always", "IfNotPresent", "Never"):
             raise ConfigError(
@@ -72,7 +80,6 @@ class OperatorConfig:
             defaults=defaults,
             resync_seconds=_int(env, "KUBETUNE_RESYNC_SECONDS", 30, low=1, high=3600),
             metrics_port=_int(env, "KUBETUNE_METRICS_PORT", 8080, high=65535),
-            trainer_metrics_port=_int(env, "KUBETUNE_TRAINER_METRICS_PORT", 9400, low=1, high=65535),
             scrape_progress=env.get("KUBETUNE_SCRAPE_PROGRESS", "true").lower() in ("1", "true", "yes"),
             namespaces=tuple(n.strip() for n in namespaces),
             vllm_image=env.get("KUBETUNE_VLLM_IMAGE", cls.vllm_image),

@@ -130,7 +130,7 @@ def reconcile(resource: Manifest, observed: Observed, defaults: OperatorDefaults
         return draft.outcome()  # terminal states are sticky
     _initial_conditions(draft)
     owner = owner_of(resource)
-    config = render.config_map(owner, spec)
+    config = render.config_map(owner, spec, defaults)
     digest = config["metadata"]["annotations"][render.CONFIG_HASH_ANNOTATION]
     if not observed.config_map:
         draft.actions.append(Create(config))

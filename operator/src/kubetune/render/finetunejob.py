@@ -19,7 +19,6 @@ from kubetune.api.trainer_config import CONFIG_FILE_NAME, JobIdentity, TrainerCo
 from kubetune.render.pod import (
     CONFIG_MOUNT,
     GPU_PRODUCT_LABEL,
-    METRICS_PORT,
     TERMINATION_LOG,
     Manifest,
     OperatorDefaults,
@@ -85,11 +84,13 @@ def _metadata(owner: Owner, name: str, labels: dict[str, str] | None = None) -> 
     }
 
 
-def trainer_config(owner: Owner, spec: FineTuneJobSpec) -> TrainerConfig:
+def trainer_config(owner: Owner, spec: FineTuneJobSpec, defaults: OperatorDefaults) -> TrainerConfig:
     identity = JobIdentity(
         name=owner.name, namespace=owner.namespace, uid=owner.uid, generation=owner.generation
     )
-    return TrainerConfig(job=identity, spec=resolve_defaults(spec))
+    return TrainerConfig(
+        job=identity, spec=resolve_defaults(spec), metrics_port=defaults.trainer_metrics_port
+    )
 
 
 def config_json(config: TrainerConfig) -> str:
@@ -102,8 +103,8 @@ def config_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def config_map(owner: Owner, spec: FineTuneJobSpec) -> Manifest:
-    text = config_json(trainer_config(owner, spec))
+def config_map(owner: Owner, spec: FineTuneJobSpec, defaults: OperatorDefaults) -> Manifest:
+    text = config_json(trainer_config(owner, spec, defaults))
     metadata = _metadata(owner, child_name(owner.name, "config"))
     metadata["annotations"] = {CONFIG_HASH_ANNOTATION: config_hash(text)}
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": {CONFIG_FILE_NAME: text}}
@@ -218,7 +219,9 @@ def _gpu_pod_spec(
     volumes, mounts = scratch_volumes(shm_size=defaults.shm_size if gpus else None)
     resources = gpu_resources(gpus, resources_spec.cpu, resources_spec.memory)
     container = _trainer_container(command, spec, defaults, resources=resources, mounts=mounts)
-    container["ports"] = [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}]
+    # The same port as the TrainerConfig's metrics_port (config_map), and where the operator scrapes.
+    metrics = {"name": "metrics", "containerPort": defaults.trainer_metrics_port, "protocol": "TCP"}
+    container["ports"] = [metrics]
     pod = _pod_spec(owner, [container], volumes)
     scheduling = spec.scheduling
     node_selector = dict(scheduling.node_selector or {}) if scheduling else {}

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubetune.api.common import Toleration
+from kubetune.api.trainer_contract import DEFAULT_METRICS_PORT
 
 Manifest = dict[str, Any]
 
@@ -16,7 +17,6 @@ CONFIG_MOUNT = "/etc/kubetune"
 CACHE_MOUNT = "/cache"
 WORK_MOUNT = "/work"
 TERMINATION_LOG = "/dev/termination-log"
-METRICS_PORT = 9400
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,9 @@ class OperatorDefaults:
         {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"},
     )
     service_account_name: str = ""
+    # Where trainer pods serve /metrics: rendered into their containerPort and TrainerConfig.metrics_port,
+    # and where the operator scrapes them.
+    trainer_metrics_port: int = DEFAULT_METRICS_PORT
     validation_cpu: str = "1"
     validation_memory: str = "4Gi"
     shm_size: str = "16Gi"
