@@ -59,7 +59,7 @@ def test_perplexity_is_exp_of_the_mean_assistant_token_nll(tiny_model_dir: Path)
 
 def test_thresholds_give_a_readable_verdict() -> None:
     from kubetune.api.finetunejob import Threshold
-    from kubetune_trainer.stages.evaluate import check_thresholds
+    from kubetune.api.trainer_contract import failed_thresholds as check_thresholds
 
     thresholds = {
         "perplexity": Threshold(max=8.0),
@@ -68,7 +68,7 @@ def test_thresholds_give_a_readable_verdict() -> None:
     }
     assert check_thresholds({"perplexity": 3.2, "rougeL": 0.5, "bleu": 22.5}, thresholds) == []  # type: ignore[arg-type]
     failed = check_thresholds({"perplexity": 9.123, "rougeL": 0.3}, thresholds)  # type: ignore[arg-type]
-    assert failed == ["bleu was not computed", "perplexity 9.123 > max 8", "rougeL 0.3 < min 0.35"]
+    assert failed == ["bleu was not measured", "perplexity 9.123 > max 8", "rougeL 0.3 < min 0.35"]
     assert check_thresholds({"perplexity": 1.0}, None) == []
 
 

@@ -13,8 +13,8 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from kubetune.api.finetunejob import FineTuneJobSpec
-from kubetune.api.thresholds import failed_thresholds
 from kubetune.api.trainer_config import ArtifactLayout, resolve_defaults
+from kubetune.api.trainer_contract import failed_thresholds
 from kubetune.reconcile import conditions as c
 from kubetune.reconcile.observed import JobView, Observed, PodView
 from kubetune.render import finetunejob as render

@@ -18,8 +18,8 @@ from pydantic import ValidationError
 
 from kubetune.api.common import decimal_text
 from kubetune.api.modeldeployment import Analysis, ModelDeploymentSpec, Rollout
-from kubetune.api.thresholds import failed_thresholds
 from kubetune.api.timestamps import seconds_between
+from kubetune.api.trainer_contract import failed_thresholds
 from kubetune.reconcile import conditions as c
 from kubetune.reconcile.finetunejob import Action, Create, Delete, Event, Outcome, Patch
 from kubetune.reconcile.observed import JobView

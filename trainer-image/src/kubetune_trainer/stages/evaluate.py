@@ -8,8 +8,9 @@
 - The base model is the same weights with the adapter disabled (no second copy in memory), or the base
   checkpoint for full fine-tuning.
 
-The verdict compares each metric with `evaluation.thresholds` ({min, max} as decimal strings). Failing a
-threshold is a result, not a crash: the stage succeeds with `passed: false` and the operator decides.
+The verdict compares each metric with `evaluation.thresholds` ({min, max}) through
+`kubetune.api.trainer_contract.failed_thresholds`, the function the operator and the deployment gate use
+too, so every side words a failure alike. Failing a threshold is a result, not a crash: the stage succeeds with `passed: false` and the operator decides.
 metrics.json goes to `artifacts.evaluation_report`.
 """
 
@@ -19,17 +20,16 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kubetune.api.common import decimal_text
+from kubetune.api.trainer_contract import failed_thresholds
 from kubetune_trainer import storage
 from kubetune_trainer.metrics import format_number
 
 if TYPE_CHECKING:
-    from kubetune.api.finetunejob import Metric, Threshold
     from kubetune.api.trainer_config import TrainerConfig
 
 log = logging.getLogger(__name__)
@@ -113,21 +113,6 @@ def token_nll(
         total.nll += float(nll)
         total.tokens += int((labels != IGNORE_INDEX).sum())
     return total
-
-
-def check_thresholds(metrics: dict[str, float], thresholds: Mapping[Metric, Threshold] | None) -> list[str]:
-    """Human-readable failures, e.g. "perplexity 9.12 > max 8.0"; empty when every threshold holds."""
-    failed: list[str] = []
-    for name, threshold in sorted((thresholds or {}).items()):
-        value = metrics.get(name)
-        if value is None or math.isnan(value):
-            failed.append(f"{name} was not computed")
-            continue
-        if threshold.min is not None and value < threshold.min:
-            failed.append(f"{name} {format_number(value)} < min {decimal_text(threshold.min)}")
-        if threshold.max is not None and value > threshold.max:
-            failed.append(f"{name} {format_number(value)} > max {decimal_text(threshold.max)}")
-    return failed
 
 
 # ------------------------------------------------------------------------------------------- the samples
@@ -281,7 +266,7 @@ def run(config: TrainerConfig) -> dict[str, Any]:
     examples = examples[: evaluation.max_samples]
     if not examples:
         message = f"no evaluation rows at {eval_uri}: nothing to evaluate"
-        failed = check_thresholds({}, evaluation.thresholds)
+        failed = failed_thresholds({}, evaluation.thresholds)
         return _summary(config, metrics={}, baseline=None, failed=failed, message=message, warnings=[])
 
     with tempfile.TemporaryDirectory(prefix="kubetune-evaluate-") as scratch:
@@ -303,7 +288,7 @@ def run(config: TrainerConfig) -> dict[str, Any]:
                 base = on_device(load_base_model(base_dir, method="full", device=device), device)
                 baseline = score_model(base, tokenizer, samples, wanted, **options)
 
-    failed = check_thresholds(tuned.metrics, evaluation.thresholds)
+    failed = failed_thresholds(tuned.metrics, evaluation.thresholds)
     report = {
         "metrics": _strings(tuned.metrics),
         "baseline": _strings(baseline.metrics) if baseline else None,
