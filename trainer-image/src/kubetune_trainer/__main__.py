@@ -6,7 +6,7 @@ schema, needs no config). Each stage lives in `kubetune_trainer.stages.<stage>` 
 slow another and a missing stage is a clear error.
 
 A stage returns its summary: `{"stage", "ok", "reason", "message", ...status fields..., "warnings"}`, and
-optionally `"exitCode"`. This module writes the summary (without exitCode), compacted below Kubernetes'
+optionally `"exitCode"` (the shape is `kubetune.api.trainer_contract.TrainerSummary`). This module writes the summary (without exitCode), compacted below Kubernetes'
 4096-byte limit, to the termination-message file (`$KUBETUNE_TERMINATION_LOG`, default
 `/dev/termination-log`), which the operator reads back into the FineTuneJob's status. Exit codes: 0 success,
 2 invalid input (the operator fails the Job at once, no retries), 1 anything else (retried).
@@ -61,6 +61,11 @@ def compact_summary(summary: dict[str, Any], limit: int = TERMINATION_LIMIT) -> 
 
 
 def write_termination_message(summary: dict[str, Any]) -> None:
+    from kubetune.api.trainer_contract import summary_problems
+
+    # A summary that departs from the contract is still written (the operator reads what it can), but said.
+    for problem in summary_problems(summary):
+        log.warning("summary does not fit the trainer contract (kubetune.api.trainer_contract): %s", problem)
     path = Path(os.environ.get("KUBETUNE_TERMINATION_LOG", TERMINATION_LOG_DEFAULT))
     text = compact_summary(summary)
     try:

@@ -1,4 +1,4 @@
-"""TrainerConfig: the one contract between the operator and the trainer image.
+"""TrainerConfig: what the operator tells the trainer image (what the trainer answers is in trainer_contract).
 
 The operator renders it into a ConfigMap from the FineTuneJob spec with every default resolved; the trainer
 reads the same typed model back. Results flow the other way only through Kubernetes objects (the pod's

@@ -78,6 +78,8 @@ class Observed:
 
 
 def parse_summary(message: str | None) -> dict[str, Any] | None:
+    """The trainer's summary (shaped as api.trainer_contract.TrainerSummary) from a termination message; None
+    when the message is no JSON object (e.g. the log tail of FallbackToLogsOnError)."""
     if not message:
         return None
     try:
