@@ -9,6 +9,7 @@
 - `tiny_model_uri` / `tiny_model_s3` (function): the tiny model as `pvc://models/tiny` / `s3://data/models/tiny/`.
 - `termination_log` (function): `KUBETUNE_TERMINATION_LOG` set to a temp file path.
 - `make_config(...)`: a TrainerConfig from keyword overrides of a small valid spec.
+- `torch_threads` (module): torch's intra-op threads set from KUBETUNE_TEST_TORCH_THREADS (default 1).
 """
 
 from __future__ import annotations
@@ -166,7 +167,7 @@ def build_config(
         **spec_extra,
     }
     if "evalSplit" not in dataset and "evalUri" not in dataset:
-        raw["dataset"] = {**dataset, "evalSplit": "0.1"}
+        raw["dataset"] = {**dataset, "evalSplit": 0.1}
     spec = resolve_defaults(FineTuneJobSpec.model_validate(raw))
     return TrainerConfig(job=JobIdentity(name="test-job", namespace="default"), spec=spec)
 
@@ -187,15 +188,28 @@ def write_jsonl(path: Path, rows: list[Any]) -> Path:
     return path
 
 
+TORCH_THREADS_ENV = "KUBETUNE_TEST_TORCH_THREADS"
+
+
+def torch_thread_count() -> int:
+    """The intra-op thread count trainer tests run with: KUBETUNE_TEST_TORCH_THREADS, default 1."""
+    raw = os.environ.get(TORCH_THREADS_ENV, "1")
+    if not raw.isdigit() or int(raw) < 1:
+        raise pytest.UsageError(f"{TORCH_THREADS_ENV} must be a positive integer, not {raw!r}")
+    return int(raw)
+
+
 @pytest.fixture(scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """One intra-op thread for training tests: on a shared 2-core machine, OpenMP threads spin-waiting on a
-    busy core made them 5-8x slower; single-threaded they are steady (and just as deterministic)."""
+def torch_threads() -> Iterator[int]:
+    """Intra-op threads for training tests, from KUBETUNE_TEST_TORCH_THREADS (default 1). One by default: on a
+    shared 2-core machine, OpenMP threads spin-waiting on a busy core made them 5-8x slower; single-threaded
+    they are steady. The suite must pass with 2 as well (no test may depend on the kernels' exact bits)."""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
+    threads = torch_thread_count()
+    torch.set_num_threads(threads)
+    yield threads
     torch.set_num_threads(before)
 
 

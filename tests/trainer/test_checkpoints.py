@@ -73,11 +73,50 @@ def test_retention_keeps_the_last_and_the_best_and_only_deletes_its_own(s3: S3He
     assert "team/job/checkpoints/step-00000005/_COMPLETE.json" in keys
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="retain() compares raw eval losses: a NaN one (a diverged evaluation) wins every min(), so the "
+    "real best is deleted while the train stage (which counts NaN as worst) still wants to restore it",
+)
+def test_retention_counts_a_nan_eval_loss_as_the_worst(s3: S3Helper, tmp_path: Path) -> None:
+    from kubetune_trainer.checkpoints import CheckpointStore
+
+    store = CheckpointStore(PREFIX, writer="w")
+    for step, loss in [(10, float("nan")), (20, 2.0), (30, 3.0)]:
+        store.save(_checkpoint_dir(tmp_path, f"c{step}"), step=step, eval_loss=loss)
+    assert [r.step for r in store.retain(keep_last=1)] == [20, 30]
+
+
+# The CLI's train stage in a child process that, at the end of step FREEZE_STEP, writes MARKER (atomically)
+# and then hangs until it is killed: a kill at a known step, however fast or slow the machine.
+_TRAIN_THEN_FREEZE = """
+import os, sys, threading
+from transformers import TrainerCallback
+from kubetune_trainer.__main__ import main
+from kubetune_trainer.stages import train
+
+marker, freeze_step, config_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+
+class FreezeAt(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == freeze_step:
+            with open(marker + ".tmp", "w") as out:
+                out.write(str(state.global_step))
+            os.replace(marker + ".tmp", marker)
+            threading.Event().wait()
+
+real_train = train.train
+train.train = lambda config, **kw: real_train(config, extra_callbacks=[FreezeAt()], **kw)
+sys.exit(main(["train", "--config", config_path]))
+"""
+
+
 def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run_bit_for_bit(
-    s3: S3Helper, tiny_model_s3: str, tmp_path: Path
+    s3: S3Helper, tiny_model_s3: str, tmp_path: Path, torch_threads: int
 ) -> None:
-    """kill -9 after the first complete checkpoint; the rerun resumes from the newest complete one (a
-    manifest-less newer one is ignored) and ends with exactly the uninterrupted run's adapter."""
+    """kill -9 two steps after the first complete checkpoint (step 4 of 8 or more, frozen at step 6); the
+    rerun resumes from the newest complete one (a manifest-less newer one is ignored), redoes the lost steps
+    and ends with exactly the uninterrupted run's adapter."""
     from kubetune_trainer.stages import train
 
     put_jsonl(s3, DATA_URI, chat_rows(240))
@@ -95,39 +134,38 @@ def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run_bit_for_bit
     env = {
         **os.environ,
         "KUBETUNE_LOG_LEVEL": "WARNING",
-        "OMP_NUM_THREADS": "1",  # as in this process: the same kernels, the same bits
+        "OMP_NUM_THREADS": str(torch_threads),  # as in this process: the same kernels, the same bits
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "kubetune_trainer", "train", "--config", str(config_file)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    marker, stderr_path = tmp_path / "frozen", tmp_path / "trainer.stderr"
+    with stderr_path.open("wb") as stderr:
+        command = [sys.executable, "-c", _TRAIN_THEN_FREEZE, str(marker), "6", str(config_file)]
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
-        deadline = time.monotonic() + 240
-        while not any(k.endswith("_COMPLETE.json") for k in s3.keys("artifacts", "team/job/checkpoints/")):
+        # Waits for a state, not a duration (pytest's timeout guards against a hang).
+        while not marker.exists():
             if process.poll() is not None:
-                pytest.fail(f"trainer exited early: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+                pytest.fail(f"trainer exited before step 6: {stderr_path.read_text()[-2000:]}")
             time.sleep(0.2)
+        assert marker.read_text() == "6"
         os.kill(process.pid, signal.SIGKILL)
     finally:
+        if process.poll() is None:
+            process.kill()
         process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL
     assert not s3.keys("artifacts", "team/job/adapter/"), "killed before finishing"
+    complete = [k for k in s3.keys("artifacts", "team/job/checkpoints/") if k.endswith("_COMPLETE.json")]
+    assert complete == ["team/job/checkpoints/step-00000004/_COMPLETE.json"]
 
     # Straight run in the meantime of nothing: in-process, uninterrupted.
     reference = train.run(straight)
     assert reference["ok"] and "resumedFromStep" not in reference
 
-    complete = sorted(
-        k for k in s3.keys("artifacts", "team/job/checkpoints/") if k.endswith("_COMPLETE.json")
-    )
-    newest = int(complete[-1].split("step-")[1][:8])
-    s3.put(f"{PREFIX}step-{newest + 1:08d}/adapter_model.safetensors", b"a half-uploaded checkpoint")
+    assert reference["progress"]["step"] >= 8, reference["progress"]  # step 6 was mid-run
+    s3.put(f"{PREFIX}step-00000005/adapter_model.safetensors", b"a half-uploaded checkpoint")
     resumed = train.run(interrupted)
     assert resumed["ok"], resumed
-    assert resumed["resumedFromStep"] == newest
+    assert resumed["resumedFromStep"] == 4
     assert resumed["progress"]["step"] == reference["progress"]["step"]
 
     ours = s3.get("s3://artifacts/team/job/adapter/adapter_model.safetensors")

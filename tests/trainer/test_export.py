@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.trainer.conftest import build_config
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("torch_threads")
 
 PROMPTS = [
     [{"role": "user", "content": "What is 3 + 4?"}],
@@ -94,12 +93,15 @@ def test_merge_refuses_same_shapes_with_other_weights(tiny_model_dir: Path, tmp_
         merge_adapter(tiny_model_dir, adapter, tmp_path / "merged")
 
 
-def test_merged_model_and_adapter_give_the_same_greedy_outputs(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_merged_model_and_adapter_give_the_same_logits(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Merged == base + adapter up to float rounding, and the adapter moves the logits far more than that.
+
+    Logits, not greedy strings: which token wins (often EOS at once, for a briefly pretrained model) differs
+    between CPUs, so equal greedy answers could be equally empty and prove nothing."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from kubetune_trainer.stages.evaluate import generate_answers
     from kubetune_trainer.stages.export import merge_adapter
     from kubetune_trainer.stages.train import load_tokenizer
 
@@ -111,13 +113,17 @@ def test_merged_model_and_adapter_give_the_same_greedy_outputs(tiny_model_dir: P
     merged = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=torch.float32).eval()
     plain = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
 
-    options: dict[str, Any] = {"max_new_tokens": 12, "batch_size": 3}
-    from_adapter = generate_answers(with_adapter, tokenizer, PROMPTS, **options)
-    assert generate_answers(merged, tokenizer, PROMPTS, **options) == from_adapter
-    assert generate_answers(plain, tokenizer, PROMPTS, **options) != from_adapter, "the adapter must matter"
-    ids = tokenizer("What is 3 + 4?", return_tensors="pt")["input_ids"]
-    with torch.no_grad():
-        torch.testing.assert_close(merged(ids).logits, with_adapter(ids).logits, atol=1e-4, rtol=1e-4)
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in PROMPTS]
+    texts.append("What is 3 + 4? 3 + 4 = 7.")
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            adapted = with_adapter(ids).logits
+            # merge_and_unload matched within ~1e-5 when measured; 1e-4 leaves room for other kernels.
+            torch.testing.assert_close(merged(ids).logits, adapted, atol=1e-4, rtol=1e-4, msg=text)
+            # The adapter's effect (mean |change| ~0.5 when measured) must dwarf the merge's rounding.
+            change = (adapted - plain(ids).logits).abs().mean().item()
+        assert change > 0.05, f"the adapter must matter: mean |logit change| {change:.2e} for {text!r}"
 
 
 def test_export_stage_writes_merged_nf4_and_a_complete_manifest(
@@ -162,7 +168,7 @@ def test_export_stage_writes_merged_nf4_and_a_complete_manifest(
     assert manifest["baseModel"]["uri"] == tiny_model_uri
     assert set(manifest["baseModel"]["files"]) == {"config.json", "model.safetensors"}
     assert manifest["trainerConfig"]["spec"]["method"] == "lora"
-    assert manifest["hyperparameters"]["learningRate"] == "2e-4"
+    assert manifest["hyperparameters"]["learningRate"] == 2e-4
     assert {"torch", "transformers", "peft", "bitsandbytes", "python"} <= set(manifest["libraries"])
     assert manifest["evaluation"]["metrics"] == {"perplexity": "3.1"}
     assert manifest["checkpoints"] == [{"step": 10, "uri": "x"}]

@@ -8,10 +8,12 @@ accuracy above chance (both are exactly 0 for the base model, where policy and r
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -300,7 +302,7 @@ def test_method_beats_the_base_model_on_held_out_data(method: str, s3: S3Helper,
     put_jsonl(s3, DATA_URI, chat_rows())
     hyper = {"gradientCheckpointing": method == "qlora"}  # the checkpointed path, once
     if method == "full":
-        hyper["learningRate"] = "5e-4"
+        hyper["learningRate"] = 5e-4
     config = make_job(method, tiny_model_s3, hyperparameters=hyper, evaluation={"metrics": ["perplexity"]})
     validate(config)
     summary = train.run(config)
@@ -335,35 +337,108 @@ def test_dpo_raises_the_held_out_reward_margin(s3: S3Helper, tiny_model_s3: str)
     assert summary["ok"] and {"perplexity"} <= set(summary["evaluation"]["baseline"]), summary
 
 
-def test_early_stopping_stops_and_keeps_the_best_checkpoint(s3: S3Helper, tiny_model_s3: str) -> None:
+def scripted_eval_losses(losses: list[float]) -> Any:
+    """A Trainer callback that replaces the i-th evaluation's eval_loss with `losses[i]`.
+
+    Early stopping, the best step and checkpoint retention then follow a known sequence instead of a tiny
+    model's loss path (which differs between CPUs). Trainer.log appends the history entry and then calls
+    on_log with the same metrics dict that on_evaluate receives next; rewriting both here, before the train
+    stage's callback reads them in on_evaluate (and in on_save, from the history), drives the real logic.
+    `measured` keeps the real losses. More evaluations than scripted losses fail the run (IndexError)."""
+    from transformers import TrainerCallback
+
+    class ScriptedEvalLoss(TrainerCallback):
+        def __init__(self) -> None:
+            self.measured: list[float] = []
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+            if not logs or "eval_loss" not in logs:
+                return
+            entry = state.log_history[-1]
+            assert entry.get("eval_loss") == logs["eval_loss"], "not the history entry of these metrics"
+            self.measured.append(float(logs["eval_loss"]))
+            logs["eval_loss"] = entry["eval_loss"] = losses[len(self.measured) - 1]
+
+    return ScriptedEvalLoss()
+
+
+@dataclass(frozen=True)
+class EarlyStopCase:
+    patience: int
+    losses: list[float]  # the scripted eval loss of evaluation 1, 2, ... (one every 2 steps)
+    stop_step: int
+    best_step: int
+    max_steps: int = 20
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        # The first evaluation without improvement stops the run, as early as the second evaluation.
+        EarlyStopCase(1, [3.0, 3.5], stop_step=4, best_step=2),
+        # An improvement resets the count; an equal loss is no improvement, and the later of equal losses
+        # is the best (the run state and checkpoint retention must agree on that).
+        EarlyStopCase(2, [3.0, 2.0, 2.5, 1.5, 1.5, 1.7], stop_step=12, best_step=10),
+        # Never two evaluations without improvement: the run goes to maxSteps; the last step is the best.
+        EarlyStopCase(2, [3.0, 2.0, 2.5, 1.9], stop_step=8, best_step=8, max_steps=8),
+    ],
+    ids=["patience-1", "patience-2-reset-and-tie", "never-stops"],
+)
+def test_early_stopping_stops_and_keeps_the_best_checkpoint(
+    case: EarlyStopCase, s3: S3Helper, tiny_model_s3: str
+) -> None:
+    """Real training (tiny model, real Trainer, real callback and checkpoint store) with a scripted
+    eval-loss sequence: which step stops, which is best and which checkpoints stay are exactly known."""
     from safetensors.torch import load
 
     from kubetune_trainer.stages import train
 
+    every, max_steps = 2, case.max_steps
+    patience, losses, stop_step, best_step = case.patience, case.losses, case.stop_step, case.best_step
     put_jsonl(s3, DATA_URI, chat_rows(200))
     config = make_job(
         "lora",
         tiny_model_s3,
-        # A learning rate far too high: eval loss soon rises, and patience 1 stops at the first rise.
-        hyperparameters={
-            "epochs": 6,
-            "learningRate": 1.0,
-            "scheduler": "constant_with_warmup",
-            "earlyStoppingPatience": 1,
-        },
-        checkpoint={"everySteps": 3, "keepLast": 1},
+        hyperparameters={"maxSteps": max_steps, "earlyStoppingPatience": patience},
+        checkpoint={"everySteps": every, "keepLast": 1},
     )
     validate(config)
-    outcome = train.train(config)
-    state = outcome.state
-    assert state.early_stopped and state.best_step is not None, outcome.trainer.state.log_history
-    assert state.best_step < outcome.trainer.state.global_step < outcome.trainer.state.max_steps
-    kept = {c.step for c in state.checkpoints}
-    assert kept == {state.best_step, outcome.trainer.state.global_step}  # the best and the last
-    best = load(s3.get(f"{OUTPUT}checkpoints/step-{state.best_step:08d}/adapter_model.safetensors"))
-    final = load(s3.get(OUTPUT + "adapter/adapter_model.safetensors"))
+    scripted = scripted_eval_losses(losses)
+    outcome = train.train(config, extra_callbacks=[scripted])
+    state, history = outcome.state, outcome.trainer.state.log_history
+    evaluations = stop_step // every
+    assert len(scripted.measured) == evaluations and all(map(math.isfinite, scripted.measured))
+    assert [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e] == [
+        (every * (i + 1), loss) for i, loss in enumerate(losses[:evaluations])
+    ], "the scripted losses did not reach the history the train stage reads"
+
+    assert outcome.trainer.state.global_step == stop_step
+    assert state.early_stopped == (stop_step < max_steps), history
+    assert (state.best_step, state.best_eval_loss) == (best_step, losses[best_step // every - 1])
+    assert state.progress.eval_loss == losses[evaluations - 1]
+    if state.early_stopped:
+        assert outcome.message.endswith(f"early stopped, kept the best step {best_step}"), outcome.message
+
+    # Retention (keepLast 1): the best and the last, in the run state and in the store; every save recorded.
+    kept = {best_step, stop_step}
+    assert {c.step for c in state.checkpoints} == kept
+    manifests = [k for k in s3.keys("artifacts", "team/job/checkpoints/") if k.endswith("/_COMPLETE.json")]
+    assert manifests == [f"team/job/checkpoints/step-{step:08d}/_COMPLETE.json" for step in sorted(kept)]
+    for step in kept:
+        manifest = json.loads(s3.get(f"{OUTPUT}checkpoints/step-{step:08d}/_COMPLETE.json"))
+        assert manifest["evalLoss"] == losses[step // every - 1], manifest
+    assert [c["step"] for c in state.history] == list(range(every, stop_step + 1, every))
+
+    # The published adapter holds the best checkpoint's weights, not the last step's.
+    def adapter_at(step: int) -> dict[str, Any]:
+        return load(s3.get(f"{OUTPUT}checkpoints/step-{step:08d}/adapter_model.safetensors"))
+
+    best, final = adapter_at(best_step), load(s3.get(OUTPUT + "adapter/adapter_model.safetensors"))
     assert best.keys() == final.keys()
     assert all(best[k].equal(final[k]) for k in best), "the outputs are not the best checkpoint's weights"
+    if stop_step != best_step:
+        last = adapter_at(stop_step)
+        assert not all(last[k].equal(best[k]) for k in best), "training did not move the weights"
 
 
 # -------------------------------------------------------------------------- preemption, metrics, failures
