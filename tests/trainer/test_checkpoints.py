@@ -73,11 +73,6 @@ def test_retention_keeps_the_last_and_the_best_and_only_deletes_its_own(s3: S3He
     assert "team/job/checkpoints/step-00000005/_COMPLETE.json" in keys
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="retain() compares raw eval losses: a NaN one (a diverged evaluation) wins every min(), so the "
-    "real best is deleted while the train stage (which counts NaN as worst) still wants to restore it",
-)
 def test_retention_counts_a_nan_eval_loss_as_the_worst(s3: S3Helper, tmp_path: Path) -> None:
     from kubetune_trainer.checkpoints import CheckpointStore
 
