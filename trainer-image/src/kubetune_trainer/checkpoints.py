@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -175,7 +176,8 @@ class CheckpointStore:
         """Delete this writer's complete checkpoints beyond the newest keep_last and the best; returns the kept."""
         records = self.complete()
         keep = {r.step for r in records[-keep_last:]}
-        scored = [r for r in records if r.eval_loss is not None]
+        # A NaN loss (a diverged evaluation) is the worst, as the train stage counts it, never the best.
+        scored = [r for r in records if r.eval_loss is not None and math.isfinite(r.eval_loss)]
         if scored:
             keep.add(min(scored, key=lambda r: (r.eval_loss, -r.step)).step)
         kept: list[CheckpointRecord] = []
