@@ -68,7 +68,7 @@ def check_confined(spec: FineTuneJobSpec) -> None:
         assert uri not in commands  # URIs travel in the mounted config file, never on a command line
 
 
-@settings(max_examples=150, deadline=None, phases=NO_SHRINK, derandomize=True)
+@settings(max_examples=150, deadline=None, phases=NO_SHRINK, derandomize=True, database=None)
 @given(
     field=st.sampled_from(range(len(URI_FIELDS))),
     piece=st.sampled_from(HOSTILE_PIECES),

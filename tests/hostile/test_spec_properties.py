@@ -43,10 +43,10 @@ JOB_EXAMPLES = [load_example(p) for p in ("01-lora-basic/finetunejob.yaml", "02-
 DEPLOYMENT_EXAMPLES = [load_example(p) for p in ("05-serve-canary/modeldeployment.yaml",
                                                  "06-serve-model-uri-tgi/modeldeployment.yaml")]  # fmt: skip
 SHELLS = {"sh", "bash", "/bin/sh", "/bin/bash", "dash", "zsh", "/usr/bin/env"}
-NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
-BOUNDED = settings(
-    max_examples=100, deadline=None, phases=NO_SHRINK, suppress_health_check=[HealthCheck.too_slow]
-)
+NO_SHRINK = (Phase.explicit, Phase.generate)  # no reuse: nothing is read from, or saved to, a database
+# Derandomized, without an example database: every run tests the same examples, whatever ran before.
+BOUNDED = settings(max_examples=100, deadline=None, phases=NO_SHRINK, derandomize=True, database=None,
+                   suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
 
 
 def wrap(kind: str, spec: Any, name: str = "hostile") -> dict[str, Any]:
@@ -228,7 +228,7 @@ def test_mutated_modeldeployment_examples(obj: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("kind", ["FineTuneJob", "ModelDeployment"])
-@settings(max_examples=40, deadline=None, phases=NO_SHRINK, derandomize=True)
+@settings(max_examples=40, deadline=None, phases=NO_SHRINK, derandomize=True, database=None)
 @given(spec=json_values)
 def test_random_json_specs(kind: str, spec: Any) -> None:
     check(kind, wrap(kind, spec))
