@@ -4,6 +4,7 @@ controller and kubelet for all of them, whatever the operator is doing (or wheth
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kubetune.reconcile import conditions as c
@@ -17,6 +18,12 @@ EXPECTED = {
     "succeeds": ("Succeeded", None),
     "rejected": ("Failed", "InvalidDataset"),
     "training-fails": ("Failed", c.BACKOFF_LIMIT_EXCEEDED),
+}
+# scenario -> the stages whose child Job the operator creates (and the test finishes, once each)
+STAGES = {
+    "succeeds": ["finish", "train", "validate"],
+    "rejected": ["validate"],
+    "training-fails": ["train", "validate"],
 }
 
 
@@ -40,8 +47,13 @@ class Fleet:
         for name in names:
             self.api.create(_job(name, **{"spec.backoffLimit": 0}))
 
-    def play(self) -> None:
-        """One pass of the job controller: finish every child Job of ours that is not finished yet."""
+    def steps(self) -> int:
+        """How many child Jobs the test finishes over every lifecycle: fixed by the scenarios, not by timing."""
+        return sum(len(STAGES[s]) for s in self.scenarios.values())
+
+    def play(self, after_step: Callable[[], None] = lambda: None) -> None:
+        """One pass of the job controller: finish every child Job of ours that is not finished yet, calling
+        `after_step` after each (a lifecycle step the test itself played)."""
         for job in self.api.list("Job", "app.kubernetes.io/managed-by=kubetune"):
             meta = job["metadata"]
             owner = meta["labels"].get("kubetune.dev/finetunejob")
@@ -65,6 +77,7 @@ class Fleet:
             else:
                 self.api.finish_job(meta["name"], FINISH_OK)
             self.finished.add(meta["uid"])
+            after_step()
 
     def outcome(self, name: str) -> tuple[str | None, str | None]:
         status = self.api.status(name)
@@ -84,7 +97,5 @@ class Fleet:
             jobs = sorted(
                 j["metadata"]["name"] for j in self.api.list("Job", f"kubetune.dev/finetunejob={name}")
             )
-            stages = {"succeeds": ["finish", "train", "validate"], "rejected": ["validate"],
-                      "training-fails": ["train", "validate"]}[scenario]  # fmt: skip
-            assert jobs == [f"{name}-{stage}" for stage in stages], (name, jobs)
+            assert jobs == [f"{name}-{stage}" for stage in STAGES[scenario]], (name, jobs)
             assert len(self.api.list("ConfigMap", f"kubetune.dev/finetunejob={name}")) == 1, name
