@@ -52,7 +52,7 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 20.0) -> Any:
         if result:
             return result
         time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
 
 
 def sh_job(name: str, script: str, **spec: Any) -> dict[str, Any]:
