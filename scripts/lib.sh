@@ -1,5 +1,6 @@
 # Shared by setup.sh and lock.sh (sourced, not run).
 
+PIP_VERSION=26.3
 TORCH_VERSION=2.13.0+cpu
 TORCH_CPU_INDEX=${KUBETUNE_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}
 # Where a torch CPU wheel may already lie (this workplace keeps one in /opt/wheels).
@@ -40,5 +41,7 @@ or KUBETUNE_TORCH_INDEX to a reachable mirror of the CPU index."
 # new_venv DIR: a virtualenv with a current pip (python3-venv is checked by system-packages.sh).
 new_venv() {
   python3 -m venv "$1"
-  "$1/bin/python" -m pip install --quiet --upgrade 'pip==26.3'
+  upgrade_pip "$1/bin/python"
 }
+
+upgrade_pip() { "$1" -m pip install --quiet --upgrade "pip==$PIP_VERSION"; }

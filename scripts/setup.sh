@@ -8,7 +8,7 @@ source scripts/lib.sh
 
 step "virtualenv .venv"
 [ -x .venv/bin/python ] || new_venv .venv
-.venv/bin/python -m pip install --quiet --upgrade 'pip==26.3'
+upgrade_pip .venv/bin/python
 
 step "torch (CPU build)"
 install_cpu_torch .venv/bin/python

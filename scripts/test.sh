@@ -21,7 +21,6 @@ trap report EXIT
 
 phase "set-up: system packages" scripts/system-packages.sh
 phase "set-up: .venv and tool envs" scripts/setup.sh
-export PATH="$PWD/.venv/bin:$PATH"  # the locked tools (kubectl among them) come first
 phase "lint: ruff" bash -c '.venv/bin/ruff check . && .venv/bin/ruff format --check .'
 phase "type check: mypy" .venv/bin/mypy
 phase "lint: import-linter" .venv/bin/lint-imports
