@@ -10,8 +10,9 @@ WORKDIR /src
 # Exact pins of the operator's whole dependency closure: the versions the tests ran (scripts/lock.sh).
 COPY locks/operator-image.txt locks/operator-image.txt
 COPY pyproject.toml README.md ./
+# Only the operator's package: neither the trainer's stages nor kubetune_sandbox (the API emulator and local
+# cluster) are in this image (tests/chart/test_images.py checks the file list these lines give).
 COPY operator/ operator/
-COPY trainer-image/src/ trainer-image/src/
 RUN python -m venv /opt/kubetune \
  && /opt/kubetune/bin/pip install --prefer-binary -c locks/operator-image.txt '.[operator]' \
  && /opt/kubetune/bin/pip check \

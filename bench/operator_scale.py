@@ -38,8 +38,8 @@ import attrs
 import psutil
 
 from kubetune.api.crd import all_crds
-from kubetune.emulator.server import ApiEmulator, EmulatorServer
-from kubetune.emulator.store import Store
+from kubetune_sandbox.emulator.server import ApiEmulator, EmulatorServer
+from kubetune_sandbox.emulator.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 RESOURCE = "kubetune.dev/v1alpha1/finetunejobs"

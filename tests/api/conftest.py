@@ -53,7 +53,7 @@ def with_changes(obj: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]
 @pytest.fixture(scope="session")
 def admission():
     """CRDAdmission per kind, built from the committed CRDs exactly as the emulator builds them."""
-    from kubetune.emulator.admission import CRDAdmission
+    from kubetune_sandbox.emulator.admission import CRDAdmission
 
     return {
         "FineTuneJob": CRDAdmission(load_crd("finetunejobs")),

@@ -287,7 +287,7 @@ IMMUTABLE_JOB_CHANGES: list[tuple[str, dict[str, Any], str]] = [
 
 
 def _refusal(admission, kind: str, obj: dict[str, Any], old: dict[str, Any] | None = None):
-    from kubetune.emulator.admission import AdmissionError
+    from kubetune_sandbox.emulator.admission import AdmissionError
 
     with pytest.raises(AdmissionError) as refused:
         admission[kind].admit(obj, old, version="v1alpha1")

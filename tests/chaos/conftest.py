@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import pytest
 
 from kubetune.api.crd import all_crds
-from kubetune.emulator.server import EmulatorServer
+from kubetune_sandbox.emulator.server import EmulatorServer
 from tests.trainer.conftest import moto_server, s3  # S3 over real HTTP, for the storage chaos tests
 
 __all__ = ["moto_server", "s3"]

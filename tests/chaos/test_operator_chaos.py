@@ -16,7 +16,7 @@ import aiohttp.web
 import pytest
 import yaml
 
-from kubetune.emulator.server import EmulatorServer
+from kubetune_sandbox.emulator.server import EmulatorServer
 from tests.chaos.lifecycles import Fleet
 from tests.chaos.proxy import CUT_STREAM, PASS, Decision, FaultProxy, Respond
 from tests.integration.harness import Api, OperatorProcess

@@ -4,7 +4,11 @@ installers at run time, caches on writable volumes; and their pins equal what .v
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,3 +172,70 @@ def test_the_pin_check_can_fail() -> None:
     with pytest.raises(ValueError, match="exact pin"):
         locks.parse_pins("torch>=2\n")
     assert locks.parse_pins("torch==2.13.0+cpu  # CPU build\n") == {"torch": "2.13.0+cpu"}
+
+
+def _context_files(path: Path) -> list[str]:
+    """The repository paths the image's build stage copies from the build context (COPY without --from)."""
+    _, stages = parse(path)
+    sources: list[str] = []
+    for line in stages[0].lines:
+        keyword, _, rest = line.partition(" ")
+        if keyword != "COPY" or "--from=" in rest:
+            continue
+        *paths, _destination = [word for word in rest.split() if not word.startswith("--")]
+        sources += paths
+    return sources
+
+
+def _image_wheel_files(path: Path, tmp_path: Path) -> list[str]:
+    """Builds the wheel the image installs from exactly what its COPY lines bring in, and lists its files."""
+    context = tmp_path / "context"
+    for source in _context_files(path):
+        origin = REPO / source
+        target = context / source
+        if origin.is_dir():
+            shutil.copytree(origin, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(origin, target)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(tmp_path / "dist"),
+            str(context),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    (wheel,) = (tmp_path / "dist").glob("kubetune-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        return archive.namelist()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("path", "packages"),
+    [(OPERATOR, {"kubetune"}), (TRAINER, {"kubetune", "kubetune_trainer"})],
+    ids=["operator", "trainer"],
+)
+def test_image_carries_only_its_own_packages(path: Path, packages: set[str], tmp_path: Path) -> None:
+    files = _image_wheel_files(path, tmp_path)
+    top_level = {name.split("/", 1)[0] for name in files if not name.split("/", 1)[0].endswith(".dist-info")}
+    assert top_level == packages, f"{path.name} installs {sorted(top_level)}"
+    assert not [name for name in files if "emulator" in name or "sandbox" in name], (
+        "the API emulator and the local cluster must stay out of the images"
+    )
+    assert "kubetune/api/trainer_contract.py" in files, (
+        "both images carry the typed operator/trainer contract"
+    )
+    if path == OPERATOR:
+        assert not [name for name in files if name.startswith("kubetune_trainer/")]

@@ -266,7 +266,7 @@ def _free_port() -> int:
 def running_operator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Any]]:
     """`kubetune operator` against the API emulator, its metrics on a free port (as KUBETUNE_METRICS_PORT)."""
     from kubetune.api.crd import all_crds
-    from kubetune.emulator.server import EmulatorServer
+    from kubetune_sandbox.emulator.server import EmulatorServer
     from tests.integration.harness import OperatorProcess
 
     directory = tmp_path_factory.mktemp("operator")

@@ -11,7 +11,7 @@ import kubernetes
 import pytest
 import requests
 
-from kubetune.emulator.server import EmulatorServer
+from kubetune_sandbox.emulator.server import EmulatorServer
 
 WIDGETS = "example.com/v1/widgets"
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from kubetune.emulator.admission import AdmissionError, CRDAdmission, FieldCause
-from kubetune.emulator.cel import CelCompileError, CelEvaluationError, compile_cel
+from kubetune_sandbox.emulator.admission import AdmissionError, CRDAdmission, FieldCause
+from kubetune_sandbox.emulator.cel import CelCompileError, CelEvaluationError, compile_cel
 
 GROUP, KIND, VERSION = "example.dev", "Widget", "v1"
 

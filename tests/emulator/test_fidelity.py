@@ -13,7 +13,7 @@ import kubernetes
 import pytest
 from kopf.testing import KopfRunner
 
-from kubetune.emulator.server import ApiEmulator, EmulatorServer
+from kubetune_sandbox.emulator.server import ApiEmulator, EmulatorServer
 
 from .conftest import WIDGET_CRD, WIDGETS, Http, widget
 

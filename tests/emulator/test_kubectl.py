@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from kubetune.api.manifests import load_yaml
-from kubetune.emulator.server import EmulatorServer
+from kubetune_sandbox.emulator.server import EmulatorServer
 
 from .conftest import WIDGET_CRD, WIDGETS
 

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from kubetune.api.finetunejob import FineTuneJobSpec
 from kubetune.api.trainer_config import ArtifactLayout
-from kubetune.emulator.admission import AdmissionError
 from kubetune.render import finetunejob as render_job
 from kubetune.render.pod import OperatorDefaults
+from kubetune_sandbox.emulator.admission import AdmissionError
 from kubetune_trainer import storage
 from kubetune_trainer.checkpoints import CheckpointStore
 from tests.hostile.strategies import HOSTILE_PIECES

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kubetune.api.crd import all_crds
-from kubetune.emulator.server import EmulatorServer
+from kubetune_sandbox.emulator.server import EmulatorServer
 from tests.integration.harness import Api, OperatorProcess
 from tests.integration.test_finetunejob_operator import _job
 from tests.reconcile.world import FINISH_OK, TRAINING_OK, VALIDATION_OK

@@ -24,13 +24,13 @@ from pydantic import ValidationError
 
 from kubetune.api.finetunejob import FineTuneJobSpec
 from kubetune.api.modeldeployment import ModelDeploymentSpec
-from kubetune.emulator.admission import AdmissionError, CRDAdmission
 from kubetune.reconcile.finetunejob import Create, reconcile
 from kubetune.reconcile.modeldeployment import ServingObserved, reconcile_deployment
 from kubetune.reconcile.observed import Observed
 from kubetune.render import finetunejob as render_job
 from kubetune.render.modeldeployment import ServingDefaults
 from kubetune.render.pod import OperatorDefaults
+from kubetune_sandbox.emulator.admission import AdmissionError, CRDAdmission
 from tests.api.conftest import load_crd, load_example
 from tests.hostile.strategies import from_schema, json_values, mutated, spec_schema
 

@@ -11,7 +11,7 @@ from tests.integration.harness import Api, OperatorProcess
 @pytest.fixture(scope="module")
 def emulator():
     from kubetune.api.crd import all_crds
-    from kubetune.emulator.server import EmulatorServer
+    from kubetune_sandbox.emulator.server import EmulatorServer
 
     with EmulatorServer(crds=all_crds()) as server:
         yield server

@@ -13,17 +13,17 @@ from typing import Any
 
 import pytest
 
-from kubetune.sandbox.controllers import DeploymentController, JobController
-from kubetune.sandbox.images import ImageMap
-from kubetune.sandbox.kubelet import Kubelet
-from kubetune.sandbox.services import ServiceProxy
+from kubetune_sandbox.cluster.controllers import DeploymentController, JobController
+from kubetune_sandbox.cluster.images import ImageMap
+from kubetune_sandbox.cluster.kubelet import Kubelet
+from kubetune_sandbox.cluster.services import ServiceProxy
 
 SH_IMAGE = "test/sh"
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Any]:
-    from kubetune.emulator.server import EmulatorServer
+    from kubetune_sandbox.emulator.server import EmulatorServer
 
     with EmulatorServer() as emulator:
         yield emulator

@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from kubetune.sandbox.kubelet import LOG_DIR_ANNOTATION
+from kubetune_sandbox.cluster.kubelet import LOG_DIR_ANNOTATION
 from tests.sandbox.conftest import SH_IMAGE, job_condition, job_pods, pid_alive, sh_job, wait_for
 
 JOBS, PODS = "batch/v1/jobs", "v1/pods"

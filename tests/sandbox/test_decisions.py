@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from kubetune.api.timestamps import format_time
-from kubetune.sandbox import decisions
+from kubetune_sandbox.cluster import decisions
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kubetune.api.manifests import load_yaml
-from kubetune.sandbox import seed
+from kubetune_sandbox.cluster import seed
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -72,7 +72,7 @@ def test_quickstart_manifests_point_at_the_documented_sandbox_uris() -> None:
 
 def test_the_quickstart_manifests_pass_admission() -> None:
     from kubetune.api.crd import all_crds
-    from kubetune.emulator.server import EmulatorServer
+    from kubetune_sandbox.emulator.server import EmulatorServer
 
     with EmulatorServer(crds=all_crds()) as server:
         for name, resource in (

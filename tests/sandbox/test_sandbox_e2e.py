@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from kubetune.sandbox import seed
+from kubetune_sandbox.cluster import seed
 from tests.sandbox.conftest import wait_for
 
 JOB = "e2e"

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 from kubetune.api.manifests import crd_files
 from kubetune.api.reference import api_reference
-from kubetune.cli import emulator, sandbox, user
+from kubetune.cli import user
+
+# Commands other packages add (kubetune_sandbox: emulator, sandbox, quickstart), one entry point per command.
+COMMAND_PLUGINS = "kubetune.commands"
 
 
 def _crds(args: argparse.Namespace) -> int:
@@ -49,7 +53,46 @@ def _operator(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _register_missing(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    plugin: EntryPoint,
+    error: ModuleNotFoundError,
+) -> None:
+    """A command whose package is not installed: it says which one, instead of argparse's "invalid choice"."""
+    package = plugin.value.split(".", 1)[0]
+    # No option prefix, so that every argument (`--dir x`, `-h`) lands in `ignored` instead of an error.
+    parser = commands.add_parser(
+        plugin.name, help=f"(needs {package}, not installed)", add_help=False, prefix_chars="\0"
+    )
+    parser.add_argument("ignored", nargs="*")
+
+    def refuse(args: argparse.Namespace) -> int:
+        print(
+            f"kubetune {plugin.name}: this command comes from the {package} package, which is not installed "
+            f"here ({error}). It is the local cluster for development: install kubetune[sandbox] from a "
+            "checkout (scripts/setup.sh does). The operator image does not ship it.",
+            file=sys.stderr,
+        )
+        return 2
+
+    parser.set_defaults(run=refuse)
+
+
+def register_plugins(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], plugins: list[EntryPoint] | None = None
+) -> None:
+    for plugin in sorted(
+        entry_points(group=COMMAND_PLUGINS) if plugins is None else plugins, key=lambda p: p.name
+    ):
+        try:
+            register = plugin.load()
+        except ModuleNotFoundError as error:
+            _register_missing(commands, plugin, error)
+            continue
+        register(commands)
+
+
+def build_parser(plugins: list[EntryPoint] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubetune", description="Fine-tune and serve LLMs on Kubernetes.")
     commands = parser.add_subparsers(dest="command", required=True)
     crds = commands.add_parser("crds", help="print the CustomResourceDefinitions (or write them to a folder)")
@@ -64,8 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     operator.add_argument("--json-logs", action=argparse.BooleanOptionalAction, default=True)
     operator.add_argument("--verbose", action="store_true")
     operator.set_defaults(run=_operator)
-    emulator.register(commands)
-    sandbox.register(commands)
+    register_plugins(commands, plugins)
     user.register(commands)
     return parser
 

@@ -22,7 +22,7 @@ def register(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kubetune.api.crd import all_crds
-    from kubetune.emulator.server import EmulatorServer
+    from kubetune_sandbox.emulator.server import EmulatorServer
 
     directory = Path(args.dir)
     directory.mkdir(parents=True, exist_ok=True)

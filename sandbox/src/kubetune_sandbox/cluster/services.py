@@ -14,8 +14,8 @@ import itertools
 import threading
 from dataclasses import dataclass, field
 
-from kubetune.sandbox import decisions
-from kubetune.sandbox.cluster import PODS, SERVICES, Cluster, Obj, log
+from kubetune_sandbox.cluster import decisions
+from kubetune_sandbox.cluster.api import PODS, SERVICES, Cluster, Obj, log
 
 SERVICE_IP_PREFIX = 2
 CHUNK = 65536

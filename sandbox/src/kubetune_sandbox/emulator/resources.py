@@ -10,7 +10,7 @@ from typing import Any
 
 import kmock
 
-from kubetune.emulator.store import ApiError, GroupResource
+from kubetune_sandbox.emulator.store import ApiError, GroupResource
 
 ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 

@@ -52,7 +52,7 @@ def _standin(runtime: str) -> Translator:
             argv = argv[3:]
         elif argv and argv[0] in ("text-generation-launcher", "vllm"):
             argv = argv[1:] if argv[0] != "vllm" else argv[2:]
-        return [sys.executable, "-m", "kubetune.sandbox.standin", "--runtime", runtime, *argv]
+        return [sys.executable, "-m", "kubetune_sandbox.cluster.standin", "--runtime", runtime, *argv]
 
     return translate
 

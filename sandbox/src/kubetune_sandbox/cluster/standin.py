@@ -1,8 +1,8 @@
 """A minimal OpenAI-compatible server for the sandbox's vLLM/TGI pods when real vLLM is not installed.
 
-    python -m kubetune.sandbox.standin --runtime vllm --model DIR --served-model-name NAME --host IP \
+    python -m kubetune_sandbox.cluster.standin --runtime vllm --model DIR --served-model-name NAME --host IP \
         --port 8000 [--enable-lora --lora-modules NAME=DIR ...]          (vLLM's arguments)
-    python -m kubetune.sandbox.standin --runtime tgi --model-id DIR --hostname IP --port 8000
+    python -m kubetune_sandbox.cluster.standin --runtime tgi --model-id DIR --hostname IP --port 8000
         (TGI's; adapters from LORA_ADAPTERS="name=DIR,...")
 
 Endpoints: GET /health, GET /v1/models, POST /v1/chat/completions (stream or not), POST /v1/completions,
@@ -208,7 +208,9 @@ def build_app(engine: Engine) -> web.Application:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="kubetune.sandbox.standin", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="kubetune_sandbox.cluster.standin", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--runtime", choices=["vllm", "tgi"], default="vllm")
     parser.add_argument("--model", "--model-id", dest="model", required=True)
     parser.add_argument("--served-model-name", dest="served_name")

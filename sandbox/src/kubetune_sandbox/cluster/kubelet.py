@@ -41,9 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api.timestamps import utc_now
-from kubetune.sandbox import decisions
-from kubetune.sandbox.cluster import CONFIGMAPS, PODS, SECRETS, SERVICES, Cluster, is_not_found, log
-from kubetune.sandbox.images import ImageMap, ImageNotMappedError
+from kubetune_sandbox.cluster import decisions
+from kubetune_sandbox.cluster.api import CONFIGMAPS, PODS, SECRETS, SERVICES, Cluster, is_not_found, log
+from kubetune_sandbox.cluster.images import ImageMap, ImageNotMappedError
 
 Obj = dict[str, Any]
 LOG_DIR_ANNOTATION = "sandbox.kubetune.dev/log-dir"

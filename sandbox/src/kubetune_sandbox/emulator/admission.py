@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import re2
 from celpy import celtypes
 
-from kubetune.emulator.cel import (
+from kubetune_sandbox.emulator.cel import (
     CelCompileError,
     CelEvaluationError,
     CelOptional,

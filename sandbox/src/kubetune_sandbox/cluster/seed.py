@@ -191,7 +191,7 @@ class S3:
         client.put_object(Bucket=BUCKET, Key=DATASET_KEY, Body=dataset)
 
 
-def _main() -> None:  # `python -m kubetune.sandbox.seed`: build the cache ahead of time (CI warm-up)
+def _main() -> None:  # `python -m kubetune_sandbox.cluster.seed`: build the cache ahead of time (CI warm-up)
     steps = int(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_PRETRAIN_STEPS
     print(tiny_model(steps))
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 Obj = dict[str, Any]
-log = logging.getLogger("kubetune.sandbox")
+log = logging.getLogger("kubetune_sandbox.cluster")
 
 PODS = "v1/pods"
 SERVICES = "v1/services"

@@ -23,13 +23,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from kubetune.sandbox import seed
-from kubetune.sandbox.cluster import SECRETS, log
-from kubetune.sandbox.controllers import DeploymentController, JobController
-from kubetune.sandbox.images import ImageMap
-from kubetune.sandbox.kubelet import Kubelet, die_with_parent
-from kubetune.sandbox.seed import SandboxError
-from kubetune.sandbox.services import ServiceProxy
+from kubetune_sandbox.cluster import seed
+from kubetune_sandbox.cluster.api import SECRETS, log
+from kubetune_sandbox.cluster.controllers import DeploymentController, JobController
+from kubetune_sandbox.cluster.images import ImageMap
+from kubetune_sandbox.cluster.kubelet import Kubelet, die_with_parent
+from kubetune_sandbox.cluster.seed import SandboxError
+from kubetune_sandbox.cluster.services import ServiceProxy
 
 SECRET_NAME = "sandbox-s3"
 OPERATOR_START_SECONDS = 60.0
@@ -99,7 +99,7 @@ class Sandbox:
             )
         try:
             from kubetune.api.crd import all_crds
-            from kubetune.emulator.server import EmulatorServer
+            from kubetune_sandbox.emulator.server import EmulatorServer
         except ImportError as error:
             raise SandboxError(
                 f"the API emulator needs {error.name}; install the sandbox extras: pip install -e '.[sandbox]'"

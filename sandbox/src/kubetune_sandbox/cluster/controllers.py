@@ -11,8 +11,8 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from kubetune.sandbox import decisions
-from kubetune.sandbox.cluster import (
+from kubetune_sandbox.cluster import decisions
+from kubetune_sandbox.cluster.api import (
     DEPLOYMENTS,
     JOBS,
     PODS,

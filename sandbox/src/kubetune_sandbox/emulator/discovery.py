@@ -8,7 +8,7 @@ import re
 
 import kmock
 
-from kubetune.emulator.store import Obj
+from kubetune_sandbox.emulator.store import Obj
 
 SUBRESOURCE_VERBS = ("get", "patch", "update")
 

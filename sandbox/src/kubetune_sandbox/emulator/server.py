@@ -34,8 +34,8 @@ import kmock
 import yaml
 
 from kubetune.api.manifests import load_yaml
-from kubetune.emulator import discovery, patching, selectors, tables
-from kubetune.emulator.resources import (
+from kubetune_sandbox.emulator import discovery, patching, selectors, tables
+from kubetune_sandbox.emulator.resources import (
     ALL_VERBS,
     SELECTABLE_FIELDS,
     SERVER_METADATA,
@@ -46,7 +46,16 @@ from kubetune.emulator.resources import (
     method_not_allowed,
     not_found_path,
 )
-from kubetune.emulator.store import CRDS, NAMESPACES, ApiError, GroupResource, Obj, Store, WatchEvent, now
+from kubetune_sandbox.emulator.store import (
+    CRDS,
+    NAMESPACES,
+    ApiError,
+    GroupResource,
+    Obj,
+    Store,
+    WatchEvent,
+    now,
+)
 
 logger = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -82,9 +91,9 @@ def _json_response(
 def _load_admission() -> Any:
     """The CRD admission engine (admission.py), if present; without it custom resources go unvalidated."""
     try:
-        return importlib.import_module("kubetune.emulator.admission")
+        return importlib.import_module("kubetune_sandbox.emulator.admission")
     except ModuleNotFoundError as error:
-        if error.name != "kubetune.emulator.admission":
+        if error.name != "kubetune_sandbox.emulator.admission":
             raise
         return None
 

@@ -33,7 +33,7 @@ RESOURCES = {
 
 
 def _options(args: argparse.Namespace) -> Any:
-    from kubetune.sandbox import runtime
+    from kubetune_sandbox.cluster import runtime
 
     return runtime.SandboxOptions(
         api_port=args.api_port, s3_port=args.s3_port, pretrain_steps=args.pretrain_steps
@@ -63,7 +63,7 @@ class _Stop:
 
 def _up(args: argparse.Namespace) -> int:
     _quiet_logs()
-    from kubetune.sandbox import runtime, seed
+    from kubetune_sandbox.cluster import runtime, seed
 
     stop = _Stop()
     sandbox = runtime.Sandbox(Path(args.dir), _options(args), say=lambda text: print(text, flush=True))
@@ -111,7 +111,7 @@ def load_manifests(directory: Path) -> list[dict[str, Any]]:
 
 def resolve_endpoint(endpoint: str, server: Any) -> str:
     """`http://NAME.NS.svc:8000/v1` -> the Service's loopback clusterIP (the sandbox's cluster DNS)."""
-    from kubetune.sandbox import decisions
+    from kubetune_sandbox.cluster import decisions
 
     ips = {}
     for service in server.list("v1/services"):
@@ -184,7 +184,7 @@ def _served_names_once(endpoint: str) -> list[str]:
 
 
 def run_quickstart(args: argparse.Namespace) -> int:
-    from kubetune.sandbox import runtime
+    from kubetune_sandbox.cluster import runtime
 
     directory = Path(args.dir).resolve()
     manifests = load_manifests(Path(args.manifests) if args.manifests else EXAMPLES)
@@ -280,7 +280,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 def _quickstart(args: argparse.Namespace) -> int:
     _quiet_logs()
-    from kubetune.sandbox import seed
+    from kubetune_sandbox.cluster import seed
 
     signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -297,7 +297,7 @@ def _quickstart(args: argparse.Namespace) -> int:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    from kubetune.sandbox import seed
+    from kubetune_sandbox.cluster import seed
 
     parser.add_argument("--api-port", type=int, default=0, help="API server port on 127.0.0.1 (0: any free)")
     parser.add_argument("--s3-port", type=int, default=0, help="S3 port on 127.0.0.1 (0: any free)")
@@ -309,7 +309,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def register(commands: Any) -> None:
+def register_sandbox(commands: Any) -> None:
     sandbox = commands.add_parser("sandbox", help="a local cluster: API, S3, controllers, kubelet, operator")
     actions = sandbox.add_subparsers(dest="action", required=True)
     up = actions.add_parser("up", help="run the sandbox in the foreground until Ctrl-C/SIGTERM")
@@ -317,6 +317,8 @@ def register(commands: Any) -> None:
     _common(up)
     up.set_defaults(run=_up)
 
+
+def register_quickstart(commands: Any) -> None:
     quickstart = commands.add_parser(
         "quickstart", help="the whole pipeline on this machine: train, evaluate and serve a tiny model"
     )
