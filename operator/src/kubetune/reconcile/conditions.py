@@ -56,6 +56,39 @@ NOT_SUSPENDED = "NotSuspended"
 NO_FAILURE = "NoFailure"
 NOT_STARTED = "NotStarted"
 
+# ModelDeployment reasons (its condition types are in reconcile.modeldeployment); INVALID_SPEC and
+# THRESHOLDS_NOT_MET above serve both kinds.
+SOURCE_NOT_FOUND = "SourceNotFound"
+SOURCE_NOT_READY = "SourceNotReady"
+EVALUATION_NOT_PASSED = "EvaluationNotPassed"
+CHECKPOINT_NOT_FOUND = "CheckpointNotFound"
+MERGED_MODEL_MISSING = "MergedModelMissing"
+ADAPTER_MISSING = "AdapterMissing"
+GATE_BLOCKED = "GateBlocked"
+GATE_OPEN = "GatePassed"
+STABLE_SERVING = "StableServing"
+DEPLOYING = "Deploying"
+NOT_READY = "NotReady"
+CANARY = "Canary"
+PAUSED = "Paused"
+CANARY_NOT_READY = "CanaryNotReady"
+ROLLOUT_COMPLETE = "RolloutComplete"
+PROMOTED = "Promoted"
+ABORTED_BY_USER = "AbortedByUser"
+ANALYSIS_FAILED = "AnalysisFailed"
+ERROR_RATE_TOO_HIGH = "ErrorRateTooHigh"
+LATENCY_TOO_HIGH = "LatencyTooHigh"
+BENCHMARK_FAILED = "BenchmarkFailed"
+BENCHMARK_RECORDED = "BenchmarkRecorded"
+# ModelDeployment event reasons besides the above.
+REVISION_CREATED = "RevisionCreated"
+ROLLED_BACK_EVENT = "RolledBack"
+CANARY_STEP_PASSED = "CanaryStepPassed"
+
+# Either kind: written by the handlers when a reconcile raised, cleared by the next one that succeeds.
+RECONCILED = "Reconciled"
+RECONCILE_ERROR = "ReconcileError"
+
 
 def find(conditions: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:
     return next((c for c in conditions if c.get("type") == kind), None)

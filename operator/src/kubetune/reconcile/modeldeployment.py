@@ -93,20 +93,22 @@ def _adapter_name(uri: str, taken: set[str]) -> str:
 def _checkpoint_uri(job_status: dict[str, Any], selector: str) -> str:
     checkpoints = list(job_status.get("checkpoints") or [])
     if not checkpoints:
-        raise GateBlockedError("CheckpointNotFound", "the FineTuneJob recorded no checkpoints")
+        raise GateBlockedError(c.CHECKPOINT_NOT_FOUND, "the FineTuneJob recorded no checkpoints")
     if selector == "latest":
         return str(max(checkpoints, key=lambda item: int(item["step"]))["uri"])
     if selector == "best":
         scored = [item for item in checkpoints if item.get("evalLoss") is not None]
         if not scored:
-            raise GateBlockedError("CheckpointNotFound", "no checkpoint has an eval loss to pick the best by")
+            raise GateBlockedError(
+                c.CHECKPOINT_NOT_FOUND, "no checkpoint has an eval loss to pick the best by"
+            )
         return str(min(scored, key=lambda item: float(item["evalLoss"]))["uri"])
     step = int(selector.removeprefix("step-"))
     for item in checkpoints:
         if int(item["step"]) == step:
             return str(item["uri"])
     steps = ", ".join(str(item["step"]) for item in checkpoints)
-    raise GateBlockedError("CheckpointNotFound", f"no checkpoint at step {step}; the job has steps {steps}")
+    raise GateBlockedError(c.CHECKPOINT_NOT_FOUND, f"no checkpoint at step {step}; the job has steps {steps}")
 
 
 def resolve_source(namespace: str, spec: ModelDeploymentSpec, job: Manifest | None) -> render.ResolvedSource:
@@ -121,13 +123,13 @@ def resolve_source(namespace: str, spec: ModelDeploymentSpec, job: Manifest | No
     job_name = source.fine_tune_job_ref.name
     if job is None:
         raise GateBlockedError(
-            "SourceNotFound", f"FineTuneJob {job_name} does not exist in namespace {namespace}"
+            c.SOURCE_NOT_FOUND, f"FineTuneJob {job_name} does not exist in namespace {namespace}"
         )
     status = job.get("status") or {}
     conditions = list(status.get("conditions") or [])
     if not c.is_true(conditions, c.COMPLETE):
         raise GateBlockedError(
-            "SourceNotReady",
+            c.SOURCE_NOT_READY,
             f"FineTuneJob {job_name} is {status.get('phase') or 'Pending'}; waiting for it to succeed",
         )
     gate = spec.gate
@@ -135,14 +137,14 @@ def resolve_source(namespace: str, spec: ModelDeploymentSpec, job: Manifest | No
         passed = c.find(conditions, c.EVALUATION_PASSED) or {}
         if passed.get("status") != "True":
             raise GateBlockedError(
-                "EvaluationNotPassed",
+                c.EVALUATION_NOT_PASSED,
                 f"FineTuneJob {job_name} did not pass evaluation: {passed.get('message', '')}",
             )
     if gate is not None and gate.thresholds:
         failures = failed_thresholds((status.get("evaluation") or {}).get("metrics") or {}, gate.thresholds)
         if failures:
             raise GateBlockedError(
-                "ThresholdsNotMet",
+                c.THRESHOLDS_NOT_MET,
                 f"FineTuneJob {job_name}: " + "; ".join(failures) + " (spec.gate.thresholds)",
             )
     job_spec = job.get("spec") or {}
@@ -164,14 +166,14 @@ def resolve_source(namespace: str, spec: ModelDeploymentSpec, job: Manifest | No
         merged = outputs.get("mergedUri")
         if not merged:
             raise GateBlockedError(
-                "MergedModelMissing",
+                c.MERGED_MODEL_MISSING,
                 f"FineTuneJob {job_name} has no merged model: set spec.output.merge: true on it",
             )
         lineage["merged-model"] = merged
         return render.ResolvedSource(model_uri=str(merged), lineage=lineage)
     adapter = outputs.get("adapterUri")
     if not adapter:
-        raise GateBlockedError("AdapterMissing", f"FineTuneJob {job_name} recorded no adapter output")
+        raise GateBlockedError(c.ADAPTER_MISSING, f"FineTuneJob {job_name} recorded no adapter output")
     lineage["adapter"] = str(adapter)
     return render.ResolvedSource(
         model_uri=base, adapters=(render.Adapter("adapter", str(adapter)),), lineage=lineage
@@ -254,7 +256,7 @@ def reconcile_deployment(
             list(status.get("conditions") or []),
             AVAILABLE,
             "False",
-            "InvalidSpec",
+            c.INVALID_SPEC,
             message,
             now=observed.now,
             generation=generation,
@@ -268,10 +270,10 @@ def reconcile_deployment(
         source = resolve_source(owner.namespace, spec, observed.source_job)
     except GateBlockedError as blocked:
         if draft.condition(GATE_PASSED, "False", blocked.reason, blocked.message):
-            draft.event("Warning", "GateBlocked", blocked.message)
+            draft.event("Warning", c.GATE_BLOCKED, blocked.message)
         if status.get("stableRevision") is None:
             status["phase"] = "Blocked"
-            draft.condition(AVAILABLE, "False", "GateBlocked", "nothing is served until the gate passes")
+            draft.condition(AVAILABLE, "False", c.GATE_BLOCKED, "nothing is served until the gate passes")
             return draft.outcome()
         _keep_serving(draft)  # a model already serving stays up while a newer source is blocked
         status["phase"] = "Blocked"
@@ -281,8 +283,8 @@ def reconcile_deployment(
         if spec.source.model_uri
         else "the source job passed its evaluation gate"
     )
-    if draft.condition(GATE_PASSED, "True", "GatePassed", gate_message):
-        draft.event("Normal", "GatePassed", gate_message)
+    if draft.condition(GATE_PASSED, "True", c.GATE_OPEN, gate_message):
+        draft.event("Normal", c.GATE_OPEN, gate_message)
     status["sourceJobUid"] = source.lineage.get("source-job-uid") or None
     if status["sourceJobUid"] is None:
         status.pop("sourceJobUid")
@@ -316,7 +318,7 @@ def _current_revision(draft: _Draft, wanted: str) -> dict[str, Any]:
     }
     draft.save_revision(entry)
     draft.status["revision"] = number
-    draft.event("Normal", "RevisionCreated", f"revision {number} created from generation {draft.generation}")
+    draft.event("Normal", c.REVISION_CREATED, f"revision {number} created from generation {draft.generation}")
     return entry
 
 
@@ -363,7 +365,7 @@ def _keep_serving(draft: _Draft) -> None:
     draft.condition(
         AVAILABLE,
         "True" if ready else "False",
-        "StableServing",
+        c.STABLE_SERVING,
         f"revision {stable} serves with {ready} ready pod(s)",
     )
 
@@ -429,11 +431,11 @@ def _promote(draft: _Draft, latest: dict[str, Any], how: str) -> None:
             draft.actions.append(Create(render.revision_service(draft.owner, revision)))
         _route_weights(draft, {revision: 100})
     draft.status.update(stableRevision=revision, canaryWeight=0, phase="Ready")
-    draft.condition(PROGRESSING, "False", "RolloutComplete", f"revision {revision} is stable")
-    draft.condition(ROLLED_BACK, "False", "Promoted", f"revision {revision} promoted")
+    draft.condition(PROGRESSING, "False", c.ROLLOUT_COMPLETE, f"revision {revision} is stable")
+    draft.condition(ROLLED_BACK, "False", c.PROMOTED, f"revision {revision} promoted")
     draft.event(
         "Normal",
-        "Promoted",
+        c.PROMOTED,
         f"revision {revision} is stable" + (f", replacing revision {previous}" if previous else ""),
     )
 
@@ -447,7 +449,7 @@ def _rollback(draft: _Draft, latest: dict[str, Any], reason: str, message: str) 
     ):
         draft.event(
             "Warning",
-            "RolledBack",
+            c.ROLLED_BACK_EVENT,
             f"revision {latest['revision']} rolled back to revision {stable}: {message}",
         )
     draft.condition(PROGRESSING, "False", reason, message)
@@ -481,16 +483,16 @@ def _roll_out_directly(
     if waited > PROGRESS_DEADLINE_SECONDS:
         message = f"{ready}/{draft.spec.replicas} pods ready after {int(waited)}s"
         if stable is not None:
-            _rollback(draft, latest, "NotReady", message)
+            _rollback(draft, latest, c.NOT_READY, message)
         else:
-            draft.condition(AVAILABLE, "False", "NotReady", message + "; check the pods' events and logs")
+            draft.condition(AVAILABLE, "False", c.NOT_READY, message + "; check the pods' events and logs")
             draft.status["phase"] = "Failed"
         return
     draft.condition(
-        PROGRESSING, "True", "Deploying", f"revision {revision}: {ready}/{draft.spec.replicas} pods ready"
+        PROGRESSING, "True", c.DEPLOYING, f"revision {revision}: {ready}/{draft.spec.replicas} pods ready"
     )
     if stable is None:
-        draft.condition(AVAILABLE, "False", "Deploying", "the first revision is starting")
+        draft.condition(AVAILABLE, "False", c.DEPLOYING, "the first revision is starting")
     draft.status["phase"] = "Deploying"
     draft.requeue_after = 10.0
 
@@ -500,13 +502,13 @@ def _analysis_failure(summary: dict[str, Any], analysis: Analysis, weight: int) 
     error_rate = float(bench.get("errorRate", "0") or 0)
     if error_rate > analysis.max_error_rate:
         return (
-            "ErrorRateTooHigh",
+            c.ERROR_RATE_TOO_HIGH,
             f"error rate {error_rate:.3g} > {decimal_text(analysis.max_error_rate)} at {weight}% traffic",
         )
     p95 = bench.get("p95LatencySeconds")
     if p95 is not None and float(p95) > analysis.max_p95_latency_seconds:
         return (
-            "LatencyTooHigh",
+            c.LATENCY_TOO_HIGH,
             f"p95 latency {float(p95):.3g}s > {decimal_text(analysis.max_p95_latency_seconds)}s at {weight}% traffic",
         )
     return None
@@ -517,7 +519,7 @@ def _canary_step(
 ) -> None:
     revision, step = latest["revision"], int(latest.get("step") or 0)
     if rollout.abort:
-        _rollback(draft, latest, "AbortedByUser", "spec.rollout.abort is true")
+        _rollback(draft, latest, c.ABORTED_BY_USER, "spec.rollout.abort is true")
         return
     weight = rollout.steps[step]
     stable_replicas, canary_count = render.canary_replicas(max(draft.spec.replicas, 1), weight)
@@ -536,14 +538,14 @@ def _canary_step(
     draft.condition(
         PROGRESSING,
         "True",
-        "Canary",
+        c.CANARY,
         f"revision {revision} at {weight}% ({ready}/{canary_count} canary pods ready)",
     )
     _keep_serving(draft)
     if rollout.paused:
         draft.status["phase"] = "Paused"
         draft.condition(
-            PROGRESSING, "Unknown", "Paused", f"spec.rollout.paused: revision {revision} held at {weight}%"
+            PROGRESSING, "Unknown", c.PAUSED, f"spec.rollout.paused: revision {revision} held at {weight}%"
         )
         return
     draft.requeue_after = 10.0
@@ -553,7 +555,7 @@ def _canary_step(
             _rollback(
                 draft,
                 latest,
-                "CanaryNotReady",
+                c.CANARY_NOT_READY,
                 f"{ready}/{canary_count} canary pods ready after {int(waited)}s at {weight}%",
             )
         return
@@ -578,7 +580,7 @@ def _canary_step(
         _rollback(
             draft,
             latest,
-            "AnalysisFailed",
+            c.ANALYSIS_FAILED,
             f"the analysis benchmark at {weight}% failed: {bench.failure_message or bench.failure_reason}",
         )
         return
@@ -599,7 +601,7 @@ def _canary_step(
     draft.save_revision({**latest, "step": step + 1, "stepStartedAt": draft.observed.now})
     draft.event(
         "Normal",
-        "CanaryStepPassed",
+        c.CANARY_STEP_PASSED,
         f"revision {revision} passed analysis at {weight}%; moving to {rollout.steps[step + 1]}%",
     )
 
@@ -625,10 +627,10 @@ def _serve_stable(draft: _Draft, source: render.ResolvedSource, revision: int) -
     draft.condition(
         AVAILABLE,
         "True" if ready else "False",
-        "StableServing",
+        c.STABLE_SERVING,
         f"revision {revision} serves with {ready} ready pod(s)",
     )
-    draft.condition(PROGRESSING, "False", "RolloutComplete", f"revision {revision} is stable")
+    draft.condition(PROGRESSING, "False", c.ROLLOUT_COMPLETE, f"revision {revision} is stable")
     _benchmark(draft, revision, ready)
 
 
@@ -659,7 +661,7 @@ def _benchmark(draft: _Draft, revision: int, ready: int) -> None:
         return
     if job.failure_reason:
         draft.condition(
-            BENCHMARKED, "False", "BenchmarkFailed", job.failure_message or "the benchmark Job failed"
+            BENCHMARKED, "False", c.BENCHMARK_FAILED, job.failure_message or "the benchmark Job failed"
         )
         return
     if not job.complete:
@@ -673,5 +675,5 @@ def _benchmark(draft: _Draft, revision: int, ready: int) -> None:
         for key in ("p50LatencySeconds", "p95LatencySeconds", "outputTokensPerSecond")
         if key in bench
     )
-    draft.condition(BENCHMARKED, "True", "BenchmarkRecorded", message or "benchmark recorded")
-    draft.event("Normal", "BenchmarkRecorded", f"revision {revision}: {message}")
+    draft.condition(BENCHMARKED, "True", c.BENCHMARK_RECORDED, message or "benchmark recorded")
+    draft.event("Normal", c.BENCHMARK_RECORDED, f"revision {revision}: {message}")
