@@ -1,27 +1,25 @@
-"""Kopf glue for ModelDeployment: gate, rollout and benchmark all run in one level-based reconcile."""
+"""Kopf glue for ModelDeployment: gate, rollout and benchmark all run in one level-based reconcile under a
+per-object lock (handlers.reconciler)."""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections import defaultdict
 from typing import Any
 
 import kopf
 
-from kubetune.adapters import metrics
 from kubetune.adapters.kube import KubeClient
 from kubetune.api.common import GROUP, VERSION
-from kubetune.handlers.finetunejob import apply, now, record_error, write_outcome
+from kubetune.handlers.reconciler import API_VERSION, Reconciler, now
 from kubetune.handlers.runtime import RUNTIME
+from kubetune.reconcile.finetunejob import Outcome
 from kubetune.reconcile.modeldeployment import ServingObserved, deployment_view, reconcile_deployment
 from kubetune.reconcile.observed import job_view
+from kubetune.reconcile.ownership import owned
 from kubetune.render.modeldeployment import BENCHMARK_LABEL, DEPLOYMENT_LABEL, MANAGED_BY, ServingDefaults
 
-API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "ModelDeployment"
 PLURAL = "modeldeployments"
-_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
 
 def serving_defaults() -> ServingDefaults:
@@ -58,39 +56,22 @@ async def observe(client: KubeClient, body: dict[str, Any]) -> ServingObserved:
         client.get("policy/v1", "PodDisruptionBudget", namespace, name),
         client.get("autoscaling/v2", "HorizontalPodAutoscaler", namespace, name),
     )
-    uid = body["metadata"].get("uid")
-
-    def owned(obj: dict[str, Any]) -> bool:
-        return any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences") or [])
-
     return ServingObserved(
         now=now(),
         source_job=job,
-        deployments={view.revision: view for view in (deployment_view(d) for d in deployments if owned(d))},
-        services=frozenset(s["metadata"]["name"] for s in services if owned(s)),
+        deployments={view.revision: view for view in map(deployment_view, owned(deployments, body))},
+        services=frozenset(s["metadata"]["name"] for s in owned(services, body)),
         has_pdb=pdb is not None,
         has_autoscaler=hpa is not None,
-        bench_jobs={j["metadata"]["name"]: job_view(j, pods) for j in jobs if owned(j)},
+        bench_jobs={j["metadata"]["name"]: job_view(j, pods) for j in owned(jobs, body)},
     )
 
 
-async def reconcile_serving(namespace: str, name: str) -> None:
-    client = RUNTIME.client()
-    async with _locks[f"{namespace}/{name}"]:
-        started = time.perf_counter()
-        body = await client.get(API_VERSION, KIND, namespace, name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            return
-        try:
-            outcome = reconcile_deployment(body, await observe(client, body), serving_defaults())
-            await apply(client, namespace, outcome)
-        except Exception as error:
-            metrics.RECONCILES.labels(KIND, "error").inc()
-            await record_error(client, KIND, body, error)
-            raise kopf.TemporaryError(f"reconcile failed: {error}", delay=15) from error
-        await write_outcome(client, KIND, body, outcome)
-        metrics.RECONCILES.labels(KIND, "ok").inc()
-        metrics.RECONCILE_SECONDS.labels(KIND).observe(time.perf_counter() - started)
+async def decide(client: KubeClient, body: dict[str, Any]) -> Outcome:
+    return reconcile_deployment(body, await observe(client, body), serving_defaults())
+
+
+reconcile_serving = Reconciler(KIND, decide)
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
@@ -119,6 +100,12 @@ async def modeldeployment_changed(namespace: str | None, name: str, **_: Any) ->
 )
 async def modeldeployment_resync(namespace: str | None, name: str, **_: Any) -> None:
     await reconcile_serving(namespace or "default", name)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def modeldeployment_event(type: str, body: kopf.Body, **_: Any) -> None:
+    if type == "DELETED":
+        reconcile_serving.forget(body["metadata"]["namespace"], body["metadata"]["name"])
 
 
 @kopf.on.event(GROUP, VERSION, "finetunejobs")
