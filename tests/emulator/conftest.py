@@ -59,7 +59,10 @@ WIDGET_CRD: dict[str, Any] = {
                                     }
                                 ],
                             },
-                            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                            "status": {
+                                "type": "object",
+                                "properties": {"phase": {"type": "string"}, "seen": {"type": "integer"}},
+                            },
                         },
                     }
                 },

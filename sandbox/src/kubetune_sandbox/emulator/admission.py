@@ -19,17 +19,12 @@ All errors found are reported together, with the field paths and messages kube-a
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime
-import ipaddress
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from email.utils import parseaddr
 from typing import Any
-from urllib.parse import urlsplit
 
 import re2
 from celpy import celtypes
@@ -37,7 +32,6 @@ from celpy import celtypes
 from kubetune_sandbox.emulator.cel import (
     CelCompileError,
     CelEvaluationError,
-    CelOptional,
     CelProgram,
     MapList,
     OpaqueValue,
@@ -337,11 +331,10 @@ _RULE_REASONS = ("FieldValueDuplicate", "FieldValueForbidden", "FieldValueInvali
 class _RawRule:
     rule: str
     message: str
-    message_expression: str
     reason: str | None
     field_path: str
-    optional_old_self: bool | None
     crd_path: str  # ...x-kubernetes-validations[i], for CRD errors
+    declared: frozenset[str]  # the rule's fields as written
 
 
 @dataclass(eq=False, slots=True)
@@ -350,9 +343,6 @@ class _Schema:
 
     crd_path: str
     type: str = ""
-    types: tuple[str, ...] = ()  # kube-openapi's list: ("integer", "string") for x-kubernetes-int-or-string
-    format: str = ""  # the format validation applies ("" when Kubernetes ignores it)
-    declared_format: str = ""  # the format as written: CEL typing uses it
     nullable: bool = False
     has_default: bool = False
     default: Any = None
@@ -361,7 +351,6 @@ class _Schema:
     exclusive_maximum: bool = False
     minimum: float | None = None
     exclusive_minimum: bool = False
-    multiple_of: float | None = None
     max_length: int | None = None
     min_length: int | None = None
     pattern: str | None = None
@@ -375,37 +364,32 @@ class _Schema:
     properties: dict[str, _Schema] = field(default_factory=dict)
     additional_properties: _Schema | None = None
     items: _Schema | None = None
-    all_of: tuple[_Schema, ...] = ()
-    any_of: tuple[_Schema, ...] = ()
-    one_of: tuple[_Schema, ...] = ()
-    not_: _Schema | None = None
-    preserve_unknown_fields: bool = False
-    embedded_resource: bool = False
-    int_or_string: bool = False
     list_type: str = ""  # "" means atomic
     list_map_keys: tuple[str, ...] = ()
     raw_rules: tuple[_RawRule, ...] = ()
     defaults_below: bool = False  # this node or one below declares a default
     lists_below: bool = False  # a set or map list sits at or below this node
-    embedded_below: bool = False  # an embedded resource sits at or below this node
     cel_names: dict[str, str] | None = None  # escaped CEL field name → property name
 
 
 def _compile_schema(raw: Mapping[str, Any], crd_path: str, errors: list[str]) -> _Schema:
     s = _Schema(crd_path=crd_path)
     s.type = str(raw.get("type", ""))
-    s.int_or_string = bool(raw.get("x-kubernetes-int-or-string", False))
-    s.types = ("integer", "string") if s.int_or_string else ((s.type,) if s.type else ())
-    s.declared_format = str(raw.get("format", ""))
-    s.format = _supported_format(s.declared_format, s.types)
+    for keyword in _UNSUPPORTED_KEYWORDS.intersection(raw):
+        errors.append(_forbidden(f"{crd_path}.{keyword}", _UNSUPPORTED_DETAIL).text())
+    if "format" in raw:  # kube-apiserver knows ~30 formats; no CRD of ours declares one
+        detail = "the kubetune API emulator validates no formats"
+        errors.append(
+            _FieldError("FieldValueNotSupported", f"{crd_path}.format", raw["format"], detail).text()
+        )
     s.nullable = bool(raw.get("nullable", False))
     if "default" in raw:
         s.has_default, s.default = True, raw["default"]
     if "enum" in raw:
         s.enum = list(raw["enum"])
-    for name in ("maximum", "minimum", "multipleOf"):
+    for name in ("maximum", "minimum"):
         if raw.get(name) is not None:
-            setattr(s, {"multipleOf": "multiple_of"}.get(name, name), float(raw[name]))
+            setattr(s, name, float(raw[name]))
     s.exclusive_maximum = bool(raw.get("exclusiveMaximum", False))
     s.exclusive_minimum = bool(raw.get("exclusiveMinimum", False))
     for raw_name, attribute in (
@@ -432,16 +416,6 @@ def _compile_schema(raw: Mapping[str, Any], crd_path: str, errors: list[str]) ->
         s.additional_properties = _compile_schema(additional, f"{crd_path}.additionalProperties", errors)
     if isinstance(raw.get("items"), Mapping):
         s.items = _compile_schema(raw["items"], f"{crd_path}.items", errors)
-    for junctor in ("allOf", "anyOf", "oneOf"):
-        branches = tuple(
-            _compile_schema(b, f"{crd_path}.{junctor}[{i}]", errors)
-            for i, b in enumerate(raw.get(junctor) or ())
-        )
-        setattr(s, {"allOf": "all_of", "anyOf": "any_of", "oneOf": "one_of"}[junctor], branches)
-    if isinstance(raw.get("not"), Mapping):
-        s.not_ = _compile_schema(raw["not"], f"{crd_path}.not", errors)
-    s.preserve_unknown_fields = bool(raw.get("x-kubernetes-preserve-unknown-fields", False))
-    s.embedded_resource = bool(raw.get("x-kubernetes-embedded-resource", False))
     list_type = raw.get("x-kubernetes-list-type")
     if list_type not in (None, "atomic", "set", "map"):
         errors.append(
@@ -456,11 +430,14 @@ def _compile_schema(raw: Mapping[str, Any], crd_path: str, errors: list[str]) ->
             ).text()
         )
     s.raw_rules = tuple(_raw_rules(raw.get("x-kubernetes-validations") or (), crd_path))
+    for rule in s.raw_rules:
+        for name in _UNSUPPORTED_RULE_FIELDS:
+            if name in rule.declared:
+                errors.append(_forbidden(f"{rule.crd_path}.{name}", _UNSUPPORTED_DETAIL).text())
     children = [*s.properties.values(), s.additional_properties, s.items]
     present = [c for c in children if c is not None]
     s.defaults_below = s.has_default or any(c.defaults_below for c in present)
     s.lists_below = bool(s.list_type) or any(c.lists_below for c in present)
-    s.embedded_below = s.embedded_resource or any(c.embedded_below for c in present)
     return s
 
 
@@ -469,35 +446,29 @@ def _raw_rules(rules: Iterable[Mapping[str, Any]], crd_path: str) -> Iterator[_R
         yield _RawRule(
             rule=str(rule.get("rule", "")),
             message=str(rule.get("message", "")),
-            message_expression=str(rule.get("messageExpression", "")),
             reason=rule.get("reason"),
             field_path=str(rule.get("fieldPath", "")),
-            optional_old_self=rule.get("optionalOldSelf"),
             crd_path=f"{crd_path}.x-kubernetes-validations[{i}]",
+            declared=frozenset(rule),
         )
 
 
-def _supported_format(declared: str, types: tuple[str, ...]) -> str:
-    """kube-apiserver drops formats it does not validate (StripUnsupportedFormatsPostProcessor)."""
-    if not declared:
-        return ""
-    single = types[0] if len(types) == 1 else ""
-    if single in ("", "string"):
-        # Formats are looked up as go-openapi does, dashes dropped ("date-time" is "datetime").
-        return declared if declared.replace("-", "") in _FORMAT_CHECKS else ""
-    if single == "integer":
-        return declared if declared in ("int32", "int64") else ""
-    if single == "number":
-        return declared if declared in ("float", "double") else ""
-    return ""
+# Schema features kube-apiserver has and no CRD of ours uses: a CRD declaring one is refused, never half-validated.
+_UNSUPPORTED_KEYWORDS = frozenset(
+    {
+        "allOf", "anyOf", "oneOf", "not", "multipleOf", "x-kubernetes-int-or-string",
+        "x-kubernetes-preserve-unknown-fields", "x-kubernetes-embedded-resource",
+    }
+)  # fmt: skip
+_UNSUPPORTED_RULE_FIELDS = ("messageExpression", "optionalOldSelf")
+_UNSUPPORTED_DETAIL = "not supported by the kubetune API emulator"
 
 
 # Stand-ins for what CEL sees at a resource root even when the schema does not declare it.
-_STRING_SCHEMA = _Schema(crd_path="", type="string", types=("string",))
+_STRING_SCHEMA = _Schema(crd_path="", type="string")
 _METADATA_SCHEMA = _Schema(
     crd_path="",
     type="object",
-    types=("object",),
     properties={"name": _STRING_SCHEMA, "generateName": _STRING_SCHEMA},
 )
 
@@ -574,13 +545,9 @@ class _DecodeError(Exception):
 
 def _prune(value: Any, s: _Schema | None, path: str, unknown: list[str], resource_root: bool = False) -> None:
     """Drop fields the schema does not declare, recording their paths (pruning.PruneWithOptions)."""
-    if s is not None and s.preserve_unknown_fields:
-        _prune_preserving(value, s, path, unknown, resource_root)
-        return
     if isinstance(value, dict):
-        embedded = resource_root or (s is not None and s.embedded_resource)
         for key in list(value):
-            if embedded and key in _META_FIELDS:
+            if resource_root and key in _META_FIELDS:
                 continue
             child_path = f"{path}.{key}" if path else key
             if s is not None and key in s.properties:
@@ -594,23 +561,6 @@ def _prune(value: Any, s: _Schema | None, path: str, unknown: list[str], resourc
         items = s.items if s is not None else None
         for i, item in enumerate(value):
             _prune(item, items, f"{path}[{i}]", unknown)
-
-
-def _prune_preserving(value: Any, s: _Schema, path: str, unknown: list[str], resource_root: bool) -> None:
-    """Under x-kubernetes-preserve-unknown-fields unknown fields stay, but declared ones are still pruned inside."""
-    if isinstance(value, dict):
-        embedded = resource_root or s.embedded_resource
-        for key, child in value.items():
-            if embedded and key in _META_FIELDS:
-                continue
-            child_path = f"{path}.{key}" if path else key
-            if key in s.properties:
-                _prune(child, s.properties[key], child_path, unknown)
-            elif s.additional_properties is not None:
-                _prune(child, s.additional_properties, child_path, unknown)
-    elif isinstance(value, list) and s.items is not None:
-        for i, item in enumerate(value):
-            _prune_preserving(item, s.items, f"{path}[{i}]", unknown, False)
 
 
 def _prune_nulls(value: Any, s: _Schema | None) -> None:
@@ -797,29 +747,6 @@ def _json_type_error(value: Any, path: str, go_path: str, go_type: str) -> None:
     )
 
 
-def _coerce_embedded(value: Any, s: _Schema | None, path: str | None, unknown: list[str]) -> None:
-    """objectmeta.Coerce below the root: embedded resources get ObjectMeta treatment and string type meta."""
-    if s is None or not s.embedded_below:
-        return
-    if isinstance(value, dict):
-        if s.embedded_resource:
-            for key in ("apiVersion", "kind"):
-                if key in value and not isinstance(value[key], str):
-                    error = _invalid(_child(path, key), value[key], "must be a string")
-                    raise _DecodeError(error.field, error.reason, error.text())
-            if value.get("metadata") is not None:
-                meta_path = _child(path, "metadata")
-                value["metadata"] = _coerce_object_meta(value["metadata"], meta_path, unknown)
-        for key, child in value.items():
-            if key in s.properties:
-                _coerce_embedded(child, s.properties[key], _child(path, key), unknown)
-            elif s.additional_properties is not None:
-                _coerce_embedded(child, s.additional_properties, _key(path, key), unknown)
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _coerce_embedded(item, s.items, _index(path, i), unknown)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # OpenAPI schema validation (kube-openapi's validator and the apiextensions error translation)
 # ---------------------------------------------------------------------------------------------------------
@@ -900,11 +827,8 @@ class _SchemaValidator:
             errors.extend(self._check_enum(s, data, path))
             return errors
         kind = _json_kind(data)
-        errors.extend(self._check_junctors(s, data, path))
         if kind == "string":
             errors.extend(self._check_string(s, data, path))
-            if s.format.replace("-", "") in _FORMAT_CHECKS:  # string formats only (int32 is not one)
-                errors.extend(self._check_format(s, data, path))
         elif kind in ("integer", "number"):
             errors.extend(self._check_number(s, data, path))
         elif kind == "array":
@@ -915,58 +839,18 @@ class _SchemaValidator:
         return errors
 
     def _check_type(self, s: _Schema, data: Any, path: str) -> _FieldError | None:
-        if not s.types and not s.format:
+        if not s.type or (data is None and s.nullable):
             return None
-        if data is None:
-            if s.types and not s.nullable:
-                return self._type_error(path, ",".join(s.types), "null")
+        kind = "null" if data is None else _json_kind(data)
+        float_int = kind == "number" and s.type == "integer" and _is_json_integer(data)
+        if kind == s.type or float_int or (kind == "integer" and s.type == "number"):
             return None
-        kind = _json_kind(data)
-        value_format = {"integer": "int64", "number": "float64"}.get(kind, "")
-        float_int = kind == "number" and "integer" in s.types and _is_json_integer(data)
-        int_float = kind == "integer" and "number" in s.types
-        matches = kind in s.types or float_int or int_float
-        if kind not in ("string", "array") and s.format and not (matches or value_format == s.format):
-            return self._type_error(path, s.format, value_format)
-        if s.format and kind in ("string", "array") and not ("number" in s.types or "integer" in s.types):
-            return None
-        if not matches:
-            return self._type_error(path, ",".join(s.types), kind)
-        return None
+        return self._type_error(path, s.type, kind)
 
     def _type_error(self, path: str, expected: str, actual: str) -> _FieldError:
         return _type_invalid(
             self._field(path), actual, f"{path} in body must be of type {expected}: {_go_quote(actual)}"
         )
-
-    def _check_junctors(self, s: _Schema, data: Any, path: str) -> list[_FieldError]:
-        errors: list[_FieldError] = []
-        if s.any_of:
-            results = [self._check(branch, data, path, None) for branch in s.any_of]
-            if all(results):
-                errors.append(self._plain(f"{_go_quote(path)} must validate at least one schema (anyOf)"))
-                errors.extend(_fewest(results))
-        if s.one_of:
-            results = [self._check(branch, data, path, None) for branch in s.one_of]
-            valid = sum(1 for r in results if not r)
-            if valid != 1:
-                found = "Found none valid" if valid == 0 else f"Found {valid} valid alternatives"
-                errors.append(
-                    self._plain(f"{_go_quote(path)} must validate one and only one schema (oneOf). {found}")
-                )
-                if valid == 0:
-                    errors.extend(_fewest(results))
-        if s.all_of:
-            results = [self._check(branch, data, path, None) for branch in s.all_of]
-            for result in results:
-                errors.extend(result)
-            valid = sum(1 for r in results if not r)
-            if valid != len(results):
-                suffix = ". None validated" if valid == 0 else ""
-                errors.append(self._plain(f"{_go_quote(path)} must validate all the schemas (allOf){suffix}"))
-        if s.not_ is not None and not self._check(s.not_, data, path, None):
-            errors.append(self._plain(f"{_go_quote(path)} must not validate the schema (not)"))
-        return errors
 
     def _check_string(self, s: _Schema, data: str, path: str) -> list[_FieldError]:
         # go-openapi stops at the first failing string constraint.
@@ -988,66 +872,26 @@ class _SchemaValidator:
                 return [_invalid(self._field(path), data, f"{path} in body should match '{s.pattern}'")]
         return []
 
-    def _check_format(self, s: _Schema, data: str, path: str) -> list[_FieldError]:
-        if _FORMAT_CHECKS[s.format.replace("-", "")](data):
-            return []
-        return [
-            _type_invalid(
-                self._field(path), data, f"{path} in body must be of type {s.format}: {_go_quote(data)}"
-            )
-        ]
-
     def _check_number(self, s: _Schema, data: int | float, path: str) -> list[_FieldError]:
-        type_name = s.types[0] if len(s.types) == 1 and s.types[0] in ("integer", "number") else ""
-        number_format = ""
-        if (type_name == "integer" and s.format in ("int32", "int64")) or (
-            type_name == "number" and s.format in ("float", "double")
-        ):
-            number_format = s.format
+        integer = s.type == "integer"
         errors: list[_FieldError] = []
-        checked = _range_error(data, type_name, number_format, "Checked", path)
+        checked = _range_error(data, integer, "Checked", path)
         if checked:
             errors.append(self._plain(checked))
-        is_int = isinstance(data, int)
-        if s.multiple_of is not None:
-            boundary = _range_error(s.multiple_of, type_name, number_format, "MultipleOf", path)
-            if boundary:
-                errors.append(self._plain(boundary))
-            errors.extend(self._multiple_of(path, data, s.multiple_of, native=is_int and not boundary))
         for bound, exclusive, label, minimum in (
             (s.minimum, s.exclusive_minimum, "Minimum boundary", True),
             (s.maximum, s.exclusive_maximum, "Maximum boundary", False),
         ):
             if bound is None:
                 continue
-            boundary = _range_error(bound, type_name, number_format, label, path)
+            boundary = _range_error(bound, integer, label, path)
             if boundary:
                 errors.append(self._plain(boundary))
-            error = self._bound(
-                path, data, bound, exclusive=exclusive, minimum=minimum, native=is_int and not boundary
-            )
+            native = isinstance(data, int) and not boundary
+            error = self._bound(path, data, bound, exclusive=exclusive, minimum=minimum, native=native)
             if error is not None:
                 errors.append(error)
         return errors
-
-    def _multiple_of(self, path: str, data: int | float, factor: float, native: bool) -> list[_FieldError]:
-        shown: Any
-        if native:
-            integer_factor = math.trunc(factor)
-            if integer_factor <= 0:
-                detail = f"factor MultipleOf declared for {path} must be positive: {integer_factor}"
-                return [_invalid(self._field(path), integer_factor, detail)]
-            if data % integer_factor == 0:
-                return []
-            shown = integer_factor
-        else:
-            if factor <= 0:
-                detail = f"factor MultipleOf declared for {path} must be positive: {format_go_float(factor)}"
-                return [_invalid(self._field(path), factor, detail)]
-            if _is_json_integer(1 / factor * data if factor < 1 else data / factor):
-                return []
-            shown = format_go_float(factor)
-        return [_invalid(self._field(path), data, f"{path} in body should be a multiple of {shown}")]
 
     def _bound(
         self, path: str, data: int | float, bound: float, *, exclusive: bool, minimum: bool, native: bool
@@ -1122,11 +966,6 @@ class _SchemaValidator:
         return _Correlation(value, old_map[key])
 
 
-def _fewest(results: list[list[_FieldError]]) -> list[_FieldError]:
-    """The failing alternative to report. go-openapi picks the one that matched most; fewest errors is close."""
-    return min(results, key=len)
-
-
 def _enum_matches(data: Any, allowed: Any) -> bool:
     """go-openapi's enum check: deep equality, or equality after converting a number to the enum's type."""
     if data is None:
@@ -1141,204 +980,20 @@ def _enum_matches(data: Any, allowed: Any) -> bool:
     return False
 
 
-def _range_error(value: int | float, type_name: str, number_format: str, prefix: str, path: str) -> str:
-    """go-openapi's IsValueValidAgainstRange: does the value fit the declared type and format?
-
-    go-openapi prints the number ('f' format) and parses it back as the type; for an integer type that
-    accepts whole numbers within the format's range, for float32 numbers within float32's range."""
-    if type_name == "integer":
-        whole = isinstance(value, int) or (math.isfinite(value) and value.is_integer())
-        limit = 2**31 if number_format == "int32" else 2**63
-        fits = whole and -limit <= int(value) < limit
-    elif number_format in ("float", "float32"):
-        fits = abs(value) <= 3.4028234663852886e38
-    else:
-        fits = True
-    if fits:
+def _range_error(value: int | float, integer: bool, prefix: str, path: str) -> str:
+    """go-openapi's IsValueValidAgainstRange: an integer type accepts whole numbers within int64."""
+    whole = isinstance(value, int) or (math.isfinite(value) and value.is_integer())
+    if not integer or (whole and -(2**63) <= int(value) < 2**63):
         return ""
-    if number_format:
-        return f"{prefix} value must be of type {type_name} with format {number_format} in {path}"
-    return f"{prefix} value must be of type {type_name} (default format) in {path}"
+    return f"{prefix} value must be of type integer (default format) in {path}"
 
-
-# ---------------------------------------------------------------------------------------------------------
-# Formats (go-openapi strfmt registry as Kubernetes ships it)
-# ---------------------------------------------------------------------------------------------------------
 
 _DNS1123_LABEL = "[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DNS1123_SUBDOMAIN = rf"{_DNS1123_LABEL}(\.{_DNS1123_LABEL})*"
-_HOSTNAME_RE = re2.compile(
-    r"^([a-zA-Z0-9\p{S}\p{L}]((-?[a-zA-Z0-9\p{S}\p{L}]{0,62})?)|([a-zA-Z0-9\p{S}\p{L}](([a-zA-Z0-9-\p{S}\p{L}]{0,61}"
-    r"[a-zA-Z0-9\p{S}\p{L}])?)(\.)){1,}([a-zA-Z\p{L}]){2,63})$",
-    _RE2_OPTIONS,
-)
-_UUID_RES = {
-    "uuid": re.compile(r"^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$", re.I),
-    "uuid3": re.compile(r"^[0-9a-f]{8}-?[0-9a-f]{4}-?3[0-9a-f]{3}-?[0-9a-f]{4}-?[0-9a-f]{12}$", re.I),
-    "uuid4": re.compile(r"^[0-9a-f]{8}-?[0-9a-f]{4}-?4[0-9a-f]{3}-?[89ab][0-9a-f]{3}-?[0-9a-f]{12}$", re.I),
-    "uuid5": re.compile(r"^[0-9a-f]{8}-?[0-9a-f]{4}-?5[0-9a-f]{3}-?[89ab][0-9a-f]{3}-?[0-9a-f]{12}$", re.I),
-}
-_DURATION_UNITS = (
-    ("ns", "nano"),
-    ("us", "µs", "micro"),
-    ("ms", "milli"),
-    ("s", "sec"),
-    ("m", "min"),
-    ("h", "hr", "hour"),
-    ("d", "day"),
-    ("w", "wk", "week"),
-)
-_GO_DURATION = re.compile(r"^[-+]?(0|((\d+(\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h))+)$")
-_LOOSE_DURATION = re.compile(r"(\d+)\s*([A-Za-zµ]+)")
-_TIME_OF_DAY = re.compile(r"^([0-9]{2}):([0-9]{2}):([0-9]{2})(.[0-9]+)?(z|([+-][0-9]{2}:[0-9]{2}))$")
-
-
-def _is_date(text: str) -> bool:
-    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
-        return False
-    try:
-        datetime.date.fromisoformat(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _is_date_time(text: str) -> bool:
-    parts = text.lower().split("t")
-    if len(text) < 4 or len(parts) < 2 or not _is_date(parts[0]):
-        return False
-    match = _TIME_OF_DAY.match(parts[1])
-    if match is None:
-        return False
-    return match.group(1) <= "23" and match.group(2) <= "59" and match.group(3) <= "59"
-
-
-def _is_duration(text: str) -> bool:
-    if _GO_DURATION.match(text):
-        return True
-    found = False
-    for _, written_unit in _LOOSE_DURATION.findall(text):
-        unit = written_unit.lower().strip()
-        known = any(
-            unit == variant.lower() or (i == len(variants) - 1 and unit.startswith(variant))
-            for variants in _DURATION_UNITS
-            for i, variant in enumerate(variants)
-        )
-        if not known:
-            return False
-        found = True
-    return found
-
-
-def _is_ip(text: str, version: int) -> bool:
-    # Go's ParseIPSloppy accepts leading zeros in IPv4 parts.
-    candidate = re.sub(r"(?<![0-9a-fA-F:])0+(\d)", r"\1", text) if version == 4 else text
-    try:
-        address = ipaddress.ip_address(candidate)
-    except ValueError:
-        return False
-    return ("." in text) if version == 4 else (":" in text and address.version in (4, 6))
-
-
-def _is_cidr(text: str) -> bool:
-    try:
-        ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        return False
-    return "/" in text
-
-
-def _is_mac(text: str) -> bool:
-    group = r"[0-9a-fA-F]{2}"
-    for separator in (":", "-"):
-        for count in (6, 8, 20):
-            if re.fullmatch(rf"{group}(\{separator}{group}){{{count - 1}}}", text):
-                return True
-    return any(re.fullmatch(rf"[0-9a-fA-F]{{4}}(\.[0-9a-fA-F]{{4}}){{{n - 1}}}", text) for n in (3, 4, 10))
-
-
-def _isbn10(text: str) -> bool:
-    digits = re.sub(r"[\s-]", "", text)
-    if not re.fullmatch(r"[0-9]{9}[0-9X]", digits):
-        return False
-    total = sum((10 - i) * (10 if c == "X" else int(c)) for i, c in enumerate(digits))
-    return total % 11 == 0
-
-
-def _isbn13(text: str) -> bool:
-    digits = re.sub(r"[\s-]", "", text)
-    if not re.fullmatch(r"[0-9]{13}", digits):
-        return False
-    total = sum(int(c) * (1 if i % 2 == 0 else 3) for i, c in enumerate(digits))
-    return total % 10 == 0
-
-
-def _is_credit_card(text: str) -> bool:
-    digits = re.sub(r"[^0-9]+", "", text)
-    pattern = (
-        r"(?:4[0-9]{12}(?:[0-9]{3})?|5[1-5][0-9]{14}|(222[1-9]|22[3-9][0-9]|2[3-6][0-9]{2}|27[01][0-9]|2720)"
-        r"[0-9]{12}|6(?:011|5[0-9][0-9])[0-9]{12}|3[47][0-9]{13}|3(?:0[0-5]|[68][0-9])[0-9]{11}|"
-        r"(?:2131|1800|35\d{3})\d{11}|6[27][0-9]{14})"
-    )
-    if not re.fullmatch(pattern, digits):
-        return False
-    total = 0
-    for i, c in enumerate(reversed(digits)):
-        d = int(c) * (2 if i % 2 else 1)
-        total += d - 9 if d > 9 else d
-    return total % 10 == 0
-
-
-def _is_uri(text: str) -> bool:
-    # Go's url.ParseRequestURI: an absolute URL or an absolute path, without spaces.
-    if not text or " " in text:
-        return False
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        return False
-    return bool(parts.scheme) or text.startswith("/")
-
-
-def _matcher(regex: re.Pattern[str]) -> Callable[[str], bool]:
-    return lambda text: regex.match(text) is not None
-
-
-_RGB_PART = r"\s*(0|[1-9]\d?|1\d\d?|2[0-4]\d|25[0-5])\s*"
-_FORMAT_CHECKS: dict[str, Callable[[str], bool]] = {
-    "bsonobjectid": lambda t: re.fullmatch(r"[0-9a-fA-F]{24}", t) is not None,
-    "uri": _is_uri,
-    "email": lambda t: "@" in parseaddr(t)[1],
-    "hostname": lambda t: (
-        bool(_HOSTNAME_RE.search(t)) and len(t) <= 255 and all(len(p) <= 63 for p in t.split("."))
-    ),
-    "ipv4": lambda t: _is_ip(t, 4),
-    "ipv6": lambda t: _is_ip(t, 6),
-    "cidr": _is_cidr,
-    "mac": _is_mac,
-    **{name: _matcher(regex) for name, regex in _UUID_RES.items()},
-    "isbn": lambda t: _isbn10(t) or _isbn13(t),
-    "isbn10": _isbn10,
-    "isbn13": _isbn13,
-    "creditcard": _is_credit_card,
-    "ssn": lambda t: re.fullmatch(r"\d{3}[- ]?\d{2}[- ]?\d{4}", t) is not None,
-    "hexcolor": lambda t: re.fullmatch(r"#?([0-9a-fA-F]{3}|[0-9a-fA-F]{6})", t) is not None,
-    "rgbcolor": lambda t: re.fullmatch(rf"rgb\({_RGB_PART},{_RGB_PART},{_RGB_PART}\)", t) is not None,
-    "byte": lambda t: (
-        re.fullmatch(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{4})", t)
-        is not None
-    ),
-    "password": lambda t: True,
-    "date": _is_date,
-    "duration": _is_duration,
-    "datetime": _is_date_time,
-    "k8sshortname": lambda t: len(t) <= 63 and re.fullmatch(_DNS1123_LABEL, t) is not None,
-    "k8slongname": lambda t: len(t) <= 253 and re.fullmatch(_DNS1123_SUBDOMAIN, t) is not None,
-}
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Other structural checks: embedded resources, list sets and maps, ObjectMeta, scale
+# Other structural checks: list sets and maps, ObjectMeta
 # ---------------------------------------------------------------------------------------------------------
 
 _DNS1123_SUBDOMAIN_MESSAGE = (
@@ -1346,7 +1001,6 @@ _DNS1123_SUBDOMAIN_MESSAGE = (
     f"start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is "
     f"'{_DNS1123_SUBDOMAIN}')"
 )
-_DNS1035_LABEL = "[a-z]([-a-z0-9]*[a-z0-9])?"
 _LABEL_KEY_FMT = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
 _LABEL_KEY_MESSAGE = (
     "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric "
@@ -1492,67 +1146,6 @@ def _finalizer_warnings(meta: Mapping[str, Any], old_meta: Mapping[str, Any] | N
     return warnings
 
 
-def _validate_embedded(value: Any, s: _Schema | None, path: str | None) -> list[_FieldError]:
-    """objectmeta.Validate: type and object meta of x-kubernetes-embedded-resource objects."""
-    if s is None or not s.embedded_below:
-        return []
-    errors: list[_FieldError] = []
-    if isinstance(value, dict):
-        if s.embedded_resource:
-            errors.extend(_validate_embedded_resource(value, path))
-        for key, child in value.items():
-            if key in s.properties:
-                errors.extend(_validate_embedded(child, s.properties[key], _child(path, key)))
-            elif s.additional_properties is not None:
-                errors.extend(_validate_embedded(child, s.additional_properties, _key(path, key)))
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            errors.extend(_validate_embedded(item, s.items, _index(path, i)))
-    return errors
-
-
-def _validate_embedded_resource(value: Mapping[str, Any], path: str | None) -> list[_FieldError]:
-    errors: list[_FieldError] = []
-    for key in ("apiVersion", "kind"):
-        if key not in value:
-            errors.append(_required(_child(path, key)))
-    api_version = value.get("apiVersion")
-    if isinstance(api_version, str):
-        if not api_version:
-            errors.append(_invalid(_child(path, "apiVersion"), api_version, "must not be empty"))
-        elif api_version.count("/") > 1:
-            errors.append(
-                _invalid(
-                    _child(path, "apiVersion"), api_version, f"unexpected GroupVersion string: {api_version}"
-                )
-            )
-    kind = value.get("kind")
-    if isinstance(kind, str):
-        if not kind:
-            errors.append(_invalid(_child(path, "kind"), kind, "must not be empty"))
-        elif len(kind) > 63 or not re.fullmatch(_DNS1035_LABEL, kind.lower()):
-            detail = (
-                "may have mixed case, but should otherwise match: a DNS-1035 label must consist of lower case "
-                "alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric "
-                f"character (e.g. 'my-name',  or 'abc-123', regex used for validation is '{_DNS1035_LABEL}')"
-            ).replace(",  or", " or")
-            errors.append(_invalid(_child(path, "kind"), kind, detail))
-    metadata = value.get("metadata")
-    if isinstance(metadata, Mapping):
-        meta_path = _child(path, "metadata")
-        name = metadata.get("name", "")
-        if name in (".", "..") or "/" in name or "%" in name:
-            reason = (
-                f"may not be '{name}'"
-                if name in (".", "..")
-                else f"may not contain '{'/' if '/' in name else '%'}'"
-            )
-            errors.append(_invalid(f"{meta_path}.name", name, reason))
-        labelled = {k: v for k, v in metadata.items() if k in ("labels", "annotations", "ownerReferences")}
-        errors.extend(_validate_object_meta(labelled | {"name": "fakename"}, {"name": "fakename"}, meta_path))
-    return errors
-
-
 def _set_key(value: Any) -> Any:
     """A hashable identity for set/map-list comparison: 1 and 1.0 stay distinct as in Go, objects by JSON."""
     if isinstance(value, (dict, list)):
@@ -1614,34 +1207,6 @@ def _validate_map_list(items: list[Any], s: _Schema, path: str | None) -> list[_
     return errors
 
 
-def _nested_int64(obj: Mapping[str, Any], json_path: str) -> tuple[int, str]:
-    """unstructured.NestedInt64 for a scale subresource path; returns (value, error)."""
-    current: Any = obj
-    for name in json_path.removeprefix(".").split("."):
-        if not isinstance(current, Mapping) or name not in current:
-            return 0, ""
-        current = current[name]
-    if isinstance(current, int) and not isinstance(current, bool):
-        return current, ""
-    go_type = {"number": "float64", "string": "string", "boolean": "bool"}.get(
-        _json_kind(current), "map[string]interface {}"
-    )
-    return 0, f"{json_path} accessor error: {_format_value(current)} is of the type {go_type}, expected int64"
-
-
-def _validate_replicas(obj: Mapping[str, Any], json_path: str | None) -> list[_FieldError]:
-    if not json_path:
-        return []
-    replicas, error = _nested_int64(obj, json_path)
-    if error:
-        return [_invalid(json_path, replicas, error)]
-    if replicas < 0:
-        return [_invalid(json_path, replicas, "should be a non-negative integer")]
-    if replicas > 2**31 - 1:
-        return [_invalid(json_path, replicas, f"should be less than or equal to {2**31 - 1}")]
-    return []
-
-
 # ---------------------------------------------------------------------------------------------------------
 # CEL validation rules
 # ---------------------------------------------------------------------------------------------------------
@@ -1652,10 +1217,8 @@ class _Rule:
     program: CelProgram
     rule: str
     message: str
-    message_expression: CelProgram | None
     reason: str | None
     field_path: str  # normalised, "" when the error goes to the rule's own node
-    optional_old_self: bool
 
     @property
     def described(self) -> str:
@@ -1673,7 +1236,6 @@ class _CelNode:
     properties: dict[str, _CelNode]
     items: _CelNode | None
     additional_properties: _CelNode | None
-    all_of: list[_CelNode]
 
 
 _CEL_RESERVED = frozenset(
@@ -1708,8 +1270,6 @@ def _cel_names(s: _Schema) -> dict[str, str]:
 
 
 def _cel_type_name(s: _Schema) -> str:
-    if s.int_or_string:
-        return "dyn"
     if s.type == "object":
         return "map" if s.additional_properties is not None and not s.properties else "object"
     return {"integer": "int", "number": "double", "boolean": "bool", "array": "list"}.get(
@@ -1735,28 +1295,21 @@ class _CelCompiler:
         for name, child in rules_from.properties.items():
             typed_child = typed_by.properties.get(name)
             if typed_child is not None:
-                node = self.build(child, typed_child, typed_child.embedded_resource, uncorrelatable)
+                node = self.build(child, typed_child, False, uncorrelatable)
                 if node is not None:
                     properties[name] = node
         items = None
         if rules_from.items is not None and typed_by.items is not None:
             # Items of lists other than map lists cannot be matched with their previous version.
             item_path = uncorrelatable if typed_by.list_type == "map" else uncorrelatable or typed_by.crd_path
-            items = self.build(rules_from.items, typed_by.items, typed_by.items.embedded_resource, item_path)
+            items = self.build(rules_from.items, typed_by.items, False, item_path)
         additional = None
         if rules_from.additional_properties is not None and typed_by.additional_properties is not None:
             extra = typed_by.additional_properties
-            additional = self.build(
-                rules_from.additional_properties, extra, extra.embedded_resource, uncorrelatable
-            )
-        all_of = [
-            node
-            for branch in rules_from.all_of
-            if (node := self.build(branch, typed_by, resource_root, uncorrelatable)) is not None
-        ]
-        if not (rules or properties or items or additional or all_of):
+            additional = self.build(rules_from.additional_properties, extra, False, uncorrelatable)
+        if not (rules or properties or items or additional):
             return None
-        return _CelNode(typed_by, rules, resource_root, properties, items, additional, all_of)
+        return _CelNode(typed_by, rules, resource_root, properties, items, additional)
 
     def _fail(self, path: str, value: Any, detail: str) -> None:
         self.errors.append(_invalid(path, value, detail).text())
@@ -1778,12 +1331,6 @@ class _CelCompiler:
                     f"{raw.crd_path}.message", "message must be specified if rule contains line breaks"
                 ).text()
             )
-        if raw.message_expression and not raw.message_expression.strip():
-            self.errors.append(
-                _required(
-                    f"{raw.crd_path}.messageExpression", "messageExpression must be non-empty if specified"
-                ).text()
-            )
         if raw.reason is not None and raw.reason not in _RULE_REASONS:
             self.errors.append(_not_supported(f"{raw.crd_path}.reason", raw.reason, _RULE_REASONS).text())
         field_path = ""
@@ -1793,15 +1340,6 @@ class _CelCompiler:
             except ValueError:
                 self._fail(f"{raw.crd_path}.fieldPath", raw.field_path, "must be a valid path")
         program = self._compile(raw.rule, s, resource_root, f"{raw.crd_path}.rule", "compilation failed")
-        message_expression = None
-        if raw.message_expression.strip():
-            message_expression = self._compile(
-                raw.message_expression,
-                s,
-                resource_root,
-                f"{raw.crd_path}.messageExpression",
-                "messageExpression compilation failed",
-            )
         if program is None:
             return None
         if program.uses_old_self and uncorrelatable is not None:
@@ -1810,21 +1348,7 @@ class _CelCompiler:
                 raw.rule,
                 f"oldSelf cannot be used on the uncorrelatable portion of the schema within {uncorrelatable}",
             )
-        elif not program.uses_old_self and raw.optional_old_self is not None:
-            self._fail(
-                f"{raw.crd_path}.optionalOldSelf",
-                raw.optional_old_self,
-                "may not be set if oldSelf is not used in rule",
-            )
-        return _Rule(
-            program=program,
-            rule=raw.rule,
-            message=message,
-            message_expression=message_expression,
-            reason=raw.reason,
-            field_path=field_path,
-            optional_old_self=bool(raw.optional_old_self),
-        )
+        return _Rule(program, raw.rule, message, raw.reason, field_path)
 
     def _compile(
         self, source: str, s: _Schema, resource_root: bool, path: str, label: str
@@ -1849,17 +1373,13 @@ def _check_selection(s: _Schema, resource_root: bool, names: Sequence[str], line
         if root and name == "metadata":
             current, root = _METADATA_SCHEMA, False
             continue
-        if current.int_or_string or (not current.type and current.preserve_unknown_fields):
-            return  # dynamic: cel-go checks nothing further
         if current.type == "object" and (current.properties or current.additional_properties is None):
             prop_name = _cel_names(current).get(name)
             if prop_name is None:
                 raise CelCompileError(f"ERROR: <input>:{line}:{column}: undefined field '{name}'")
-            current = current.properties[prop_name]
-            root = current.embedded_resource
+            current, root = current.properties[prop_name], False
         elif current.type == "object" and current.additional_properties is not None:
-            current = current.additional_properties
-            root = current.embedded_resource
+            current, root = current.additional_properties, False
         else:
             kind = _cel_type_name(current)
             raise CelCompileError(
@@ -1868,65 +1388,19 @@ def _check_selection(s: _Schema, resource_root: bool, names: Sequence[str], line
 
 
 def _normalise_field_path(path: str, s: _Schema) -> str:
-    """cel.ValidFieldPath: `.a.b['c']` against the schema, as the field.Path string it designates."""
-    tokens = re.findall(r"'(?:[^'\\]|\\.)*'|[.\[\]]|[^.\[\]']+", path)
+    """cel.ValidFieldPath for `.a.b` (the bracket form `['a']` is not supported), as a field.Path string."""
+    if not path.startswith(".") or path.endswith("."):
+        raise ValueError("does not refer to a valid field")
     result: str | None = None
-    current: _Schema | None = s
-    position = 0
-
-    def step(name: str) -> None:
-        nonlocal result, current
-        if current is None:
-            raise ValueError("does not refer to a valid field")
-        if current.properties:
-            if name not in current.properties:
-                raise ValueError("does not refer to a valid field")
+    current = s
+    for name in path[1:].split("."):
+        if name in current.properties:
             result, current = _child(result, name), current.properties[name]
-        elif current.additional_properties is not None:
+        elif current.additional_properties is not None and not current.properties and name:
             result, current = _key(result, name), current.additional_properties
         else:
             raise ValueError("does not refer to a valid field")
-
-    while position < len(tokens):
-        token = tokens[position]
-        if token == ".":
-            if position + 1 >= len(tokens):
-                raise ValueError("unexpected end of JSON path")
-            step(tokens[position + 1])
-            position += 2
-        elif token == "[":
-            if position + 2 >= len(tokens) or tokens[position + 2] != "]":
-                raise ValueError("expected ]")
-            quoted = tokens[position + 1]
-            if len(quoted) < 2 or quoted[0] != "'" or quoted[-1] != "'":
-                raise ValueError(f"expected single quoted string but got {quoted}")
-            step(_unescape_single_quoted(quoted[1:-1]))
-            position += 3
-        else:
-            raise ValueError(f"expected [ or . but got: {token}")
     return result or ""
-
-
-_SINGLE_QUOTE_ESCAPES = {
-    "a": "\a",
-    "b": "\b",
-    "f": "\f",
-    "n": "\n",
-    "r": "\r",
-    "t": "\t",
-    "v": "\v",
-    "'": "'",
-    "\\": "\\",
-}
-
-
-def _unescape_single_quoted(text: str) -> str:
-    def replace(match: re.Match[str]) -> str:
-        if match.group(1) not in _SINGLE_QUOTE_ESCAPES:
-            raise ValueError(f"invalid escape char {match.group(0)}")
-        return _SINGLE_QUOTE_ESCAPES[match.group(1)]
-
-    return re.sub(r"\\(.)", replace, text)
 
 
 class _CelValidator:
@@ -1951,8 +1425,6 @@ class _CelValidator:
             return  # rules see only present, non-null values
         if node.rules:
             self._evaluate(node, value, old, path, anchor)
-        for branch in node.all_of:
-            self.run(branch, value, old, path, anchor=parent_anchor, parent_anchor=parent_anchor)
         if isinstance(value, list) and node.items is not None:
             for i, item in enumerate(value):
                 old_item = _old_list_item(node.schema, old, item) if old is not None else None
@@ -1983,16 +1455,13 @@ class _CelValidator:
         self_value = self._to_cel(value, node.schema, node.resource_root)
         old_value: Any = None
         for rule in node.rules:
-            if rule.program.uses_old_self and old is None and not rule.optional_old_self:
+            if rule.program.uses_old_self and old is None:
                 continue  # transition rules need a previous value
             variables: dict[str, Any] = {"self": self_value}
             if rule.program.uses_old_self:
-                if old is not None and old_value is None:
+                if old_value is None:
                     old_value = self._to_cel(old, node.schema, node.resource_root)
-                if rule.optional_old_self:
-                    variables["oldSelf"] = CelOptional(old_value) if old is not None else CelOptional()
-                else:
-                    variables["oldSelf"] = old_value
+                variables["oldSelf"] = old_value
             try:
                 result = rule.program.evaluate(variables)
             except CelEvaluationError as error:
@@ -2007,7 +1476,7 @@ class _CelValidator:
             if result:
                 continue
             target = _child(path, rule.field_path) if rule.field_path else _shown(path)
-            detail = self._message(rule, variables) or (rule.message or f"failed rule: {rule.rule.strip()}")
+            detail = rule.message or f"failed rule: {rule.rule.strip()}"
             failure = _rule_error(rule.reason, target, node.schema.type, detail)
             if not rule.program.uses_old_self and anchor is not None and anchor.unchanged:
                 self.warnings.append(failure.text())  # ratcheted: the value did not change
@@ -2025,23 +1494,6 @@ class _CelValidator:
             detail = f"{text} evaluating rule: {rule.described}"
         return _invalid(_shown(path), node.schema.type, detail)
 
-    @staticmethod
-    def _message(rule: _Rule, variables: Mapping[str, Any]) -> str:
-        """messageExpression's value, or "" to fall back to the static message (as Kubernetes does)."""
-        if rule.message_expression is None:
-            return ""
-        if "oldSelf" in variables and isinstance(variables["oldSelf"], CelOptional):
-            optional = variables["oldSelf"]
-            variables = {**variables, "oldSelf": optional.value if optional.has_value else None}
-        try:
-            text = rule.message_expression.evaluate(variables)
-        except CelEvaluationError:
-            return ""
-        if not isinstance(text, str):
-            return ""
-        text = text.strip()
-        return text if text and "\n" not in text and len(text) <= 5000 else ""
-
     def _to_cel(self, value: Any, s: _Schema, resource_root: bool = False) -> Any:
         """A JSON value as CEL sees it under schema `s` (UnstructuredToVal), memoised per object."""
         memo_key = (id(value), id(s), resource_root)
@@ -2054,26 +1506,17 @@ class _CelValidator:
     def _convert(self, value: Any, s: _Schema, resource_root: bool) -> Any:
         if value is None:
             return None
-        if s.int_or_string:
-            if isinstance(value, str):
-                return celtypes.StringType(value)
-            if isinstance(value, int) and not isinstance(value, bool):
-                return celtypes.IntType(value)
-            return OpaqueValue(value)
         if s.type == "object" and isinstance(value, Mapping):
-            if resource_root or s.embedded_resource or s.properties:
-                return self._convert_object(value, s, resource_root or s.embedded_resource)
+            if resource_root or s.properties:
+                return self._convert_object(value, s, resource_root)
             if s.additional_properties is not None:
                 extra = s.additional_properties
                 return celtypes.MapType(
-                    {
-                        celtypes.StringType(k): self._to_cel(v, extra, extra.embedded_resource)
-                        for k, v in value.items()
-                    }
+                    {celtypes.StringType(k): self._to_cel(v, extra) for k, v in value.items()}
                 )
-            return OpaqueValue(value) if s.preserve_unknown_fields else celtypes.MapType({})
+            return celtypes.MapType({})
         if s.type == "array" and isinstance(value, list) and s.items is not None:
-            items = [self._to_cel(v, s.items, s.items.embedded_resource) for v in value]
+            items = [self._to_cel(v, s.items) for v in value]
             if s.list_type == "set":
                 return SetList(items)
             if s.list_type == "map":
@@ -2081,7 +1524,7 @@ class _CelValidator:
                 return MapList(items, keys)
             return celtypes.ListType(items)
         if s.type == "string" and isinstance(value, str):
-            return _convert_string(value, s.declared_format)
+            return celtypes.StringType(value)
         if s.type == "number" and isinstance(value, (int, float)) and not isinstance(value, bool):
             return celtypes.DoubleType(float(value))
         if s.type == "integer" and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -2099,7 +1542,7 @@ class _CelValidator:
         for escaped, name in names.items():
             if name in value:
                 prop = s.properties[name]
-                fields[celtypes.StringType(escaped)] = self._to_cel(value[name], prop, prop.embedded_resource)
+                fields[celtypes.StringType(escaped)] = self._to_cel(value[name], prop)
         if resource_root:
             # apiVersion, kind, metadata.name and metadata.generateName are always visible at a resource root.
             for key in ("apiVersion", "kind"):
@@ -2115,22 +1558,6 @@ class _CelValidator:
                     }
                 )
         return celtypes.MapType(fields)
-
-
-def _convert_string(value: str, declared_format: str) -> Any:
-    """Strings with a date, date-time, duration or byte format are typed values in Kubernetes' CEL."""
-    try:
-        if declared_format == "date-time":
-            return celtypes.TimestampType(value)
-        if declared_format == "date":
-            return celtypes.TimestampType(f"{value}T00:00:00Z")
-        if declared_format == "duration":
-            return celtypes.DurationType(value)
-        if declared_format == "byte":
-            return celtypes.BytesType(base64.b64decode(value, validate=True))
-    except (ValueError, TypeError, binascii.Error):  # an invalid value already failed format validation
-        return celtypes.StringType(value)
-    return celtypes.StringType(value)
 
 
 def _rule_error(reason: str | None, path: str, type_name: str, detail: str) -> _FieldError:
@@ -2155,9 +1582,6 @@ class _Version:
     schema: _Schema | None
     cel: _CelNode | None
     status_subresource: bool
-    spec_replicas_path: str | None
-    status_replicas_path: str | None
-    label_selector_path: str | None
 
 
 class CRDAdmission:
@@ -2174,8 +1598,9 @@ class CRDAdmission:
         self.group: str = spec["group"]
         self.kind: str = spec["names"]["kind"]
         self.namespaced: bool = spec.get("scope", "Namespaced") == "Namespaced"
-        self.preserve_unknown_fields: bool = bool(spec.get("preserveUnknownFields", False))
         errors: list[str] = []
+        if spec.get("preserveUnknownFields"):
+            errors.append(_forbidden("spec.preserveUnknownFields", _UNSUPPORTED_DETAIL).text())
         self._versions: dict[str, _Version] = {}
         for i, version in enumerate(spec.get("versions", [])):
             if version.get("served", True):
@@ -2196,16 +1621,11 @@ class CRDAdmission:
             _prune_defaults(schema)
             cel = _CelCompiler(errors).build(schema, schema, True, None)
         subresources = version.get("subresources") or {}
-        scale = subresources.get("scale") or {}
-        return _Version(
-            name=version["name"],
-            schema=schema,
-            cel=cel,
-            status_subresource="status" in subresources,
-            spec_replicas_path=scale.get("specReplicasPath"),
-            status_replicas_path=scale.get("statusReplicasPath"),
-            label_selector_path=scale.get("labelSelectorPath"),
-        )
+        if "scale" in subresources:
+            errors.append(
+                _forbidden(f"spec.versions[{index}].subresources.scale", _UNSUPPORTED_DETAIL).text()
+            )
+        return _Version(version["name"], schema, cel, "status" in subresources)
 
     @property
     def served_versions(self) -> list[str]:
@@ -2286,18 +1706,15 @@ class CRDAdmission:
         """Prune and coerce as the CR codec does; return the unknown fields' paths in kube-apiserver's order."""
         unknown_meta: list[str] = []
         unknown_fields: list[str] = []
-        unknown_embedded: list[str] = []
         try:
             if "metadata" in work and work["metadata"] is not None:
                 work["metadata"] = _coerce_object_meta(work["metadata"], "metadata", unknown_meta)
-            if not self.preserve_unknown_fields:
-                _prune(work, served.schema, "", unknown_fields, resource_root=True)
-                _prune_nulls(work, served.schema)
-            _coerce_embedded(work, served.schema, None, unknown_embedded)
         except _DecodeError as error:
             cause = FieldCause(error.field_path, error.reason, str(error))
             raise AdmissionError([cause], decoding_error=str(error), version=version) from None
-        return unknown_meta + sorted(unknown_fields) + sorted(unknown_embedded)
+        _prune(work, served.schema, "", unknown_fields, resource_root=True)
+        _prune_nulls(work, served.schema)
+        return unknown_meta + sorted(unknown_fields)
 
     def _validate(
         self,
@@ -2330,13 +1747,6 @@ class CRDAdmission:
         elif schema is not None:
             correlation = _Correlation(obj, old) if old is not None else None
             errors.extend(_SchemaValidator(None).validate(schema, obj, "", correlation))
-        if subresource is None:
-            errors.extend(_validate_replicas(obj, served.spec_replicas_path))
-        errors.extend(_validate_replicas(obj, served.status_replicas_path))
-        if served.label_selector_path:
-            errors.extend(_validate_label_selector(obj, served.label_selector_path))
-        if subresource is None:
-            errors.extend(_validate_embedded(obj, schema, None))
         # Uniqueness in set and map lists is ratcheted as a whole: on updates only enforced if the old object had it.
         list_errors = _validate_lists(obj, schema, None)
         if list_errors and (old is None or not _validate_lists(old, schema, None)):
@@ -2361,26 +1771,6 @@ class CRDAdmission:
         if obj.get("apiVersion") != expected:
             errors.append(_invalid("apiVersion", obj.get("apiVersion"), f"must be {expected}"))
         return errors
-
-
-def _validate_label_selector(obj: Mapping[str, Any], json_path: str) -> list[_FieldError]:
-    current: Any = obj
-    for name in json_path.removeprefix(".").split("."):
-        if not isinstance(current, Mapping) or name not in current:
-            return []
-        current = current[name]
-    if isinstance(current, str):
-        return []
-    go_type = {"number": "float64", "integer": "int64", "boolean": "bool"}.get(
-        _json_kind(current), "map[string]interface {}"
-    )
-    return [
-        _invalid(
-            json_path,
-            "",
-            f"{json_path} accessor error: {_format_value(current)} is of the type {go_type}, expected string",
-        )
-    ]
 
 
 def _prune_defaults(s: _Schema) -> None:

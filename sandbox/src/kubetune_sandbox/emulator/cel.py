@@ -1,9 +1,11 @@
-"""CEL as kube-apiserver evaluates `x-kubernetes-validations`: cel-python plus Kubernetes' additions.
+"""CEL as kube-apiserver evaluates `x-kubernetes-validations`: cel-python plus what our rules need.
 
-cel-python 0.5 parses standard CEL and provides its value types and standard functions. Kubernetes' CEL
-environment adds extension libraries (strings, lists, sets, regex, URLs, quantities, optionals),
-cross-type numeric comparisons and heterogeneous equality; this module supplies them, checks an
-expression when it is compiled (unknown functions and variables are compile errors, as in cel-go),
+cel-python 0.5 parses standard CEL and provides its value types and standard functions (size, matches,
+startsWith, endsWith, contains, double, int, string, timestamp, ...). Kubernetes' CEL environment adds
+cross-type numeric comparisons and heterogeneous equality, which this module supplies, and extension
+libraries (strings, lists, sets, URLs, quantities, optionals), which it does not: no rule of our CRDs uses
+them (tests/emulator/test_cel_coverage.py checks), and a rule calling one fails to compile, naming it.
+The module checks an expression when it is compiled (unknown functions and variables are compile errors, as in cel-go),
 compiles it to Python closures (evaluation is ~20x faster than cel-python's interpreter and thread-safe),
 and turns runtime failures into the error text kube-apiserver reports ("no such key: foo").
 
@@ -13,31 +15,27 @@ admission engine's job.
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from functools import wraps
 from typing import Any, NoReturn, cast
-from urllib.parse import parse_qs, quote, urlsplit
 
 import celpy
 import lark
 import re2
 from celpy import celtypes
 from celpy.celparser import CELParseError
-from celpy.evaluation import CELEvalError, base_functions, celbytes, celstr, function_contains
+from celpy.evaluation import CELEvalError, base_functions, celbytes, celstr
 
 __all__ = [
     "CelCompileError",
     "CelEvaluationError",
-    "CelOptional",
     "CelProgram",
     "MapList",
     "OpaqueValue",
-    "QuantityValue",
     "SetList",
     "compile_cel",
     "format_go_float",
@@ -173,115 +171,6 @@ class OpaqueValue:
 _MISSING = object()
 
 
-class CelOptional:
-    """CEL's optional type (`optional.of(x)`, `optional.none()`, `oldSelf` under optionalOldSelf)."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: Any = _MISSING) -> None:
-        self._value = value
-
-    @property
-    def has_value(self) -> bool:
-        return self._value is not _MISSING
-
-    @property
-    def value(self) -> Any:
-        return self._value
-
-    def __eq__(self, other: Any) -> bool:
-        if not isinstance(other, CelOptional):
-            return False
-        if not (self.has_value and other.has_value):
-            return self.has_value == other.has_value
-        return values_equal(self._value, other._value)
-
-    def __ne__(self, other: Any) -> bool:
-        return not self.__eq__(other)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"optional.of({self._value!r})" if self.has_value else "optional.none()"
-
-
-# Kubernetes resource.Quantity: a number with an optional binary (Ki..Ei), decimal (n..E) or exponent suffix.
-_QUANTITY_RE = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))([a-zA-Z]*[+-]?[0-9]*)$")
-_BINARY_SUFFIXES = {"Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, "Pi": 50, "Ei": 60}
-_DECIMAL_SUFFIXES = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
-_EXPONENT_SUFFIX_RE = re.compile(r"^[eE][+-]?[0-9]+$")
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-
-
-class QuantityValue:
-    """The value of `quantity('1.5Gi')`, compared and added exactly."""
-
-    __slots__ = ("amount", "text")
-
-    def __init__(self, amount: Decimal, text: str) -> None:
-        self.amount = amount
-        self.text = text
-
-    @classmethod
-    def parse(cls, text: str) -> QuantityValue:
-        match = _QUANTITY_RE.match(text)
-        if not match:
-            raise ValueError(
-                "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"
-            )
-        number, suffix = match.groups()
-        amount = Decimal(number)
-        if suffix in _BINARY_SUFFIXES:
-            amount *= Decimal(2) ** _BINARY_SUFFIXES[suffix]
-        elif suffix in _DECIMAL_SUFFIXES:
-            amount = amount.scaleb(_DECIMAL_SUFFIXES[suffix])
-        elif _EXPONENT_SUFFIX_RE.match(suffix):
-            amount = amount.scaleb(int(suffix[1:]))
-        else:
-            raise ValueError("unable to parse quantity's suffix")
-        return cls(amount, text)
-
-    def __eq__(self, other: Any) -> bool:
-        return isinstance(other, QuantityValue) and self.amount == other.amount
-
-    def __ne__(self, other: Any) -> bool:
-        return not self.__eq__(other)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"quantity({self.text!r})"
-
-
-@dataclass(frozen=True, slots=True)
-class URLValue:
-    """The value of `url('https://host/path')`."""
-
-    text: str
-    scheme: str
-    netloc: str
-    hostname: str
-    port: str
-    path: str
-    query: str
-
-
-class _Namespace:
-    """Stands for a function namespace (`sets.contains(...)`): cel-python sees it as a method call on a variable."""
-
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-_SETS, _STRINGS, _LISTS, _OPTIONAL = (_Namespace(n) for n in ("sets", "strings", "lists", "optional"))
-_NAMESPACES: dict[str, _Namespace] = {ns.name: ns for ns in (_SETS, _STRINGS, _LISTS, _OPTIONAL)}
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Helpers for the function library
 # ---------------------------------------------------------------------------------------------------------
@@ -363,8 +252,6 @@ def _comparison(compare: Callable[[Any, Any], bool]) -> Callable[[Any, Any], Any
     def operator(left: Any, right: Any) -> Any:
         if _is_number(left) and _is_number(right):
             return celtypes.BoolType(compare(_native_number(left), _native_number(right)))
-        if isinstance(left, QuantityValue) or isinstance(right, QuantityValue):
-            raise TypeError("no such overload")
         return celtypes.BoolType(compare(left, right))
 
     return operator
@@ -407,21 +294,7 @@ def _to_string(value: Any) -> Any:
         return celtypes.StringType(format_go_float(value))
     if isinstance(value, (celtypes.IntType, celtypes.UintType)):
         return celtypes.StringType(str(int(value)))
-    if isinstance(value, QuantityValue):
-        return celtypes.StringType(value.text)
-    if isinstance(value, URLValue):
-        return celtypes.StringType(value.text)
     return celtypes.StringType(value)
-
-
-@_propagating
-def _contains(target: Any, *args: Any) -> Any:
-    if target is _SETS:
-        _require(len(args) == 2 and all(isinstance(a, list) for a in args))
-        container, items = args
-        return celtypes.BoolType(all(any(values_equal(i, c) for c in container) for i in items))
-    _require(len(args) == 1)
-    return function_contains(target, args[0])
 
 
 @_propagating
@@ -437,456 +310,6 @@ def _matches(text: Any, pattern: Any) -> Any:
 def _size(value: Any) -> Any:
     _require(isinstance(value, (str, bytes, list, Mapping)))
     return celtypes.IntType(len(value))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Strings (cel-go ext.Strings, version 2 as Kubernetes uses it)
-# ---------------------------------------------------------------------------------------------------------
-
-_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
-_ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
-
-
-@_propagating
-def _char_at(text: Any, index: Any) -> Any:
-    _require(isinstance(text, str) and isinstance(index, celtypes.IntType))
-    if index < 0 or index > len(text):
-        return _error(f"index out of range: {int(index)}")
-    return celtypes.StringType(text[index : index + 1])
-
-
-@_propagating
-def _index_of(target: Any, item: Any, *offset: Any) -> Any:
-    if isinstance(target, list):  # Kubernetes lists library
-        _require(not offset)
-        return celtypes.IntType(next((i for i, v in enumerate(target) if values_equal(v, item)), -1))
-    _require(isinstance(target, str) and isinstance(item, str))
-    start = int(offset[0]) if offset else 0
-    if start < 0 or start > len(target):
-        return _error(f"index out of range: {start}")
-    return celtypes.IntType(target.find(item, start))
-
-
-@_propagating
-def _last_index_of(target: Any, item: Any, *offset: Any) -> Any:
-    if isinstance(target, list):
-        _require(not offset)
-        found = [i for i, v in enumerate(target) if values_equal(v, item)]
-        return celtypes.IntType(found[-1] if found else -1)
-    _require(isinstance(target, str) and isinstance(item, str))
-    end = int(offset[0]) if offset else len(target)
-    if end < 0 or end > len(target):
-        return _error(f"index out of range: {end}")
-    return celtypes.IntType(target.rfind(item, 0, end + len(item)))
-
-
-@_propagating
-def _lower_ascii(text: Any) -> Any:
-    _require(isinstance(text, str))
-    return celtypes.StringType(text.translate(_ASCII_LOWER))
-
-
-@_propagating
-def _upper_ascii(text: Any) -> Any:
-    _require(isinstance(text, str))
-    return celtypes.StringType(text.translate(_ASCII_UPPER))
-
-
-@_propagating
-def _replace(text: Any, old: Any, new: Any, *limit: Any) -> Any:
-    _require(isinstance(text, str) and isinstance(old, str) and isinstance(new, str))
-    count = int(limit[0]) if limit else -1
-    return celtypes.StringType(text.replace(old, new, count))
-
-
-@_propagating
-def _split(text: Any, separator: Any, *limit: Any) -> Any:
-    _require(isinstance(text, str) and isinstance(separator, str))
-    count = int(limit[0]) if limit else -1
-    if count == 0:
-        return celtypes.ListType([])
-    # Go's strings.SplitN: an empty separator splits into characters; n > 0 caps the number of parts.
-    if separator == "":
-        parts = list(text)
-        if count > 0 and len(parts) > count:
-            parts = [*parts[: count - 1], "".join(parts[count - 1 :])]
-    else:
-        parts = text.split(separator, count - 1 if count > 0 else -1)
-    return celtypes.ListType([celtypes.StringType(p) for p in parts])
-
-
-@_propagating
-def _substring(text: Any, start: Any, *end: Any) -> Any:
-    _require(isinstance(text, str))
-    stop = int(end[0]) if end else len(text)
-    if start < 0 or start > len(text):
-        return _error(f"index out of range: {int(start)}")
-    if stop < 0 or stop > len(text):
-        return _error(f"index out of range: {stop}")
-    if start > stop:
-        return _error(f"invalid substring range. start: {int(start)}, end: {stop}")
-    return celtypes.StringType(text[start:stop])
-
-
-@_propagating
-def _trim(text: Any) -> Any:
-    _require(isinstance(text, str))
-    return celtypes.StringType(text.strip())
-
-
-@_propagating
-def _join(items: Any, *separator: Any) -> Any:
-    _require(isinstance(items, list) and all(isinstance(i, str) for i in items))
-    return celtypes.StringType((separator[0] if separator else "").join(items))
-
-
-@_propagating
-def _reverse(value: Any) -> Any:
-    if isinstance(value, str):
-        return celtypes.StringType(value[::-1])
-    _require(isinstance(value, list))
-    return celtypes.ListType(reversed(value))
-
-
-@_propagating
-def _quote(target: Any, *args: Any) -> Any:
-    _require(target is _STRINGS and len(args) == 1 and isinstance(args[0], str))
-    escapes = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
-    escapes |= {"\\": "\\\\", '"': '\\"'}
-    return celtypes.StringType('"' + "".join(escapes.get(c, c) for c in args[0]) + '"')
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Lists (Kubernetes lists library and cel-go ext.Lists)
-# ---------------------------------------------------------------------------------------------------------
-
-
-def _comparable_list(items: Any) -> list[Any]:
-    _require(isinstance(items, list))
-    return [_native_number(i) if _is_number(i) else i for i in items]
-
-
-@_propagating
-def _is_sorted(items: Any) -> Any:
-    values = _comparable_list(items)
-    return celtypes.BoolType(all(a <= b for a, b in itertools.pairwise(values)))
-
-
-@_propagating
-def _sum(items: Any) -> Any:
-    _require(isinstance(items, list))
-    if not items:
-        return celtypes.IntType(0)
-    total = items[0]
-    for item in items[1:]:
-        total = total + item
-    return total
-
-
-def _extreme(pick: Callable[[Iterable[Any]], Any], name: str) -> Callable[..., Any]:
-    @_propagating
-    def function(items: Any, *more: Any) -> Any:
-        candidates = [items, *more] if more else items
-        _require(isinstance(candidates, list))
-        if not candidates:
-            return _error(f"{name}(list) called on empty list")
-        return pick(candidates)
-
-    return function
-
-
-@_propagating
-def _slice(items: Any, start: Any, end: Any) -> Any:
-    _require(isinstance(items, list))
-    if start < 0 or end < 0 or start > end or end > len(items):
-        return _error(f"cannot slice({int(start)}, {int(end)}), list is length {len(items)}")
-    return celtypes.ListType(items[start:end])
-
-
-@_propagating
-def _flatten(items: Any, *depth: Any) -> Any:
-    _require(isinstance(items, list))
-    levels = int(depth[0]) if depth else 1
-    if levels < 0:
-        return _error("level must be non-negative")
-
-    def flat(values: list[Any], remaining: int) -> Iterator[Any]:
-        for value in values:
-            if isinstance(value, list) and remaining > 0:
-                yield from flat(value, remaining - 1)
-            else:
-                yield value
-
-    return celtypes.ListType(flat(items, levels))
-
-
-@_propagating
-def _distinct(items: Any) -> Any:
-    _require(isinstance(items, list))
-    unique: list[Any] = []
-    for item in items:
-        if not any(values_equal(item, seen) for seen in unique):
-            unique.append(item)
-    return celtypes.ListType(unique)
-
-
-@_propagating
-def _sort(items: Any) -> Any:
-    _require(isinstance(items, list))
-    return celtypes.ListType(sorted(items, key=_sort_key))
-
-
-def _sort_key(value: Any) -> Any:
-    return _native_number(value) if _is_number(value) else value
-
-
-@_propagating
-def _range(target: Any, *args: Any) -> Any:
-    _require(target is _LISTS and len(args) == 1 and isinstance(args[0], celtypes.IntType))
-    return celtypes.ListType(celtypes.IntType(i) for i in range(int(args[0])))
-
-
-@_propagating
-def _first(items: Any) -> Any:
-    _require(isinstance(items, list))
-    return CelOptional(items[0]) if items else CelOptional()
-
-
-@_propagating
-def _last(items: Any) -> Any:
-    _require(isinstance(items, list))
-    return CelOptional(items[-1]) if items else CelOptional()
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Sets (cel-go ext.Sets); sets.contains shares its name with the contains() method above
-# ---------------------------------------------------------------------------------------------------------
-
-
-@_propagating
-def _equivalent(target: Any, *args: Any) -> Any:
-    _require(target is _SETS and len(args) == 2 and all(isinstance(a, list) for a in args))
-    left, right = args
-    inside = all(any(values_equal(a, b) for b in right) for a in left)
-    return celtypes.BoolType(inside and all(any(values_equal(b, a) for a in left) for b in right))
-
-
-@_propagating
-def _intersects(target: Any, *args: Any) -> Any:
-    _require(target is _SETS and len(args) == 2 and all(isinstance(a, list) for a in args))
-    left, right = args
-    return celtypes.BoolType(any(any(values_equal(a, b) for b in right) for a in left))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Regex (Kubernetes regex library)
-# ---------------------------------------------------------------------------------------------------------
-
-
-@_propagating
-def _find(text: Any, pattern: Any) -> Any:
-    _require(isinstance(text, str) and isinstance(pattern, str))
-    try:
-        match = _regex(pattern).search(text)
-    except _RegexError as error:
-        return _error(str(error))
-    return celtypes.StringType(match.group(0) if match else "")
-
-
-@_propagating
-def _find_all(text: Any, pattern: Any, *limit: Any) -> Any:
-    _require(isinstance(text, str) and isinstance(pattern, str))
-    try:
-        matches = [celtypes.StringType(m.group(0)) for m in _regex(pattern).finditer(text)]
-    except _RegexError as error:
-        return _error(str(error))
-    count = int(limit[0]) if limit else -1
-    return celtypes.ListType(matches if count < 0 else matches[:count])
-
-
-# ---------------------------------------------------------------------------------------------------------
-# URLs (Kubernetes urls library: Go's url.ParseRequestURI)
-# ---------------------------------------------------------------------------------------------------------
-
-
-def _parse_url(text: str) -> URLValue:
-    parts = urlsplit(text)
-    # ParseRequestURI accepts absolute URLs and absolute paths, never fragments.
-    if "#" in text or not (parts.scheme or text.startswith("/")):
-        raise ValueError(
-            f"URL parse error during conversion from string: parse {text!r}: invalid URI for request"
-        )
-    try:
-        port = "" if parts.port is None else str(parts.port)
-    except ValueError as error:
-        raise ValueError(f"URL parse error during conversion from string: {error}") from None
-    return URLValue(text, parts.scheme, parts.netloc, parts.hostname or "", port, parts.path, parts.query)
-
-
-@_propagating
-def _url(text: Any) -> Any:
-    _require(isinstance(text, str))
-    try:
-        return _parse_url(text)
-    except ValueError as error:
-        return _error(str(error))
-
-
-@_propagating
-def _is_url(text: Any) -> Any:
-    _require(isinstance(text, str))
-    try:
-        _parse_url(text)
-    except ValueError:
-        return celtypes.BoolType(False)
-    return celtypes.BoolType(True)
-
-
-def _url_part(getter: Callable[[URLValue], Any]) -> Callable[[Any], Any]:
-    @_propagating
-    def function(value: Any) -> Any:
-        _require(isinstance(value, URLValue))
-        return getter(value)
-
-    return function
-
-
-def _url_query(value: URLValue) -> Any:
-    query = parse_qs(value.query, keep_blank_values=True)
-    return celtypes.MapType(
-        {
-            celtypes.StringType(k): celtypes.ListType(celtypes.StringType(v) for v in vs)
-            for k, vs in query.items()
-        }
-    )
-
-
-def _url_host(value: URLValue) -> Any:
-    return celtypes.StringType(value.netloc.rpartition("@")[2])
-
-
-def _url_hostname(value: URLValue) -> Any:
-    return celtypes.StringType(value.hostname)
-
-
-def _url_escaped_path(value: URLValue) -> Any:
-    return celtypes.StringType(quote(value.path, safe="/:@!$&'()*+,;=-._~%"))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Quantities (Kubernetes quantity library)
-# ---------------------------------------------------------------------------------------------------------
-
-
-@_propagating
-def _quantity(text: Any) -> Any:
-    _require(isinstance(text, str))
-    try:
-        return QuantityValue.parse(text)
-    except (ValueError, InvalidOperation) as error:
-        return _error(str(error))
-
-
-@_propagating
-def _is_quantity(text: Any) -> Any:
-    _require(isinstance(text, str))
-    try:
-        QuantityValue.parse(text)
-    except (ValueError, InvalidOperation):
-        return celtypes.BoolType(False)
-    return celtypes.BoolType(True)
-
-
-def _as_quantity(value: Any) -> Decimal:
-    if isinstance(value, QuantityValue):
-        return value.amount
-    _require(isinstance(value, celtypes.IntType))
-    return Decimal(int(value))
-
-
-def _quantity_method(function: Callable[..., Any]) -> Callable[..., Any]:
-    @_propagating
-    def method(value: Any, *args: Any) -> Any:
-        _require(isinstance(value, QuantityValue))
-        return function(value.amount, *args)
-
-    return method
-
-
-def _quantity_as_integer(amount: Decimal) -> Any:
-    if amount != amount.to_integral_value() or not _INT64_MIN <= amount <= _INT64_MAX:
-        return _error("cannot convert value to integer")
-    return celtypes.IntType(int(amount))
-
-
-def _quantity_result(amount: Decimal) -> QuantityValue:
-    return QuantityValue(amount, format(amount.normalize(), "f"))
-
-
-_QUANTITY_METHODS: dict[str, Callable[..., Any]] = {
-    "isInteger": _quantity_method(lambda a: celtypes.BoolType(a == a.to_integral_value())),
-    "asInteger": _quantity_method(_quantity_as_integer),
-    "asApproximateFloat": _quantity_method(lambda a: celtypes.DoubleType(float(a))),
-    "sign": _quantity_method(lambda a: celtypes.IntType((a > 0) - (a < 0))),
-    "add": _quantity_method(lambda a, other: _quantity_result(a + _as_quantity(other))),
-    "sub": _quantity_method(lambda a, other: _quantity_result(a - _as_quantity(other))),
-    "isGreaterThan": _quantity_method(lambda a, other: celtypes.BoolType(a > _as_quantity(other))),
-    "isLessThan": _quantity_method(lambda a, other: celtypes.BoolType(a < _as_quantity(other))),
-    "compareTo": _quantity_method(
-        lambda a, other: celtypes.IntType((a > _as_quantity(other)) - (a < _as_quantity(other)))
-    ),
-}
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Optionals (optional.of / optional.none; `?.` syntax is not parsed by cel-python)
-# ---------------------------------------------------------------------------------------------------------
-
-
-@_propagating
-def _optional_of(target: Any, *args: Any) -> Any:
-    _require(target is _OPTIONAL and len(args) == 1)
-    return CelOptional(args[0])
-
-
-@_propagating
-def _optional_none(target: Any, *args: Any) -> Any:
-    _require(target is _OPTIONAL and not args)
-    return CelOptional()
-
-
-@_propagating
-def _optional_of_non_zero(target: Any, *args: Any) -> Any:
-    _require(target is _OPTIONAL and len(args) == 1)
-    value = args[0]
-    is_zero = value is None or (
-        not isinstance(value, CelOptional) and not value and not isinstance(value, URLValue)
-    )
-    return CelOptional() if is_zero else CelOptional(value)
-
-
-@_propagating
-def _has_value(value: Any) -> Any:
-    _require(isinstance(value, CelOptional))
-    return celtypes.BoolType(value.has_value)
-
-
-@_propagating
-def _value(value: Any) -> Any:
-    _require(isinstance(value, CelOptional))
-    return value.value if value.has_value else _error("optional.none() dereference")
-
-
-@_propagating
-def _or_value(value: Any, default: Any) -> Any:
-    _require(isinstance(value, CelOptional))
-    return value.value if value.has_value else default
-
-
-@_propagating
-def _or(value: Any, other: Any) -> Any:
-    _require(isinstance(value, CelOptional) and isinstance(other, CelOptional))
-    return value if value.has_value else other
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -906,61 +329,8 @@ _EXTENSIONS: dict[str, Callable[..., Any]] = {
     "_||_": _logical(celtypes.logical_or),
     # standard functions cel-python gets slightly wrong for Kubernetes
     "string": _to_string,
-    "contains": _contains,
     "matches": _matches,
     "size": _size,
-    # strings
-    "charAt": _char_at,
-    "indexOf": _index_of,
-    "lastIndexOf": _last_index_of,
-    "lowerAscii": _lower_ascii,
-    "upperAscii": _upper_ascii,
-    "replace": _replace,
-    "split": _split,
-    "substring": _substring,
-    "trim": _trim,
-    "join": _join,
-    "reverse": _reverse,
-    "quote": _quote,
-    # lists
-    "isSorted": _is_sorted,
-    "sum": _sum,
-    "max": _extreme(max, "max"),
-    "min": _extreme(min, "min"),
-    "slice": _slice,
-    "flatten": _flatten,
-    "distinct": _distinct,
-    "sort": _sort,
-    "range": _range,
-    "first": _first,
-    "last": _last,
-    # sets
-    "equivalent": _equivalent,
-    "intersects": _intersects,
-    # regex
-    "find": _find,
-    "findAll": _find_all,
-    # urls
-    "url": _url,
-    "isURL": _is_url,
-    "getScheme": _url_part(lambda u: celtypes.StringType(u.scheme)),
-    "getHost": _url_part(_url_host),
-    "getHostname": _url_part(_url_hostname),
-    "getPort": _url_part(lambda u: celtypes.StringType(u.port)),
-    "getEscapedPath": _url_part(_url_escaped_path),
-    "getQuery": _url_part(_url_query),
-    # quantities
-    "quantity": _quantity,
-    "isQuantity": _is_quantity,
-    **_QUANTITY_METHODS,
-    # optionals
-    "of": _optional_of,
-    "none": _optional_none,
-    "ofNonZeroValue": _optional_of_non_zero,
-    "hasValue": _has_value,
-    "value": _value,
-    "orValue": _or_value,
-    "or": _or,
 }
 
 
@@ -1034,6 +404,7 @@ class CelProgram:
     closure: Closure
     variables: frozenset[str]
     selections: tuple[FieldSelection, ...]
+    functions: frozenset[str]  # every function, method and macro the expression calls
 
     @property
     def uses_old_self(self) -> bool:
@@ -1063,7 +434,13 @@ def compile_cel(source: str, variables: Iterable[str] = ("self", "oldSelf")) -> 
         ) from None
     compiler = _Compiler(frozenset(variables))
     closure = compiler.compile(tree, frozenset())
-    return CelProgram(source, closure, frozenset(compiler.used_variables), tuple(compiler.selections))
+    return CelProgram(
+        source,
+        closure,
+        frozenset(compiler.used_variables),
+        tuple(compiler.selections),
+        frozenset(compiler.functions),
+    )
 
 
 def _syntax_detail(error: BaseException) -> str:
@@ -1130,6 +507,7 @@ class _Compiler:
         self.variables = variables
         self.used_variables: set[str] = set()
         self.selections: list[FieldSelection] = []
+        self.functions: set[str] = set()
 
     def fail(self, token: Any, message: str) -> NoReturn:
         line, column = getattr(token, "line", 1) or 1, getattr(token, "column", 1) or 1
@@ -1261,6 +639,7 @@ class _Compiler:
     def _member_dot_arg(self, node: Any, bound: frozenset[str]) -> Closure:
         target_node, name = node.children[0], node.children[1]
         argument_nodes = node.children[2].children if len(node.children) > 2 else []
+        self.functions.add(str(name))
         if name in _MACROS:
             return self._macro(str(name), name, target_node, argument_nodes, bound)
         if name not in _FUNCTION_NAMES or name in _SPECIAL_FUNCTIONS:
@@ -1286,9 +665,6 @@ class _Compiler:
                 return CELEvalError(f"undeclared reference to '{name}'") if value is _MISSING else value
 
             return variable
-        if name in _NAMESPACES:
-            namespace = _NAMESPACES[name]
-            return lambda env: namespace
         if name in _TYPE_VALUES:
             type_value = _TYPE_VALUES[name]
             return lambda env: type_value
@@ -1297,6 +673,7 @@ class _Compiler:
     def _ident_arg(self, node: Any, bound: frozenset[str]) -> Closure:
         name = node.children[0]
         argument_nodes = node.children[1].children if len(node.children) > 1 else []
+        self.functions.add(str(name))
         if name == "has":
             return self._has(name, argument_nodes, bound)
         arguments = [self.compile(a, bound) for a in argument_nodes]

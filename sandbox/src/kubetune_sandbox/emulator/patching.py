@@ -5,6 +5,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import jsonpatch
+import jsonpointer
+
 
 class PatchError(ValueError):
     """A patch that cannot be applied; `code` is the HTTP status the API answers with."""
@@ -114,95 +117,15 @@ def _merge_list(field: str, current_value: Any, patch: list[Any]) -> list[Any]:
     return result
 
 
-def _pointer(path: str) -> list[str]:
-    if path == "":
-        return []
-    if not path.startswith("/"):
-        raise PatchError(f"invalid JSON pointer {path!r}", 400)
-    return [part.replace("~1", "/").replace("~0", "~") for part in path[1:].split("/")]
-
-
-def _parent(doc: Any, parts: list[str], path: str) -> Any:
-    node = doc
-    for part in parts[:-1]:
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            raise PatchError(f"jsonpatch: path {path!r} does not exist")
-    return node
-
-
-def _get(doc: Any, path: str) -> Any:
-    parts = _pointer(path)
-    if not parts:
-        return doc
-    node, last = _parent(doc, parts, path), parts[-1]
-    if isinstance(node, dict) and last in node:
-        return node[last]
-    if isinstance(node, list) and last.isdigit() and int(last) < len(node):
-        return node[int(last)]
-    raise PatchError(f"jsonpatch: path {path!r} does not exist")
-
-
-def _remove(doc: Any, path: str) -> Any:
-    value = _get(doc, path)  # raises when absent
-    parts = _pointer(path)
-    node = _parent(doc, parts, path)
-    if isinstance(node, dict):
-        del node[parts[-1]]
-    else:
-        del node[int(parts[-1])]
-    return value
-
-
-def _add(doc: Any, path: str, value: Any) -> Any:
-    parts = _pointer(path)
-    if not parts:
-        return value
-    node, last = _parent(doc, parts, path), parts[-1]
-    if isinstance(node, dict):
-        node[last] = value
-    elif isinstance(node, list) and (last == "-" or (last.isdigit() and int(last) <= len(node))):
-        node.insert(len(node) if last == "-" else int(last), value)
-    else:
-        raise PatchError(f"jsonpatch: cannot add at {path!r}")
-    return doc
-
-
 def json_patch(target: Any, operations: Any) -> Any:
-    """RFC 6902 JSON patch. A failed `test` raises PatchError with 422, as the API answers."""
+    """RFC 6902 JSON patch (the jsonpatch library). A failed `test` raises PatchError with 422, as the API answers."""
     if not isinstance(operations, list) or not all(isinstance(op, dict) for op in operations):
         raise PatchError("a JSON patch must be a list of operations", 400)
-    doc = copy.deepcopy(target)
-    for op in operations:
-        kind, path = op.get("op"), op.get("path")
-        if not isinstance(path, str):
-            raise PatchError(f"jsonpatch: operation {op!r} has no path", 400)
-        if kind in ("add", "replace", "test") and "value" not in op:
-            raise PatchError(f"jsonpatch: operation {op!r} has no value", 400)
-        match kind:
-            case "add":
-                doc = _add(doc, path, copy.deepcopy(op["value"]))
-            case "remove":
-                _remove(doc, path)
-            case "replace":
-                _get(doc, path)  # the target must exist
-                doc = _add(_remove_for_replace(doc, path), path, copy.deepcopy(op["value"]))
-            case "move":
-                doc = _add(doc, path, _remove(doc, str(op.get("from", ""))))
-            case "copy":
-                doc = _add(doc, path, copy.deepcopy(_get(doc, str(op.get("from", "")))))
-            case "test":
-                if _get(doc, path) != op["value"]:
-                    raise PatchError(f"the test operation failed: {path} is not {op['value']!r}")
-            case _:
-                raise PatchError(f"jsonpatch: unknown operation {kind!r}", 400)
-    return doc
-
-
-def _remove_for_replace(doc: Any, path: str) -> Any:
-    if _pointer(path):
-        _remove(doc, path)
-    return doc
+    try:
+        return jsonpatch.apply_patch(target, operations)
+    except jsonpatch.JsonPatchTestFailed as error:
+        raise PatchError(f"the test operation failed: {error}") from None
+    except (jsonpatch.InvalidJsonPatch, jsonpointer.JsonPointerException) as error:
+        raise PatchError(f"jsonpatch: {error}", 400) from None
+    except jsonpatch.JsonPatchConflict as error:
+        raise PatchError(f"jsonpatch: {error}") from None
