@@ -7,6 +7,7 @@ controller is exercised against the emulator in well under a second per test.
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ def cluster(server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[A
     kubelet = Kubelet(
         server, tmp_path_factory.mktemp("kubelet"), images, poll_seconds=0.1, default_grace_seconds=5
     )
+    server.set_pod_log_source(kubelet.log_file)
     components = [kubelet, JobController(server, poll_seconds=0.1), DeploymentController(server, poll_seconds=0.1),
                   ServiceProxy(server, poll_seconds=0.1)]  # fmt: skip
     for component in components:
@@ -43,6 +45,15 @@ def cluster(server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[A
     yield server
     for component in components:
         component.stop()
+    server.set_pod_log_source(None)
+
+
+def pod_log(server: Any, pod: dict[str, Any], container: str = "main") -> str:
+    """A container's log through the API (`pods/log`), as kubectl reads it."""
+    meta = pod["metadata"]
+    url = f"{server.url}/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/log?container={container}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 20.0) -> Any:

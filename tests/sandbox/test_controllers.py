@@ -10,8 +10,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from kubetune_sandbox.cluster.kubelet import LOG_DIR_ANNOTATION
-from tests.sandbox.conftest import SH_IMAGE, job_condition, job_pods, pid_alive, sh_job, wait_for
+from tests.sandbox.conftest import SH_IMAGE, job_condition, job_pods, pid_alive, pod_log, sh_job, wait_for
 
 JOBS, PODS = "batch/v1/jobs", "v1/pods"
 
@@ -44,8 +43,7 @@ def test_job_runs_a_real_process_and_reports_its_exit_and_message(cluster: Any) 
     state = terminated(pod)
     assert state["exitCode"] == 0 and state["reason"] == "Completed"
     assert json.loads(state["message"]) == {"x": 1}
-    log = Path(pod["metadata"]["annotations"][LOG_DIR_ANNOTATION]) / "main.log"
-    assert log.read_text().strip() == f"hello world from {pod['metadata']['name']}"
+    assert pod_log(cluster, pod).strip() == f"hello world from {pod['metadata']['name']}"  # pods/log
     job = cluster.get(JOBS, "default", "hello")
     assert job["status"]["succeeded"] == 1 and job["status"]["completionTime"]
     assert pod["metadata"]["labels"]["batch.kubernetes.io/job-name"] == "hello"
@@ -108,7 +106,7 @@ def test_deleting_a_pod_kills_its_process_and_the_job_retries(cluster: Any) -> N
     cluster.create(JOBS, sh_job("victim", script, backoffLimit=2), "default")
     pod = wait_for("running", lambda: next(iter(p for p in job_pods(cluster, "victim")
                                                 if p["status"].get("phase") == "Running"), None))  # fmt: skip
-    log = Path(pod["metadata"]["annotations"][LOG_DIR_ANNOTATION]) / "main.log"
+    log = wait_for("its log file", lambda: cluster.emulator.pod_log_source(pod, "main"))
     pids = wait_for("its pid", lambda: _pids_with_log(log))
     cluster.delete(PODS, "default", pod["metadata"]["name"])
     wait_for("the process to die", lambda: not any(pid_alive(pid) for pid in pids), timeout=10)

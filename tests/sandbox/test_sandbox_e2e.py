@@ -128,9 +128,13 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
 
 
 def run(
-    info: dict[str, Any], *args: str, check: bool = True, budget: Budget | None = None
+    info: dict[str, Any],
+    *args: str,
+    check: bool = True,
+    budget: Budget | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "KUBECONFIG": info["kubeconfig"], "HOME": str(info["dir"] / "home")}
+    env = {**os.environ, "KUBECONFIG": info["kubeconfig"], "HOME": str(info["dir"] / "home"), **(env or {})}
     timeout = budget.left(COMMAND, f"{args}") if budget else COMMAND
     try:
         result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout, check=False)
@@ -141,9 +145,16 @@ def run(
 
 
 def kubetune(
-    info: dict[str, Any], *args: str, budget: Budget | None = None
+    info: dict[str, Any], *args: str, budget: Budget | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return run(info, sys.executable, "-m", "kubetune.cli.main", *args, budget=budget)
+    return run(info, sys.executable, "-m", "kubetune.cli.main", *args, budget=budget, env=env)
+
+
+def aws_env(info: dict[str, Any]) -> dict[str, str]:
+    """What a user exports to reach the sandbox's S3 (the CLI reads no sandbox files)."""
+    s3 = info["s3"]
+    return {"AWS_ENDPOINT_URL": s3["endpoint"], "AWS_ACCESS_KEY_ID": s3["accessKeyId"],
+            "AWS_SECRET_ACCESS_KEY": s3["secretAccessKey"], "AWS_REGION": s3["region"]}  # fmt: skip
 
 
 def kubectl_json(info: dict[str, Any], *args: str, budget: Budget | None = None) -> Any:
@@ -268,11 +279,17 @@ def test_finetunejob_survives_a_deleted_pod_and_a_suspension_then_succeeds(
     assert "Succeeded" in kubetune(sandbox, "status", JOB, budget=budget).stdout
     assert "step" in kubetune(sandbox, "checkpoints", JOB, budget=budget).stdout
     png = tmp_path / "loss.png"
-    plotted = kubetune(sandbox, "plot", JOB, "-o", str(png), budget=budget)
+    no_s3 = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x",
+             "AWS_MAX_ATTEMPTS": "1"}  # fmt: skip
+    plotted = kubetune(sandbox, "plot", JOB, "-o", str(png), budget=budget, env=no_s3)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "train" in plotted.stdout or "eval" in plotted.stdout
+    assert "train" in plotted.stdout
+    assert "losses from the trainer pods' logs" in plotted.stdout  # read through the pod log API
+    from_s3 = kubetune(sandbox, "plot", JOB, "-o", str(png), budget=budget, env=aws_env(sandbox))
+    assert "losses from s3://" in from_s3.stdout and "log_history.json" in from_s3.stdout
     logs = kubetune(sandbox, "logs", JOB, "--no-follow", budget=budget)
     assert logs.stdout.strip()
+    assert "==> pod" in logs.stderr
     assert kubetune(sandbox, "watch", JOB, budget=budget).returncode == 0
     cli = (sys.executable, "-m", "kubetune.cli.main")
     missing = run(sandbox, *cli, "status", "nope", check=False, budget=budget)

@@ -6,10 +6,11 @@ through the Kubernetes Python client, so a sandbox and a real cluster look the s
 
 Loss curves (`plot`) come from, in order of preference:
 1. the trainer's log history in the job's output storage (`<output>/checkpoints/log_history.json`, the
-   Hugging Face Trainer's `log_history`), when the trainer writes it and S3 credentials are at hand
-   (the standard AWS_* variables, or the sandbox's sandbox.json next to the kubeconfig);
-2. the trainer pod's log, whose `progress {...}` lines carry step, train and eval loss (the sandbox
-   keeps pod logs in files; a cluster serves them through the pod log API);
+   Hugging Face Trainer's `log_history`), when the trainer writes it and the user's own S3 credentials
+   reach it (boto3's usual chain: AWS_* variables, AWS_ENDPOINT_URL included, profiles, instance roles;
+   the CLI never reads the job's storage Secret);
+2. the trainer pods' logs through the pod log API, whose `progress {...}` lines carry step, train and
+   eval loss;
 3. the eval losses of the recorded checkpoints (`status.checkpoints`).
 """
 
@@ -32,7 +33,6 @@ GROUP, VERSION, PLURAL = "kubetune.dev", "v1alpha1", "finetunejobs"
 TERMINAL = ("Succeeded", "Failed")
 JOB_LABEL = "kubetune.dev/finetunejob"
 STAGE_LABEL = "kubetune.dev/stage"
-LOG_DIR_ANNOTATION = "sandbox.kubetune.dev/log-dir"
 SPARK = "▁▂▃▄▅▆▇█"
 
 
@@ -92,51 +92,33 @@ class Kube:
         return items
 
     def log_lines(self, pod: Mapping[str, Any], container: str, follow: bool) -> Iterator[str]:
-        """The pod's log: the sandbox's file when this machine has it, else the pod log API."""
-        directory = ((pod.get("metadata") or {}).get("annotations") or {}).get(LOG_DIR_ANNOTATION)
-        path = Path(directory) / f"{container}.log" if directory else None
-        if path is not None and path.exists():
-            yield from _follow_file(path, follow, lambda: self._pod_running(pod))
-            return
+        """The container's log through the pod log API, as `kubectl logs [-f]` reads it; following waits
+        for a container still starting and ends when it terminates."""
         name = pod["metadata"]["name"]
-        if follow:
-            stream = self.core.read_namespaced_pod_log(
-                name, self.namespace, container=container, follow=True, _preload_content=False
-            )
-            for line in stream:
-                yield line.decode(errors="replace").rstrip("\n")
-        else:
-            text = self.core.read_namespaced_pod_log(name, self.namespace, container=container)
-            yield from str(text).splitlines()
+        if not follow:
+            yield from str(self._read_log(name, container)).splitlines()
+            return
+        stream = self._read_log(name, container, follow=True, wait=True, _preload_content=False)
+        for line in stream:
+            yield line.decode(errors="replace").rstrip("\n")
 
-    def _pod_running(self, pod: Mapping[str, Any]) -> bool:
-        try:
-            current = self.core.read_namespaced_pod(
-                pod["metadata"]["name"], self.namespace, _preload_content=False
-            )
-        except self._exception:
-            return False
-        return json.loads(current.data).get("status", {}).get("phase") in ("Pending", "Running")
-
-
-def _follow_file(path: Path, follow: bool, alive: Any) -> Iterator[str]:
-    with path.open("r", errors="replace") as handle:
-        idle = 0.0
+    def _read_log(self, name: str, container: str, *, wait: bool = False, **options: Any) -> Any:
         while True:
-            line = handle.readline()
-            if line:
-                idle = 0.0
-                yield line.rstrip("\n")
-                continue
-            if not follow:
-                return
-            time.sleep(0.5)
-            idle += 0.5
-            if idle >= 2.0:
-                idle = 0.0
-                if not alive():
-                    yield from (rest.rstrip("\n") for rest in handle.readlines())
-                    return
+            try:
+                return self.core.read_namespaced_pod_log(name, self.namespace, container=container, **options)
+            except self._exception as error:
+                message = _status_message(error)
+                if not (wait and error.status == 400 and "waiting to start" in message):
+                    raise UserError(f"cannot read the log of pod {name}: {message}") from None
+            time.sleep(1.0)
+
+
+def _status_message(error: Any) -> str:
+    """The message of the API's Status, else the HTTP reason."""
+    try:
+        return str(json.loads(error.body)["message"])
+    except (TypeError, ValueError, KeyError):
+        return f"{error.status} {error.reason}"
 
 
 # ---------------------------------------------------------------------------------------------- display
@@ -305,45 +287,25 @@ def losses_from_checkpoints(status: Mapping[str, Any]) -> Series:
     return {"train": [], "eval": sorted(points)}
 
 
-def sandbox_info(kubeconfig: str) -> dict[str, Any] | None:
-    """The sandbox.json written next to a sandbox's kubeconfig, if this kubeconfig is a sandbox's."""
-    path = Path(kubeconfig).parent / "sandbox.json"
-    try:
-        info: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return info
+def read_s3_json(uri: str, s3: Any = None) -> Any:
+    """An S3 object's JSON, with the given client or one from boto3's usual credential chain."""
+    if s3 is None:
+        import boto3
 
-
-def _s3_client(kubeconfig: str) -> Any:
-    import boto3
-
-    info = sandbox_info(kubeconfig)
-    if info:
-        s3 = info["s3"]
-        return boto3.client(
-            "s3",
-            endpoint_url=s3["endpoint"],
-            aws_access_key_id=s3["accessKeyId"],
-            aws_secret_access_key=s3["secretAccessKey"],
-            region_name=s3["region"],
-        )
-    return boto3.client("s3")
-
-
-def read_s3_json(kubeconfig: str, uri: str) -> Any:
+        s3 = boto3.client("s3")
     bucket, _, key = uri.removeprefix("s3://").partition("/")
-    body = _s3_client(kubeconfig).get_object(Bucket=bucket, Key=key)["Body"].read()
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     return json.loads(body)
 
 
-def collect_losses(kube: Kube, job: Mapping[str, Any]) -> tuple[Series, str]:
-    """(series, where they came from)."""
+def collect_losses(kube: Kube, job: Mapping[str, Any], s3: Any = None) -> tuple[Series, str]:
+    """(series, where they came from). `s3`: a boto3 S3 client for the job's output storage (default:
+    boto3's credential chain)."""
     output = (((job.get("spec") or {}).get("output") or {}).get("uri") or "").rstrip("/")
     if output.startswith("s3://"):
         uri = f"{output}/checkpoints/log_history.json"
         try:
-            series = losses_from_history(read_s3_json(kube.kubeconfig, uri))
+            series = losses_from_history(read_s3_json(uri, s3))
             if series["train"] or series["eval"]:
                 return series, uri
         except Exception:  # no such file, no credentials: try the next source

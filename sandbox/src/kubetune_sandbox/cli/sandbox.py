@@ -230,7 +230,8 @@ def run_quickstart(args: argparse.Namespace) -> int:
         if evaluation.get("passed") is False:
             missed = "; ".join(evaluation.get("failedThresholds") or [])
             raise QuickstartError(f"the tuned model did not pass its evaluation thresholds ({missed})")
-        series, source = user.collect_losses(kube, job)
+        assert sandbox.s3 is not None
+        series, source = user.collect_losses(kube, job, sandbox.s3.client())  # the sandbox's own S3 keys
         png = directory / f"{job_name}-loss.png"
         if series["train"] or series["eval"]:
             renderer = user.write_png(png, series, f"{job_name} loss")

@@ -11,8 +11,9 @@ How a pod maps onto this machine:
   `TMPDIR` points at the pod's `/tmp` volume (or a private temp directory). Programs that hard-code an
   absolute path of their image do not fit this model; kubetune's own read every path from config or env;
 - `NAME.NAMESPACE.svc[.cluster.local]` in args/env become the Service's loopback clusterIP (cluster DNS);
-- each container's stdout+stderr go to `.../logs/<container>.log`; the pod carries the annotation
-  `sandbox.kubetune.dev/log-dir` so `kubetune logs` can follow the file (a cluster has the log API);
+- each container's stdout+stderr go to `.../logs/<container>.log`, which the emulator serves as the pod
+  log API (`pods/log`, registered with `EmulatorServer.set_pod_log_source(kubelet.log_file)`), so
+  `kubectl logs` and `kubetune logs` read them as on a cluster;
 - init containers run in order, then the containers together; restartPolicy Never/OnFailure/Always;
   exit codes, reasons and termination messages (FallbackToLogsOnError honoured) go to
   `status.containerStatuses`; readiness comes from the readinessProbe (httpGet, tcpSocket, exec);
@@ -46,7 +47,6 @@ from kubetune_sandbox.cluster.api import CONFIGMAPS, PODS, SECRETS, SERVICES, Cl
 from kubetune_sandbox.cluster.images import ImageMap, ImageNotMappedError
 
 Obj = dict[str, Any]
-LOG_DIR_ANNOTATION = "sandbox.kubetune.dev/log-dir"
 POD_IP_PREFIX = 1  # pods in 127.1.0.0/16; Services in 127.2.0.0/16 (services.py)
 HOST_ENV = ("PATH", "LANG", "LC_ALL", "TZ")  # all a container inherits from the host
 TERMINATION_MESSAGE_LIMIT = 4096
@@ -99,7 +99,7 @@ class PodWorker:
         meta = pod["metadata"]
         self.namespace, self.name, self.uid = meta.get("namespace", "default"), meta["name"], meta["uid"]
         self.ip = ip
-        self.root = kubelet.root / "pods" / f"{self.namespace}_{self.name}_{self.uid[:8]}"
+        self.root = pod_directory(kubelet.root, pod)
         spec = pod.get("spec") or {}
         self.restart_policy = spec.get("restartPolicy", "Always")
         self.grace = float(spec.get("terminationGracePeriodSeconds", kubelet.default_grace_seconds))
@@ -521,6 +521,12 @@ class PodWorker:
         shutil.rmtree(self.root / "tmp", ignore_errors=True)
 
 
+def pod_directory(root: Path, pod: Mapping[str, Any]) -> Path:
+    """Where a pod's volumes and logs live on this machine: ROOT/pods/<ns>_<name>_<uid[:8]>."""
+    meta = pod["metadata"]
+    return root / "pods" / f"{meta.get('namespace', 'default')}_{meta['name']}_{meta['uid'][:8]}"
+
+
 def _libc() -> Any:
     with contextlib.suppress(OSError):
         return ctypes.CDLL("libc.so.6", use_errno=True)
@@ -628,7 +634,6 @@ class Kubelet:
                 continue  # finished before this kubelet started: nothing to run
             worker = PodWorker(self, pod, self._allocate_ip())
             self.workers[uid] = worker
-            self._annotate(worker)
             worker.thread.start()
         for uid, worker in list(self.workers.items()):
             current = pods.get(uid)
@@ -636,11 +641,11 @@ class Kubelet:
                 del self.workers[uid]
                 threading.Thread(target=self._terminate, args=(worker,), daemon=True).start()
 
-    def _annotate(self, worker: PodWorker) -> None:
-        (worker.root / "logs").mkdir(parents=True, exist_ok=True)
-        patch = {"metadata": {"annotations": {LOG_DIR_ANNOTATION: str(worker.root / "logs")}}}
-        with contextlib.suppress(Exception):
-            self.cluster.patch(PODS, worker.namespace, worker.name, patch)
+    def log_file(self, pod: Mapping[str, Any], container: str) -> Path | None:
+        """The file holding a container's stdout and stderr so far (restarts append), None before it first
+        started: the emulator's `pods/log` source. Logs outlive the pod's volumes, as on a node."""
+        path = pod_directory(self.root, pod) / "logs" / f"{container}.log"
+        return path if path.is_file() else None
 
     @staticmethod
     def _terminate(worker: PodWorker) -> None:

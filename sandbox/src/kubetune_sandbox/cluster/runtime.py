@@ -120,6 +120,7 @@ class Sandbox:
         self.kubelet = Kubelet(
             self.server, self.dir / "kubelet", self.images, default_grace_seconds=options.grace_seconds
         )
+        self.server.set_pod_log_source(self.kubelet.log_file)  # `kubectl logs` reads the pods' files
         self.jobs = JobController(self.server)
         self.deployments = DeploymentController(self.server)
         self.proxy = ServiceProxy(self.server)

@@ -19,6 +19,7 @@ import importlib
 import json
 import logging
 import random
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -64,6 +65,11 @@ T = TypeVar("T")
 _GENERATED_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the API's: no vowels, no look-alike digits
 _BOOKMARK_INTERVAL_SECONDS = 30.0
 _REQUEST_LOG_LIMIT = 2000  # kmock logs every request; keep a long-running sandbox's memory bounded
+_POD_LOG_PATH = re.compile(r"/api/v1/namespaces/([^/]+)/pods/([^/]+)/log/?")
+_LOG_FOLLOW_POLL_SECONDS = 0.2
+PodLogSource = Callable[[Obj, str], Path | None]
+"""(pod, container name) -> the file holding the container's output so far, or None while it has none: what
+a kubelet registers so that the emulator serves `pods/log` (the emulator runs no containers itself)."""
 
 
 @dataclass
@@ -114,6 +120,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
     _crd_versions: dict[tuple[str, str, str], Obj] = attrs.field(factory=dict, init=False)
     _watch_queues: set[asyncio.Queue[WatchEvent | None]] = attrs.field(factory=set, init=False)
     _closing: bool = attrs.field(default=False, init=False)
+    pod_log_source: PodLogSource | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         # super() is skipped on purpose: kmock's fallbacks would answer discovery with the core group
@@ -671,6 +678,8 @@ class ApiEmulator(kmock.KubernetesEmulator):
             return aiohttp.web.Response(text="ok")
         if method == "GET" and (document := discovery.document(self.resources, path)) is not None:
             return _json_response(document)
+        if method == "GET" and (log_path := _POD_LOG_PATH.fullmatch(path)) is not None:
+            return await self._pod_log(request, log_path.group(1), log_path.group(2), params)
         target = self._resolve(path)
         if method == "GET" and params.get("watch") in ("true", "1"):
             return await self._watch(request, target, params, accept)
@@ -746,6 +755,104 @@ class ApiEmulator(kmock.KubernetesEmulator):
             include_object=params.get("includeObject", "Metadata"),
             with_definitions=first,
         )
+
+    # Pod logs: GET .../pods/NAME/log (container, tailLines, follow), text/plain, from the kubelet's files.
+
+    @staticmethod
+    def _log_container(pod: Obj, name: str, requested: str | None) -> tuple[str, Obj]:
+        """The container whose log is asked for, and its status; refused as kube-apiserver refuses."""
+        spec = pod.get("spec") or {}
+        containers = [str(c.get("name")) for c in spec.get("containers") or []]
+        init = [str(c.get("name")) for c in spec.get("initContainers") or []]
+        if requested is None:
+            if len(containers) != 1:
+                choices = f"choose one of: [{' '.join(containers)}]"
+                if init:
+                    choices += f" or one of the init containers: [{' '.join(init)}]"
+                raise bad_request(f"a container name must be specified for pod {name}, {choices}")
+            requested = containers[0]
+        elif requested not in containers + init:
+            raise bad_request(f"container {requested} is not valid for pod {name}")
+        status = pod.get("status") or {}
+        statuses = (status.get("containerStatuses") or []) + (status.get("initContainerStatuses") or [])
+        return requested, next((s for s in statuses if s.get("name") == requested), {})
+
+    async def _pod_log(
+        self, request: kmock.Request, namespace: str, name: str, params: Mapping[str, str]
+    ) -> aiohttp.web.StreamResponse:
+        target = self.target("v1/pods", namespace, name)
+        pod = self._existing(target)
+        container, status = self._log_container(pod, name, params.get("container"))
+        try:
+            tail = int(params["tailLines"]) if "tailLines" in params else None
+        except ValueError:
+            raise bad_request("tailLines must be an integer") from None
+        if tail is not None and tail < 0:
+            raise bad_request("tailLines must be greater than or equal to 0")
+        path = self.pod_log_source(pod, container) if self.pod_log_source is not None else None
+        if path is None or not path.exists():
+            waiting = ((status.get("state") or {}).get("waiting") or {}).get("reason") or "ContainerCreating"
+            raise bad_request(f'container "{container}" in pod "{name}" is waiting to start: {waiting}')
+        with path.open("rb") as handle:
+            text = handle.read()
+            offset = handle.tell()
+        if tail is not None:
+            lines = text.splitlines(keepends=True)
+            text = b"".join(lines[len(lines) - tail :]) if tail else b""
+        if params.get("follow") not in ("true", "1"):
+            return aiohttp.web.Response(body=text, content_type="text/plain", charset="utf-8")
+        return await self._follow_log(request, target, container, path, start=text, offset=offset)
+
+    async def _follow_log(
+        self,
+        request: kmock.Request,
+        target: Target,
+        container: str,
+        path: Path,
+        *,
+        start: bytes,
+        offset: int,
+    ) -> aiohttp.web.StreamResponse:
+        """Stream the log as it grows, until the container terminates, the pod goes or the client leaves."""
+        assert request._raw_request is not None  # kmock keeps the aiohttp request; needed for streaming
+        raw_request = request._raw_request
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+
+        def more() -> bytes:
+            nonlocal offset
+            with path.open("rb") as handle:
+                handle.seek(offset)
+                chunk = handle.read()
+                offset = handle.tell()
+            return chunk
+
+        def finished() -> bool:
+            pod = self.store.get(target.storage, target.namespace, target.name or "")
+            if pod is None:
+                return True
+            _, status = self._log_container(pod, target.name or "", container)
+            return "terminated" in (status.get("state") or {})
+
+        try:
+            await response.prepare(raw_request)
+            if start:
+                await response.write(start)
+            while not self._closing:
+                done = finished()  # read before the last chunk: nothing written before the end is lost
+                chunk = more()
+                if chunk:
+                    await response.write(chunk)
+                elif done:
+                    break
+                else:
+                    transport = raw_request.transport
+                    if transport is None or transport.is_closing():
+                        break  # the client went away
+                    await asyncio.sleep(_LOG_FOLLOW_POLL_SECONDS)
+            await response.write_eof()
+        except (ConnectionError, aiohttp.ClientConnectionResetError):
+            pass  # the client disconnected
+        return response
 
     # Watching.
 
@@ -961,6 +1068,10 @@ class EmulatorServer:
             finally:
                 self.emulator.close_watches()
                 await runner.cleanup()
+
+    def set_pod_log_source(self, source: PodLogSource | None) -> None:
+        """Serve `pods/log` from the files a kubelet writes (None: every container is waiting to start)."""
+        self.emulator.pod_log_source = source
 
     def kubeconfig(self, path: str | Path) -> Path:
         """Write a kubeconfig (no TLS, no auth) for kubectl and the Python client; returns its path."""
