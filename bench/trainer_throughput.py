@@ -165,8 +165,9 @@ def main() -> int:
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from kubetune.api.common import ResourceIdentity
     from kubetune.api.finetunejob import FineTuneJobSpec
-    from kubetune.api.trainer_config import JobIdentity, TrainerConfig, resolve_defaults
+    from kubetune.api.trainer_config import TrainerConfig
     from kubetune_trainer.collate import tokenize_chat
     from kubetune_trainer.stages import validate
     from kubetune_trainer.stages.train import Device, load_tokenizer
@@ -191,8 +192,10 @@ def main() -> int:
             "resources": {"gpus": 0},
             "output": {"uri": f"pvc://out/round-{round_index}/"},
         }
-        parsed = resolve_defaults(FineTuneJobSpec.model_validate(spec))
-        return TrainerConfig(job=JobIdentity(name=f"bench-{round_index}", namespace="bench"), spec=parsed)
+        parsed = FineTuneJobSpec.model_validate(spec).trainer_spec()
+        return TrainerConfig(
+            job=ResourceIdentity(name=f"bench-{round_index}", namespace="bench"), spec=parsed
+        )
 
     first = config(0)
     assert validate.run(first)["ok"]

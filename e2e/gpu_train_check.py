@@ -90,15 +90,20 @@ def chat_rows(count: int, seed: int = 0) -> list[dict[str, Any]]:
 
 
 def make_config(method: str, *, steps: int, seq: int, batch: int) -> Any:
+    from kubetune.api.common import ResourceIdentity
     from kubetune.api.finetunejob import FineTuneJobSpec
-    from kubetune.api.trainer_config import JobIdentity, TrainerConfig, resolve_defaults
+    from kubetune.api.trainer_config import TrainerConfig
 
     spec = FineTuneJobSpec.model_validate(
         {
             "baseModel": {"uri": "pvc://models/llama"},
             "dataset": {"uri": "pvc://data/chats.jsonl", "evalSplit": 0.02},
             "method": method,
-            "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "targetModules": ["all-linear"]},
+            **(
+                {}
+                if method == "full"
+                else {"lora": {"r": 16, "alpha": 32, "dropout": 0.05, "targetModules": ["all-linear"]}}
+            ),
             "hyperparameters": {
                 "maxSteps": steps,
                 "batchSize": batch,
@@ -113,7 +118,7 @@ def make_config(method: str, *, steps: int, seq: int, batch: int) -> Any:
         }
     )
     return TrainerConfig(
-        job=JobIdentity(name=f"gpu-check-{method}", namespace="e2e"), spec=resolve_defaults(spec)
+        job=ResourceIdentity(name=f"gpu-check-{method}", namespace="e2e"), spec=spec.trainer_spec()
     )
 
 

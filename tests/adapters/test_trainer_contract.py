@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kubetune.adapters.scrape import scrape_trainer
 from kubetune.api import trainer_contract as contract
+from kubetune.api.common import ResourceIdentity
 from kubetune.api.finetunejob import FineTuneJobSpec, Threshold
 from kubetune.api.trainer_config import CONFIG_FILE_NAME, TrainerConfig
 from kubetune.handlers.settings import ConfigError, OperatorConfig
@@ -21,7 +22,7 @@ from kubetune.reconcile.progress import TRAINER_METRICS, progress_from_samples
 from kubetune.render import finetunejob as render
 from tests.api.conftest import load_example
 
-OWNER = render.Owner(name="support-bot", namespace="team-a", uid="uid-1", generation=1)
+OWNER = ResourceIdentity(name="support-bot", namespace="team-a", uid="uid-1", generation=1)
 
 
 def _free_port() -> int:

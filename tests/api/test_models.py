@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from kubetune.api.finetunejob import FineTuneJobSpec, Hyperparameters, Lora
+from kubetune.api.finetunejob import Checkpoint, Evaluation, FineTuneJobSpec, Hyperparameters, Lora
 from kubetune.api.modeldeployment import ModelDeploymentSpec
-from kubetune.api.trainer_config import ArtifactLayout, TrainerConfig, resolve_defaults
+from kubetune.api.trainer_config import ArtifactLayout, TrainerConfig
 
 MINIMAL_JOB = {
     "baseModel": {"uri": "s3://models/tiny/"},
@@ -54,20 +54,18 @@ def test_unknown_fields_are_refused_by_the_typed_model() -> None:
         Hyperparameters.model_validate({"learningrate": 1e-4})
 
 
-def test_resolved_defaults_always_have_warmup_and_lora() -> None:
-    resolved = resolve_defaults(FineTuneJobSpec.model_validate(MINIMAL_JOB))
-    assert resolved.hyperparameters is not None
+def test_parsed_spec_always_has_warmup_lora_and_every_section() -> None:
+    resolved = FineTuneJobSpec.model_validate(MINIMAL_JOB)
     assert resolved.hyperparameters.warmup_ratio == 0.03
     assert resolved.lora == Lora()
-    assert resolved.evaluation is not None and resolved.checkpoint is not None
+    assert resolved.dpo is None
+    assert resolved.evaluation == Evaluation() and resolved.checkpoint == Checkpoint()
 
 
-def test_resolved_defaults_keep_explicit_warmup_steps_and_drop_lora_for_full() -> None:
-    spec = FineTuneJobSpec.model_validate(
+def test_parsed_spec_keeps_explicit_warmup_steps_and_no_lora_for_full() -> None:
+    resolved = FineTuneJobSpec.model_validate(
         {**MINIMAL_JOB, "method": "full", "hyperparameters": {"warmupSteps": 10}}
     )
-    resolved = resolve_defaults(spec)
-    assert resolved.hyperparameters is not None
     assert resolved.hyperparameters.warmup_ratio is None
     assert resolved.hyperparameters.warmup_steps == 10
     assert resolved.lora is None
@@ -77,7 +75,7 @@ def test_trainer_config_round_trips_through_json_and_lays_out_artifacts() -> Non
     config = TrainerConfig.model_validate(
         {
             "job": {"name": "j", "namespace": "n"},
-            "spec": resolve_defaults(FineTuneJobSpec.model_validate(MINIMAL_JOB)),
+            "spec": FineTuneJobSpec.model_validate(MINIMAL_JOB).trainer_spec(),
         }
     )
     again = TrainerConfig.model_validate_json(config.model_dump_json(by_alias=True))

@@ -15,6 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from kubetune.api.common import ResourceIdentity
 from kubetune.api.manifests import load_yaml
 from tests.chart import chartkit
 from tests.chart.chartkit import CHART, NAMESPACE, REPO, VALUE_SETS, env_of, manifests, of_kind, one, render
@@ -234,7 +235,7 @@ def test_serving_and_trainer_pod_monitors_select_the_pods_the_operator_renders()
     monitors = {
         m["metadata"]["name"]: m["spec"] for m in of_kind(manifests(VALUE_SETS["monitoring"]), "PodMonitor")
     }
-    owner = ftj.Owner(name="support-bot", namespace="team-a", uid="u")
+    owner = ResourceIdentity(name="support-bot", namespace="team-a", uid="u")
     example = load_yaml((REPO / "examples" / "01-lora-basic" / "finetunejob.yaml").read_text())
     from kubetune.api.finetunejob import FineTuneJobSpec
     from kubetune.render.pod import OperatorDefaults
@@ -254,7 +255,7 @@ def test_serving_and_trainer_pod_monitors_select_the_pods_the_operator_renders()
     assert serving["selector"]["matchExpressions"][0]["key"] == md.DEPLOYMENT_LABEL
     assert serving["podMetricsEndpoints"][0]["port"] == "http"
     assert (
-        md.selector_labels(md.DeploymentOwner("chat", "team-a", "u")).items()
+        md.selector_labels(ResourceIdentity(name="chat", namespace="team-a", uid="u")).items()
         >= serving["selector"]["matchLabels"].items()
     )
 

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kubetune.api.common import ResourceIdentity
 from kubetune.api.finetunejob import FineTuneJobSpec
 from kubetune.api.trainer_config import ArtifactLayout
 from kubetune.render import finetunejob as render_job
@@ -57,7 +58,7 @@ def check_confined(spec: FineTuneJobSpec) -> None:
         assert _under(getattr(layout, name), root), (name, getattr(layout, name))
     assert _under(storage.join(layout.checkpoints, "step-00000001", "adapter_model.safetensors"), root)
     assert _under(CheckpointStore(layout.checkpoints, writer="x").uri_for(10**8 - 1), root)
-    owner = render_job.Owner("hostile", "default", "uid", 1)
+    owner = ResourceIdentity(name="hostile", namespace="default", uid="uid", generation=1)
     manifests = [render_job.validation_job(owner, spec, OperatorDefaults(), "d"),
                  render_job.training_job(owner, spec, OperatorDefaults(), "d"),
                  render_job.finishing_job(owner, spec, OperatorDefaults(), "d")]  # fmt: skip

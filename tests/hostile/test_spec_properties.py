@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from kubetune.api.common import ResourceIdentity
 from kubetune.api.finetunejob import FineTuneJobSpec
 from kubetune.api.modeldeployment import ModelDeploymentSpec
 from kubetune.reconcile.finetunejob import Create, reconcile
@@ -166,7 +167,7 @@ def run_operator_logic(kind: str, admitted: dict[str, Any]) -> None:
         reasons = [c.get("reason") for c in outcome.status.get("conditions") or []]
         assert "InvalidSpec" not in reasons, outcome.status
         spec = FineTuneJobSpec.model_validate(admitted["spec"])
-        owner = render_job.Owner("hostile", "default", "u-1", 1)
+        owner = ResourceIdentity(name="hostile", namespace="default", uid="u-1", generation=1)
         manifests = [a.manifest for a in outcome.actions if isinstance(a, Create)]
         manifests += [render_job.training_job(owner, spec, OperatorDefaults(), "digest"),
                       render_job.finishing_job(owner, spec, OperatorDefaults(), "digest")]  # fmt: skip

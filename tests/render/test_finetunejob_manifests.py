@@ -12,6 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from kubetune.api.common import ResourceIdentity
 from kubetune.api.finetunejob import FineTuneJobSpec
 from kubetune.render import finetunejob as render
 from kubetune.render.pod import OperatorDefaults
@@ -19,7 +20,7 @@ from tests.api.conftest import load_example
 from tests.pss import pod_spec_of, restricted_violations
 
 GOLDEN = Path(__file__).parent / "golden"
-OWNER = render.Owner(
+OWNER = ResourceIdentity(
     name="support-bot", namespace="team-a", uid="0b7c5a4e-1111-2222-3333-444455556666", generation=1
 )
 DEFAULTS = OperatorDefaults(trainer_image="ghcr.io/kubetune/trainer:0.1.0")
@@ -144,7 +145,11 @@ def test_config_map_carries_resolved_trainer_config() -> None:
     data = json.loads(config["data"]["trainer-config.json"])
     assert data["spec"]["hyperparameters"]["warmupRatio"] == 0.03
     assert data["job"] == {"name": "support-bot", "namespace": "team-a", "uid": OWNER.uid, "generation": 1}
-    assert "s3-credentials" in json.dumps(data)  # the Secret's name, never its content
+    # Only what the trainer reads: no scheduling, and no Secret (pods get it by envFrom, never its content).
+    assert set(data["spec"]) == {
+        "baseModel", "dataset", "method", "lora", "hyperparameters", "evaluation", "resources", "checkpoint", "output",
+    }  # fmt: skip
+    assert "s3-credentials" not in json.dumps(data)
 
 
 def test_every_child_is_owned_by_the_job() -> None:

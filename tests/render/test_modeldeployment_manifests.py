@@ -10,13 +10,14 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from kubetune.api.common import ResourceIdentity
 from kubetune.api.modeldeployment import ModelDeploymentSpec
 from kubetune.render import modeldeployment as render
 from tests.api.conftest import load_example
 from tests.pss import pod_spec_of, restricted_violations
 
 GOLDEN = Path(__file__).parent / "golden"
-OWNER = render.DeploymentOwner("support-bot", "team-a", "7d1c7a3e-aaaa-bbbb-cccc-ddddeeeeffff")
+OWNER = ResourceIdentity(name="support-bot", namespace="team-a", uid="7d1c7a3e-aaaa-bbbb-cccc-ddddeeeeffff")
 DEFAULTS = render.ServingDefaults()
 SOURCES = {
     "vllm-adapter": (

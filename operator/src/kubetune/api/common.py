@@ -8,7 +8,7 @@ agree on what is valid.
 from __future__ import annotations
 
 import decimal as _decimal
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -46,6 +46,35 @@ class ApiModel(BaseModel):
     """camelCase on the wire, snake_case in Python, unknown fields refused."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+def section(model: type[ApiModel]) -> Any:
+    """A spec section that is always there: left out, it is the section with its own defaults.
+
+    The model fills it (`default_factory`) and the CRD says `default: {}`, so the API server stores the same
+    values the operator and the trainer read; a section with required fields cannot be one.
+    """
+    return Field(default_factory=model, json_schema_extra={"default": {}})
+
+
+class ResourceIdentity(ApiModel):
+    """Which object a child belongs to: what owner references, child names and the trainer's records need."""
+
+    name: str
+    namespace: str
+    uid: str = ""
+    generation: int = 1
+
+    @classmethod
+    def of(cls, resource: Mapping[str, Any]) -> ResourceIdentity:
+        """The identity of a resource as the API server returns it."""
+        meta = resource["metadata"]
+        return cls(
+            name=meta["name"],
+            namespace=meta["namespace"],
+            uid=meta.get("uid", ""),
+            generation=int(meta.get("generation") or 1),
+        )
 
 
 def cel(rule: str, message: str, **extra: str) -> dict[str, str]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
 
 from kubetune.api.common import (
     ApiModel,
@@ -20,6 +21,7 @@ from kubetune.api.common import (
     Toleration,
     cel,
     rules,
+    section,
 )
 
 DatasetFormat = Literal["auto", "openai", "sharegpt", "alpaca", "prompt-completion", "text", "preference"]
@@ -34,6 +36,12 @@ ColumnRole = Literal[
 ]  # fmt: skip
 
 IMMUTABLE = "self == oldSelf"
+DEFAULT_WARMUP_RATIO = 0.03
+
+
+def _absent(data: dict[str, Any], field: str) -> bool:
+    """No value for `field` in raw input that may use the camelCase or the Python name."""
+    return data.get(to_camel(field)) is None and data.get(field) is None
 
 
 class BaseModelSource(ApiModel):
@@ -119,7 +127,7 @@ class Hyperparameters(ApiModel):
     learning_rate: Annotated[float, Decimal(gt=0, le=1)] = 2e-4
     warmup_ratio: Annotated[float, Decimal(gt=0, le=0.5)] | None = Field(
         default=None,
-        description="Warmup as a fraction of all steps; 0.03 when neither this nor warmupSteps is set",
+        description=f"Warmup as a fraction of all steps; {DEFAULT_WARMUP_RATIO} when neither this nor warmupSteps is set",
     )
     warmup_steps: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
     scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
@@ -144,6 +152,14 @@ class Hyperparameters(ApiModel):
             ),
         )
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_warmup(cls, data: Any) -> Any:
+        # A default that depends on another field, which a CRD cannot declare: the model fills it.
+        if isinstance(data, dict) and _absent(data, "warmup_ratio") and _absent(data, "warmup_steps"):
+            return {**data, "warmupRatio": DEFAULT_WARMUP_RATIO}
+        return data
 
 
 class Threshold(ApiModel):
@@ -253,18 +269,43 @@ class Output(ApiModel):
         return self
 
 
-class FineTuneJobSpec(ApiModel):
+class TrainerSpec(ApiModel):
+    """The part of a FineTuneJob's spec the trainer image runs: what it reads from its TrainerConfig."""
+
     base_model: BaseModelSource
     dataset: Dataset
     method: Method = "lora"
-    lora: Lora | None = None
-    dpo: Dpo | None = None
-    hyperparameters: Hyperparameters | None = None
-    evaluation: Evaluation | None = None
-    resources: Resources | None = None
-    scheduling: Scheduling | None = None
-    checkpoint: Checkpoint | None = None
+    lora: Lora | None = Field(
+        default=None, description="LoRA settings; every method but full trains with them"
+    )
+    dpo: Dpo | None = Field(default=None, description="DPO settings; only for method dpo")
+    hyperparameters: Hyperparameters = section(Hyperparameters)
+    evaluation: Evaluation = section(Evaluation)
+    resources: Resources = section(Resources)
+    checkpoint: Checkpoint = section(Checkpoint)
     output: Output
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_sections(cls, data: Any) -> Any:
+        """lora (for every method but full) and dpo (for dpo) default to their sections' defaults.
+
+        A CRD default cannot depend on spec.method, and admission refuses lora for full and dpo for the
+        other methods, so these two are filled here, once, for the operator and the trainer alike.
+        """
+        if not isinstance(data, dict):
+            return data
+        method = data.get("method") or "lora"
+        if method != "full" and _absent(data, "lora"):
+            data = {**data, "lora": Lora()}
+        if method == "dpo" and _absent(data, "dpo"):
+            data = {**data, "dpo": Dpo()}
+        return data
+
+
+# The trainer's part, then how the operator schedules and runs it (the trainer never reads these).
+class FineTuneJobSpec(TrainerSpec):
+    scheduling: Scheduling = section(Scheduling)
     storage_secret_ref: SecretReference | None = Field(
         default=None,
         description="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, mounted into pods only",
@@ -272,6 +313,10 @@ class FineTuneJobSpec(ApiModel):
     suspend: bool = False
     active_deadline_seconds: Annotated[int, Field(ge=60, le=30 * 24 * 3600)] | None = None
     backoff_limit: Annotated[int, Field(ge=0, le=100)] = 3
+
+    def trainer_spec(self) -> TrainerSpec:
+        """Only what the trainer reads: how the job is scheduled does not change the trainer's config."""
+        return TrainerSpec.model_validate({name: getattr(self, name) for name in TrainerSpec.model_fields})
 
     model_config = ConfigDict(
         json_schema_extra=rules(

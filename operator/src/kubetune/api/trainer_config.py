@@ -1,8 +1,10 @@
 """TrainerConfig: what the operator tells the trainer image (what the trainer answers is in trainer_contract).
 
-The operator renders it into a ConfigMap from the FineTuneJob spec with every default resolved; the trainer
-reads the same typed model back. Results flow the other way only through Kubernetes objects (the pod's
-termination message, the job's status) and the trainer's metrics endpoint.
+The operator renders it into a ConfigMap from the trainer's part of the FineTuneJob spec (`TrainerSpec`), whose
+model fills every default (the CRD's, and those that depend on spec.method); the trainer reads the same
+typed model back. Results flow the
+other way only through Kubernetes objects (the pod's termination message, the job's status) and the
+trainer's metrics endpoint.
 """
 
 from __future__ import annotations
@@ -11,28 +13,12 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from kubetune.api.common import ApiModel
-from kubetune.api.finetunejob import (
-    Checkpoint,
-    Dpo,
-    Evaluation,
-    FineTuneJobSpec,
-    Hyperparameters,
-    Lora,
-    Resources,
-)
+from kubetune.api.common import ApiModel, ResourceIdentity
+from kubetune.api.finetunejob import TrainerSpec
 from kubetune.api.trainer_contract import DEFAULT_METRICS_PORT, MAX_METRICS_PORT, MIN_METRICS_PORT
 
 CONFIG_FILE_NAME = "trainer-config.json"
-DEFAULT_WARMUP_RATIO = 0.03
 Stage = Literal["validate", "train", "evaluate", "export", "all", "bench"]
-
-
-class JobIdentity(ApiModel):
-    name: str
-    namespace: str
-    uid: str = ""
-    generation: int = 1
 
 
 class ArtifactLayout(ApiModel):
@@ -78,8 +64,8 @@ class ArtifactLayout(ApiModel):
 
 
 class TrainerConfig(ApiModel):
-    job: JobIdentity
-    spec: FineTuneJobSpec = Field(description="The job's spec with every default resolved")
+    job: ResourceIdentity  # names checkpoint writers and work directories; recorded in the manifest
+    spec: TrainerSpec = Field(description="What the trainer runs of the job's spec, every default filled")
     # Where the trainer serves /metrics: the operator renders its KUBETUNE_TRAINER_METRICS_PORT here.
     metrics_port: Annotated[int, Field(ge=MIN_METRICS_PORT, le=MAX_METRICS_PORT)] = DEFAULT_METRICS_PORT
     progress_interval_seconds: Annotated[int, Field(ge=1, le=300)] = 15
@@ -87,22 +73,3 @@ class TrainerConfig(ApiModel):
     @property
     def artifacts(self) -> ArtifactLayout:
         return ArtifactLayout(root=self.spec.output.uri)
-
-
-def resolve_defaults(spec: FineTuneJobSpec) -> FineTuneJobSpec:
-    """Fill every optional section the way the trainer will run it, so the config shows the truth."""
-    hyper = spec.hyperparameters or Hyperparameters()
-    if hyper.warmup_ratio is None and hyper.warmup_steps is None:
-        hyper = hyper.model_copy(update={"warmup_ratio": DEFAULT_WARMUP_RATIO})
-    lora = None if spec.method == "full" else (spec.lora or Lora())
-    dpo = (spec.dpo or Dpo()) if spec.method == "dpo" else None
-    return spec.model_copy(
-        update={
-            "hyperparameters": hyper,
-            "lora": lora,
-            "dpo": dpo,
-            "evaluation": spec.evaluation or Evaluation(),
-            "resources": spec.resources or Resources(),
-            "checkpoint": spec.checkpoint or Checkpoint(),
-        }
-    )

@@ -20,7 +20,8 @@ from kubetune.reconcile.finetunejob import Outcome, reconcile
 from kubetune.reconcile.observed import Observed, job_view
 from kubetune.reconcile.ownership import owned
 from kubetune.reconcile.progress import progress_from_samples
-from kubetune.render.finetunejob import JOB_LABEL, MANAGED_BY, child_name, needs_rendezvous_service
+from kubetune.render.finetunejob import JOB_LABEL, child_name, needs_rendezvous_service
+from kubetune.render.pod import MANAGED_BY
 
 KIND = "FineTuneJob"
 PLURAL = "finetunejobs"

@@ -16,7 +16,8 @@ from kubetune.reconcile.finetunejob import Outcome
 from kubetune.reconcile.modeldeployment import ServingObserved, deployment_view, reconcile_deployment
 from kubetune.reconcile.observed import job_view
 from kubetune.reconcile.ownership import owned
-from kubetune.render.modeldeployment import BENCHMARK_LABEL, DEPLOYMENT_LABEL, MANAGED_BY, ServingDefaults
+from kubetune.render.modeldeployment import BENCHMARK_LABEL, DEPLOYMENT_LABEL, ServingDefaults
+from kubetune.render.pod import MANAGED_BY
 
 KIND = "ModelDeployment"
 PLURAL = "modeldeployments"

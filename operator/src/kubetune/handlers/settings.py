@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune.api.trainer_contract import MAX_METRICS_PORT, MIN_METRICS_PORT
+from kubetune.render.modeldeployment import TGI_IMAGE, VLLM_IMAGE
 from kubetune.render.pod import OperatorDefaults
 
 
@@ -50,8 +51,8 @@ class OperatorConfig:
     metrics_port: int = 8080
     scrape_progress: bool = True
     namespaces: tuple[str, ...] = ()
-    vllm_image: str = "vllm/vllm-openai:v0.11.0"
-    tgi_image: str = "ghcr.io/huggingface/text-generation-inference:3.3.6"
+    vllm_image: str = VLLM_IMAGE
+    tgi_image: str = TGI_IMAGE
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:

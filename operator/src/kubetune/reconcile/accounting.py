@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kubetune.api.finetunejob import FineTuneJobSpec, Resources
+from kubetune.api.finetunejob import FineTuneJobSpec
 from kubetune.api.timestamps import seconds_between
 from kubetune.reconcile import conditions as c
 from kubetune.render.pod import Manifest
@@ -34,7 +34,7 @@ def gpus_requested(spec: FineTuneJobSpec | None) -> int:
     """GPUs per node times nodes; none for a spec that cannot run."""
     if spec is None:
         return 0
-    resources = spec.resources or Resources()
+    resources = spec.resources
     return resources.gpus * resources.nodes
 
 

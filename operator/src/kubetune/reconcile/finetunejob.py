@@ -12,17 +12,15 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from kubetune.api.common import ResourceIdentity
 from kubetune.api.finetunejob import FineTuneJobSpec
-from kubetune.api.trainer_config import ArtifactLayout, resolve_defaults
+from kubetune.api.trainer_config import ArtifactLayout
 from kubetune.api.trainer_contract import failed_thresholds
 from kubetune.reconcile import conditions as c
 from kubetune.reconcile.observed import JobView, Observed, PodView
 from kubetune.render import finetunejob as render
 from kubetune.render.pod import Manifest, OperatorDefaults
 
-Phase = Literal[
-    "Pending", "Validating", "Queued", "Running", "Evaluating", "Succeeded", "Failed", "Suspended"
-]
 MAX_CHECKPOINTS_IN_STATUS = 20
 
 
@@ -105,13 +103,6 @@ class _Draft:
         return Outcome(dict(self.status), tuple(self.actions), tuple(self.events), self.requeue_after)
 
 
-def owner_of(resource: Manifest) -> render.Owner:
-    meta = resource["metadata"]
-    return render.Owner(
-        meta["name"], meta["namespace"], meta.get("uid", ""), int(meta.get("generation") or 1)
-    )
-
-
 def reconcile(resource: Manifest, observed: Observed, defaults: OperatorDefaults) -> Outcome:
     status = dict(resource.get("status") or {})
     generation = int(resource["metadata"].get("generation") or 1)
@@ -129,7 +120,7 @@ def reconcile(resource: Manifest, observed: Observed, defaults: OperatorDefaults
         status["phase"] = "Failed" if c.is_true(draft.conditions, c.FAILED) else "Succeeded"
         return draft.outcome()  # terminal states are sticky
     _initial_conditions(draft)
-    owner = owner_of(resource)
+    owner = ResourceIdentity.of(resource)
     config = render.config_map(owner, spec, defaults)
     digest = config["metadata"]["annotations"][render.CONFIG_HASH_ANNOTATION]
     if not observed.config_map:
@@ -217,7 +208,7 @@ def _failure(job: JobView, stage: str) -> tuple[str, str]:
 
 
 def _validate(
-    draft: _Draft, owner: render.Owner, spec: FineTuneJobSpec, defaults: OperatorDefaults, digest: str
+    draft: _Draft, owner: ResourceIdentity, spec: FineTuneJobSpec, defaults: OperatorDefaults, digest: str
 ) -> bool:
     """True once the dataset passed; otherwise the status says where validation stands."""
     if c.is_true(draft.conditions, c.DATASET_VALIDATED):
@@ -291,11 +282,11 @@ def _accept_validation(draft: _Draft, spec: FineTuneJobSpec, summary: dict[str, 
 
 
 def _queue_name(spec: FineTuneJobSpec) -> str | None:
-    return spec.scheduling.queue_name if spec.scheduling else None
+    return spec.scheduling.queue_name
 
 
 def _train(
-    draft: _Draft, owner: render.Owner, spec: FineTuneJobSpec, defaults: OperatorDefaults, digest: str
+    draft: _Draft, owner: ResourceIdentity, spec: FineTuneJobSpec, defaults: OperatorDefaults, digest: str
 ) -> bool:
     """True once training finished; otherwise creates, suspends or follows the training Job."""
     job = draft.observed.job("train")
@@ -440,7 +431,7 @@ def _record_training_summary(draft: _Draft, spec: FineTuneJobSpec, job: JobView)
 
 
 def _finish(
-    draft: _Draft, owner: render.Owner, spec: FineTuneJobSpec, defaults: OperatorDefaults, digest: str
+    draft: _Draft, owner: ResourceIdentity, spec: FineTuneJobSpec, defaults: OperatorDefaults, digest: str
 ) -> None:
     job = draft.observed.job("finish")
     if job is None:
@@ -466,8 +457,7 @@ def _finish(
     summary = job.summary() or {}
     evaluation = dict(summary.get("evaluation") or {})
     outputs = summary.get("outputs") or {}
-    resolved = resolve_defaults(spec).evaluation
-    thresholds = resolved.thresholds if resolved and resolved.thresholds else {}
+    thresholds = spec.evaluation.thresholds or {}
     failures = failed_thresholds(evaluation.get("metrics") or {}, thresholds)
     evaluation["passed"] = not failures
     evaluation["failedThresholds"] = failures

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kubetune.api.common import decimal_text
+from kubetune.api.common import ResourceIdentity, decimal_text
 from kubetune.api.modeldeployment import Analysis, ModelDeploymentSpec, Rollout
 from kubetune.api.timestamps import seconds_between
 from kubetune.api.trainer_contract import failed_thresholds
@@ -191,7 +191,7 @@ def fingerprint(spec: ModelDeploymentSpec, source: render.ResolvedSource) -> str
 
 @dataclass
 class _Draft:
-    owner: render.DeploymentOwner
+    owner: ResourceIdentity
     spec: ModelDeploymentSpec
     observed: ServingObserved
     status: dict[str, Any]
@@ -242,7 +242,7 @@ def reconcile_deployment(
     resource: Manifest, observed: ServingObserved, defaults: render.ServingDefaults
 ) -> Outcome:
     meta = resource["metadata"]
-    owner = render.DeploymentOwner(meta["name"], meta["namespace"], meta.get("uid", ""))
+    owner = ResourceIdentity.of(resource)
     generation = int(meta.get("generation") or 1)
     status = dict(resource.get("status") or {})
     status["observedGeneration"] = generation

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from typing import Literal
 
-from kubetune.api.common import API_VERSION
+from kubetune.api.common import ResourceIdentity
 from kubetune.api.finetunejob import FineTuneJobSpec
-from kubetune.api.trainer_config import CONFIG_FILE_NAME, JobIdentity, TrainerConfig, resolve_defaults
+from kubetune.api.trainer_config import CONFIG_FILE_NAME, TrainerConfig
 from kubetune.render.pod import (
     CONFIG_MOUNT,
     GPU_PRODUCT_LABEL,
+    MANAGED_BY,
+    PART_OF,
     TERMINATION_LOG,
     Manifest,
     OperatorDefaults,
@@ -26,6 +27,7 @@ from kubetune.render.pod import (
     container_security_context,
     gpu_resources,
     merge_tolerations,
+    owner_reference,
     pod_security_context,
     scratch_volumes,
     storage_env_from,
@@ -34,8 +36,7 @@ from kubetune.render.pod import (
 Stage = Literal["validate", "train", "finish"]
 STAGES: tuple[Stage, ...] = ("validate", "train", "finish")
 
-MANAGED_BY = "app.kubernetes.io/managed-by"
-PART_OF = "app.kubernetes.io/part-of"
+KIND = "FineTuneJob"
 JOB_LABEL = "kubetune.dev/finetunejob"
 STAGE_LABEL = "kubetune.dev/stage"
 CONFIG_HASH_ANNOTATION = "kubetune.dev/config-hash"
@@ -47,50 +48,27 @@ INDEX_FIELD = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 EXIT_INVALID_INPUT = 2
 
 
-@dataclass(frozen=True)
-class Owner:
-    """The FineTuneJob as its children need it."""
-
-    name: str
-    namespace: str
-    uid: str
-    generation: int = 1
-
-    def reference(self) -> Manifest:
-        return {
-            "apiVersion": API_VERSION,
-            "kind": "FineTuneJob",
-            "name": self.name,
-            "uid": self.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
-
-
 def child_name(owner_name: str, stage: Stage | Literal["config"]) -> str:
     return f"{owner_name}-{stage}"
 
 
-def selector_labels(owner: Owner) -> dict[str, str]:
+def selector_labels(owner: ResourceIdentity) -> dict[str, str]:
     return {MANAGED_BY: "kubetune", JOB_LABEL: owner.name}
 
 
-def _metadata(owner: Owner, name: str, labels: dict[str, str] | None = None) -> Manifest:
+def _metadata(owner: ResourceIdentity, name: str, labels: dict[str, str] | None = None) -> Manifest:
     return {
         "name": name,
         "namespace": owner.namespace,
         "labels": {**selector_labels(owner), PART_OF: "kubetune", **(labels or {})},
-        "ownerReferences": [owner.reference()],
+        "ownerReferences": [owner_reference(owner, KIND)],
     }
 
 
-def trainer_config(owner: Owner, spec: FineTuneJobSpec, defaults: OperatorDefaults) -> TrainerConfig:
-    identity = JobIdentity(
-        name=owner.name, namespace=owner.namespace, uid=owner.uid, generation=owner.generation
-    )
-    return TrainerConfig(
-        job=identity, spec=resolve_defaults(spec), metrics_port=defaults.trainer_metrics_port
-    )
+def trainer_config(
+    owner: ResourceIdentity, spec: FineTuneJobSpec, defaults: OperatorDefaults
+) -> TrainerConfig:
+    return TrainerConfig(job=owner, spec=spec.trainer_spec(), metrics_port=defaults.trainer_metrics_port)
 
 
 def config_json(config: TrainerConfig) -> str:
@@ -103,7 +81,7 @@ def config_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def config_map(owner: Owner, spec: FineTuneJobSpec, defaults: OperatorDefaults) -> Manifest:
+def config_map(owner: ResourceIdentity, spec: FineTuneJobSpec, defaults: OperatorDefaults) -> Manifest:
     text = config_json(trainer_config(owner, spec, defaults))
     metadata = _metadata(owner, child_name(owner.name, "config"))
     metadata["annotations"] = {CONFIG_HASH_ANNOTATION: config_hash(text)}
@@ -137,7 +115,7 @@ def _trainer_container(
     return container
 
 
-def _pod_spec(owner: Owner, containers: list[Manifest], volumes: list[Manifest]) -> Manifest:
+def _pod_spec(owner: ResourceIdentity, containers: list[Manifest], volumes: list[Manifest]) -> Manifest:
     return {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
@@ -166,7 +144,7 @@ def _pod_failure_policy() -> Manifest:
 
 
 def _job(
-    owner: Owner, stage: Stage, pod_spec: Manifest, *, config_digest: str, backoff_limit: int
+    owner: ResourceIdentity, stage: Stage, pod_spec: Manifest, *, config_digest: str, backoff_limit: int
 ) -> Manifest:
     labels: dict[str, str] = {STAGE_LABEL: stage}
     return {
@@ -191,7 +169,7 @@ def _job(
 
 
 def validation_job(
-    owner: Owner, spec: FineTuneJobSpec, defaults: OperatorDefaults, config_digest: str
+    owner: ResourceIdentity, spec: FineTuneJobSpec, defaults: OperatorDefaults, config_digest: str
 ) -> Manifest:
     """CPU only: no GPU is asked for until the dataset has passed."""
     volumes, mounts = scratch_volumes(shm_size=None)
@@ -211,10 +189,9 @@ def validation_job(
 
 
 def _gpu_pod_spec(
-    owner: Owner, spec: FineTuneJobSpec, defaults: OperatorDefaults, command: list[str]
+    owner: ResourceIdentity, spec: FineTuneJobSpec, defaults: OperatorDefaults, command: list[str]
 ) -> Manifest:
-    resources_spec = resolve_defaults(spec).resources
-    assert resources_spec is not None  # resolve_defaults fills it
+    resources_spec = spec.resources
     gpus = resources_spec.gpus
     volumes, mounts = scratch_volumes(shm_size=defaults.shm_size if gpus else None)
     resources = gpu_resources(gpus, resources_spec.cpu, resources_spec.memory)
@@ -224,26 +201,23 @@ def _gpu_pod_spec(
     container["ports"] = [metrics]
     pod = _pod_spec(owner, [container], volumes)
     scheduling = spec.scheduling
-    node_selector = dict(scheduling.node_selector or {}) if scheduling else {}
+    node_selector = dict(scheduling.node_selector or {})
     if resources_spec.gpu_product:
         node_selector[GPU_PRODUCT_LABEL] = resources_spec.gpu_product
     if node_selector:
         pod["nodeSelector"] = node_selector
-    tolerations = merge_tolerations(
-        defaults.gpu_tolerations if gpus else (), scheduling.tolerations if scheduling else None
-    )
+    tolerations = merge_tolerations(defaults.gpu_tolerations if gpus else (), scheduling.tolerations)
     if tolerations:
         pod["tolerations"] = tolerations
-    if scheduling and scheduling.priority_class_name:
+    if scheduling.priority_class_name:
         pod["priorityClassName"] = scheduling.priority_class_name
     if defaults.service_account_name:
         pod["serviceAccountName"] = defaults.service_account_name
     return pod
 
 
-def _train_command(owner: Owner, spec: FineTuneJobSpec) -> list[str]:
-    resources = resolve_defaults(spec).resources
-    assert resources is not None
+def _train_command(owner: ResourceIdentity, spec: FineTuneJobSpec) -> list[str]:
+    resources = spec.resources
     if resources.gpus <= 1 and resources.nodes == 1:
         return _stage_command("train")
     launcher = ["torchrun", f"--nproc-per-node={max(resources.gpus, 1)}"]
@@ -266,7 +240,7 @@ def _train_command(owner: Owner, spec: FineTuneJobSpec) -> list[str]:
 def _kueue_labels(spec: FineTuneJobSpec) -> dict[str, str]:
     scheduling = spec.scheduling
     labels: dict[str, str] = {}
-    if scheduling and scheduling.queue_name:
+    if scheduling.queue_name:
         labels[QUEUE_LABEL] = scheduling.queue_name
         if scheduling.priority_class_name:
             labels[KUEUE_PRIORITY_LABEL] = scheduling.priority_class_name
@@ -274,10 +248,9 @@ def _kueue_labels(spec: FineTuneJobSpec) -> dict[str, str]:
 
 
 def training_job(
-    owner: Owner, spec: FineTuneJobSpec, defaults: OperatorDefaults, config_digest: str
+    owner: ResourceIdentity, spec: FineTuneJobSpec, defaults: OperatorDefaults, config_digest: str
 ) -> Manifest:
-    resources = resolve_defaults(spec).resources
-    assert resources is not None
+    resources = spec.resources
     pod = _gpu_pod_spec(owner, spec, defaults, _train_command(owner, spec))
     job = _job(owner, "train", pod, config_digest=config_digest, backoff_limit=spec.backoff_limit)
     job["metadata"]["labels"].update(_kueue_labels(spec))
@@ -298,11 +271,10 @@ def training_job(
 
 
 def finishing_job(
-    owner: Owner, spec: FineTuneJobSpec, defaults: OperatorDefaults, config_digest: str
+    owner: ResourceIdentity, spec: FineTuneJobSpec, defaults: OperatorDefaults, config_digest: str
 ) -> Manifest:
     """Evaluate against the base model, then export: one GPU is enough, whatever training used."""
-    resources = resolve_defaults(spec).resources
-    assert resources is not None
+    resources = spec.resources
     single = spec.model_copy(
         update={"resources": resources.model_copy(update={"gpus": min(resources.gpus, 1), "nodes": 1})}
     )
@@ -314,7 +286,7 @@ def finishing_job(
     return job
 
 
-def rendezvous_service(owner: Owner) -> Manifest:
+def rendezvous_service(owner: ResourceIdentity) -> Manifest:
     """Headless Service that gives Indexed Job pods stable DNS names for torchrun's rendezvous."""
     return {
         "apiVersion": "v1",
@@ -330,5 +302,4 @@ def rendezvous_service(owner: Owner) -> Manifest:
 
 
 def needs_rendezvous_service(spec: FineTuneJobSpec) -> bool:
-    resources = resolve_defaults(spec).resources
-    return resources is not None and resources.nodes > 1
+    return spec.resources.nodes > 1

@@ -12,20 +12,26 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from kubetune.api.common import API_VERSION, decimal_text
+from kubetune.api.common import ResourceIdentity, decimal_text
 from kubetune.api.modeldeployment import ModelDeploymentSpec, ServingResources
 from kubetune.render.pod import (
     GPU_PRODUCT_LABEL,
+    MANAGED_BY,
+    PART_OF,
     Manifest,
     OperatorDefaults,
     container_security_context,
     gpu_resources,
     merge_tolerations,
+    owner_reference,
     pod_security_context,
     storage_env_from,
 )
 
-MANAGED_BY = "app.kubernetes.io/managed-by"
+KIND = "ModelDeployment"
+# The serving images when the operator's settings name none (KUBETUNE_VLLM_IMAGE, KUBETUNE_TGI_IMAGE).
+VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
+TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.6"
 DEPLOYMENT_LABEL = "kubetune.dev/modeldeployment"
 REVISION_LABEL = "kubetune.dev/revision"
 ROLE_LABEL = "kubetune.dev/role"
@@ -41,8 +47,8 @@ Role = Literal["stable", "canary"]
 
 @dataclass(frozen=True)
 class ServingDefaults:
-    vllm_image: str = "vllm/vllm-openai:v0.11.0"
-    tgi_image: str = "ghcr.io/huggingface/text-generation-inference:3.3.6"
+    vllm_image: str = VLLM_IMAGE
+    tgi_image: str = TGI_IMAGE
     fetcher_image: str = OperatorDefaults().trainer_image
     image_pull_policy: str = "IfNotPresent"
     gpu_tolerations: tuple[Manifest, ...] = OperatorDefaults().gpu_tolerations
@@ -71,45 +77,28 @@ class ResolvedSource:
         )
 
 
-@dataclass(frozen=True)
-class DeploymentOwner:
-    name: str
-    namespace: str
-    uid: str
-
-    def reference(self) -> Manifest:
-        return {
-            "apiVersion": API_VERSION,
-            "kind": "ModelDeployment",
-            "name": self.name,
-            "uid": self.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
-
-
-def served_model_name(owner: DeploymentOwner, spec: ModelDeploymentSpec) -> str:
+def served_model_name(owner: ResourceIdentity, spec: ModelDeploymentSpec) -> str:
     return spec.served_model_name or owner.name
 
 
-def revision_name(owner: DeploymentOwner, revision: int) -> str:
+def revision_name(owner: ResourceIdentity, revision: int) -> str:
     return f"{owner.name}-r{revision}"
 
 
-def endpoint(owner: DeploymentOwner) -> str:
+def endpoint(owner: ResourceIdentity) -> str:
     return f"http://{owner.name}.{owner.namespace}.svc:{SERVING_PORT}/v1"
 
 
-def selector_labels(owner: DeploymentOwner) -> dict[str, str]:
+def selector_labels(owner: ResourceIdentity) -> dict[str, str]:
     return {MANAGED_BY: "kubetune", DEPLOYMENT_LABEL: owner.name}
 
 
-def _metadata(owner: DeploymentOwner, name: str, extra_labels: dict[str, str] | None = None) -> Manifest:
+def _metadata(owner: ResourceIdentity, name: str, extra_labels: dict[str, str] | None = None) -> Manifest:
     return {
         "name": name,
         "namespace": owner.namespace,
-        "labels": {**selector_labels(owner), "app.kubernetes.io/part-of": "kubetune", **(extra_labels or {})},
-        "ownerReferences": [owner.reference()],
+        "labels": {**selector_labels(owner), PART_OF: "kubetune", **(extra_labels or {})},
+        "ownerReferences": [owner_reference(owner, KIND)],
     }
 
 
@@ -198,7 +187,7 @@ def _runtime_container(
 
 
 def revision_deployment(
-    owner: DeploymentOwner,
+    owner: ResourceIdentity,
     spec: ModelDeploymentSpec,
     source: ResolvedSource,
     *,
@@ -267,7 +256,7 @@ def revision_deployment(
     }
 
 
-def service(owner: DeploymentOwner) -> Manifest:
+def service(owner: ResourceIdentity) -> Manifest:
     """One stable address over every revision's ready pods."""
     return {
         "apiVersion": "v1",
@@ -280,7 +269,7 @@ def service(owner: DeploymentOwner) -> Manifest:
     }
 
 
-def revision_service(owner: DeploymentOwner, revision: int) -> Manifest:
+def revision_service(owner: ResourceIdentity, revision: int) -> Manifest:
     """Reaches one revision only: the canary analysis benchmarks it in isolation."""
     selector = {**selector_labels(owner), REVISION_LABEL: str(revision)}
     return {
@@ -294,11 +283,11 @@ def revision_service(owner: DeploymentOwner, revision: int) -> Manifest:
     }
 
 
-def revision_endpoint(owner: DeploymentOwner, revision: int) -> str:
+def revision_endpoint(owner: ResourceIdentity, revision: int) -> str:
     return f"http://{revision_name(owner, revision)}.{owner.namespace}.svc:{SERVING_PORT}/v1"
 
 
-def pod_disruption_budget(owner: DeploymentOwner) -> Manifest:
+def pod_disruption_budget(owner: ResourceIdentity) -> Manifest:
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
@@ -308,7 +297,7 @@ def pod_disruption_budget(owner: DeploymentOwner) -> Manifest:
 
 
 def horizontal_pod_autoscaler(
-    owner: DeploymentOwner, spec: ModelDeploymentSpec, stable_revision: int
+    owner: ResourceIdentity, spec: ModelDeploymentSpec, stable_revision: int
 ) -> Manifest:
     scaling = spec.autoscaling
     assert scaling is not None
@@ -339,7 +328,7 @@ def horizontal_pod_autoscaler(
 
 
 def keda_scaled_object(
-    owner: DeploymentOwner, spec: ModelDeploymentSpec, stable_revision: int, prometheus_url: str
+    owner: ResourceIdentity, spec: ModelDeploymentSpec, stable_revision: int, prometheus_url: str
 ) -> Manifest:
     scaling = spec.autoscaling
     assert scaling is not None
@@ -375,7 +364,7 @@ def canary_replicas(total: int, weight: int) -> tuple[int, int]:
 
 
 def benchmark_job(
-    owner: DeploymentOwner,
+    owner: ResourceIdentity,
     spec: ModelDeploymentSpec,
     revision: int,
     defaults: ServingDefaults,

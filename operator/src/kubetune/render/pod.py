@@ -5,10 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kubetune.api.common import Toleration
+from kubetune.api.common import API_VERSION, ResourceIdentity, Toleration
 from kubetune.api.trainer_contract import DEFAULT_METRICS_PORT
 
 Manifest = dict[str, Any]
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+PART_OF = "app.kubernetes.io/part-of"
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
@@ -126,12 +129,13 @@ def gpu_resources(gpus: int, cpu: str | None, memory: str | None) -> Manifest:
     return result
 
 
-def owner_reference(owner: Manifest) -> Manifest:
+def owner_reference(owner: ResourceIdentity, kind: str) -> Manifest:
+    """The controller reference every child carries, so deleting the owner deletes it."""
     return {
-        "apiVersion": owner["apiVersion"],
-        "kind": owner["kind"],
-        "name": owner["metadata"]["name"],
-        "uid": owner["metadata"]["uid"],
+        "apiVersion": API_VERSION,
+        "kind": kind,
+        "name": owner.name,
+        "uid": owner.uid,
         "controller": True,
         "blockOwnerDeletion": True,
     }

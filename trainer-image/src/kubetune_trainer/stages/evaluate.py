@@ -254,13 +254,11 @@ def load_tuned_model(config: TrainerConfig, base_dir: Path, work: Path) -> tuple
 def run(config: TrainerConfig) -> dict[str, Any]:
     import tempfile
 
-    from kubetune.api.finetunejob import Evaluation, Hyperparameters
     from kubetune_trainer.formats import iter_prepared
     from kubetune_trainer.stages.train import Device, fetch_model, load_base_model
 
     spec = config.spec
-    evaluation = spec.evaluation or Evaluation()
-    hyper = spec.hyperparameters or Hyperparameters()
+    evaluation, hyper = spec.evaluation, spec.hyperparameters
     eval_uri = storage.join(config.artifacts.prepared_data, "eval.jsonl")
     examples = list(iter_prepared(eval_uri)) if storage.exists(eval_uri) else []
     examples = examples[: evaluation.max_samples]
@@ -351,7 +349,7 @@ def _summary(
     message: str,
     warnings: list[str],
 ) -> dict[str, Any]:
-    has_thresholds = bool(config.spec.evaluation and config.spec.evaluation.thresholds)
+    has_thresholds = bool(config.spec.evaluation.thresholds)
     reason = (REASON_FAILED if failed else REASON_PASSED) if has_thresholds else REASON_DONE
     evaluation: dict[str, Any] = {
         "metrics": _strings(metrics),

@@ -244,9 +244,7 @@ def build_manifest(
         "job": config.job.model_dump(by_alias=True, mode="json"),
         "trainerConfig": config.model_dump(by_alias=True, mode="json", exclude_none=True),
         "method": spec.method,
-        "hyperparameters": spec.hyperparameters.model_dump(by_alias=True, mode="json", exclude_none=True)
-        if spec.hyperparameters
-        else None,
+        "hyperparameters": spec.hyperparameters.model_dump(by_alias=True, mode="json", exclude_none=True),
         "dataset": {
             "uri": spec.dataset.uri,
             "evalUri": spec.dataset.eval_uri,

@@ -34,14 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kubetune.api.finetunejob import Dpo
-from kubetune.api.trainer_config import DEFAULT_WARMUP_RATIO
 from kubetune_trainer import storage
 from kubetune_trainer.checkpoints import CheckpointRecord, CheckpointStore
 from kubetune_trainer.metrics import Progress, RankInfo, TrainerMetrics, fit_summary, format_number
 
 if TYPE_CHECKING:
-    from kubetune.api.finetunejob import FineTuneJobSpec, Hyperparameters
+    from kubetune.api.finetunejob import Hyperparameters, TrainerSpec
     from kubetune.api.trainer_config import TrainerConfig
 
 log = logging.getLogger(__name__)
@@ -228,7 +226,7 @@ def load_base_model(
     return model
 
 
-def lora_config(spec: FineTuneJobSpec) -> Any:
+def lora_config(spec: TrainerSpec) -> Any:
     from peft import LoraConfig
 
     lora = spec.lora
@@ -247,9 +245,9 @@ def lora_config(spec: FineTuneJobSpec) -> Any:
     )
 
 
-def prepare_trainable_model(base: Any, spec: FineTuneJobSpec, device: Device) -> Any:
+def prepare_trainable_model(base: Any, spec: TrainerSpec, device: Device) -> Any:
     """Wrap the base model for its method: LoRA/QLoRA adapters, or all weights trainable for full."""
-    hyper = _hyper(spec)
+    hyper = spec.hyperparameters
     if spec.method == "full":
         return base
     import peft
@@ -264,12 +262,6 @@ def prepare_trainable_model(base: Any, spec: FineTuneJobSpec, device: Device) ->
     if hyper.gradient_checkpointing:
         model.enable_input_require_grads()
     return model
-
-
-def _hyper(spec: FineTuneJobSpec) -> Hyperparameters:
-    from kubetune.api.finetunejob import Hyperparameters
-
-    return spec.hyperparameters or Hyperparameters()
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -576,13 +568,11 @@ def training_arguments(
 ) -> Any:
     """TrainingArguments (DPOConfig for DPO) from the spec; warmup is always at least one step."""
     spec = config.spec
-    hyper = _hyper(spec)
-    every = spec.checkpoint.every_steps if spec.checkpoint else 500
-    if hyper.warmup_steps is not None:
-        warmup: float = hyper.warmup_steps
-    else:
-        # A ratio in (0, 1): the Trainer takes ceil(total_steps * ratio), at least 1 step for any ratio > 0.
-        warmup = hyper.warmup_ratio or DEFAULT_WARMUP_RATIO
+    hyper = spec.hyperparameters
+    every = spec.checkpoint.every_steps
+    # A ratio in (0, 1): the Trainer takes ceil(total_steps * ratio), at least 1 step for any ratio > 0.
+    # The spec holds one of the two (warmupRatio has its default when warmupSteps is not set).
+    warmup = hyper.warmup_steps if hyper.warmup_steps is not None else hyper.warmup_ratio
     kwargs: dict[str, Any] = {
         "output_dir": str(output_dir),
         "per_device_train_batch_size": hyper.batch_size,
@@ -621,13 +611,15 @@ def training_arguments(
         from trl.trainer.dpo_config import DPOConfig
 
         dpo_spec = spec.dpo
+        if dpo_spec is None:
+            raise ValueError(f"method {spec.method} needs spec.dpo")
         # TRL's config keeps the older names (and defaults checkpointing on): set them explicitly.
         kwargs["gradient_checkpointing"] = kwargs.pop("activation_checkpointing")
         kwargs["gradient_checkpointing_kwargs"] = kwargs.pop("activation_checkpointing_kwargs")
         kwargs.update(
             {
-                "beta": dpo_spec.beta if dpo_spec else Dpo().beta,
-                "loss_type": [dpo_spec.loss_type if dpo_spec else "sigmoid"],
+                "beta": dpo_spec.beta,
+                "loss_type": [dpo_spec.loss_type],
                 "max_length": hyper.max_seq_length,
                 "precompute_ref_log_probs": False,
             }
@@ -741,7 +733,7 @@ def train(
     from transformers import set_seed
 
     spec = config.spec
-    hyper = _hyper(spec)
+    hyper = spec.hyperparameters
     rank = rank or RankInfo.from_env()
     metrics = metrics or TrainerMetrics()
     preemption = preemption or Preemption()
@@ -781,7 +773,7 @@ def train(
         config, output_dir, device, has_eval=has_eval, dpo=is_dpo, overrides=argument_overrides
     )
     store = CheckpointStore(config.artifacts.checkpoints, writer=_job_identity(config))
-    keep_last = spec.checkpoint.keep_last if spec.checkpoint else 3
+    keep_last = spec.checkpoint.keep_last
     latest = store.latest()
     resume_dir = output_dir / f"checkpoint-{latest.step}" if latest else None
     with args.main_process_first(local=True, desc="prepare the checkpoint directory"):

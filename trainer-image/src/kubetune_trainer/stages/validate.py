@@ -519,7 +519,6 @@ def _prepare(
     spec = config.spec
     dataset = spec.dataset
     hyper = spec.hyperparameters
-    assert hyper is not None  # resolve_defaults fills it
     column_map = {str(k): v for k, v in dataset.column_map.items()} if dataset.column_map else None
     with (
         (work / "train.jsonl").open("w", encoding="utf-8") as train,
@@ -585,7 +584,7 @@ def _check_outcome(config: TrainerConfig, files: list[FileReport], tally: Tally,
         )
     if tally.eval == 0:
         warnings.append("no evaluation rows: the dataset is too small for its evalSplit")
-    max_seq_length = spec.hyperparameters.max_seq_length if spec.hyperparameters else 0
+    max_seq_length = spec.hyperparameters.max_seq_length
     if tally.truncated:
         warnings.append(
             f"{tally.truncated} rows are longer than maxSeqLength ({max_seq_length} tokens) and will be truncated"
@@ -597,7 +596,12 @@ def _estimate(
 ) -> MemoryEstimate | None:
     spec = config.spec
     hyper, resources, lora = spec.hyperparameters, spec.resources, spec.lora
-    assert hyper is not None and resources is not None
+    # Full fine-tuning has no LoRA settings (spec.lora is None) and the estimate then uses none.
+    lora_settings: dict[str, Any] = (
+        {"lora_r": lora.r, "lora_dropout": lora.dropout, "target_modules": list(lora.target_modules)}
+        if lora
+        else {}
+    )
     try:
         model_config = json.loads((model_dir / "config.json").read_text())
         longest = max(tally.histogram) if tally.histogram else hyper.max_seq_length
@@ -609,9 +613,7 @@ def _estimate(
             batch_size=hyper.batch_size,
             seq_length=seq_length,
             gradient_checkpointing=hyper.gradient_checkpointing,
-            lora_r=lora.r if lora else 16,
-            lora_dropout=lora.dropout if lora else 0.0,
-            target_modules=list(lora.target_modules) if lora else None,
+            **lora_settings,
             gpus=resources.gpus,
             nodes=resources.nodes,
             gpu_product=resources.gpu_product,
@@ -632,7 +634,6 @@ def _overfitting_guard(
     config: TrainerConfig, tally: Tally, estimate: MemoryEstimate | None, warnings: list[str]
 ) -> None:
     hyper = config.spec.hyperparameters
-    assert hyper is not None
     if tally.train < MIN_TRAIN_ROWS:
         warnings.append(
             f"only {tally.train} training rows: fine-tuning on fewer than {MIN_TRAIN_ROWS} rows tends to "
