@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import wraps
@@ -28,7 +28,7 @@ import lark
 import re2
 from celpy import celtypes
 from celpy.celparser import CELParseError
-from celpy.evaluation import CELEvalError, base_functions, celbytes, celstr
+from celpy.evaluation import CELEvalError, base_functions
 
 __all__ = [
     "CelCompileError",
@@ -168,9 +168,6 @@ class OpaqueValue:
         return f"OpaqueValue({self.raw!r})"
 
 
-_MISSING = object()
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Helpers for the function library
 # ---------------------------------------------------------------------------------------------------------
@@ -187,6 +184,8 @@ def _native_number(value: Any) -> int | float:
 def values_equal(left: Any, right: Any) -> bool:
     """CEL equality as Kubernetes evaluates it: numbers compare by value across int/uint/double,
     values of different types are unequal rather than an error."""
+    # The name `string` is both a type and our string() function (cel-python resolves it to the function).
+    left, right = (celtypes.StringType if v is _to_string else v for v in (left, right))
     if _is_number(left) and _is_number(right):
         return _native_number(left) == _native_number(right)
     try:
@@ -298,6 +297,20 @@ def _to_string(value: Any) -> Any:
 
 
 @_propagating
+def _index(container: Any, key: Any) -> Any:
+    if isinstance(container, list):
+        _require(isinstance(key, (celtypes.IntType, celtypes.UintType)))
+        if not 0 <= key < len(container):
+            return _error(f"index out of bounds: {int(key)}")
+        return container[key]
+    _require(isinstance(container, Mapping))
+    try:
+        return container[key]
+    except (TypeError, KeyError):  # an unhashable or invalid key is simply absent
+        return _error(f"no such key: {key}")
+
+
+@_propagating
 def _matches(text: Any, pattern: Any) -> Any:
     _require(isinstance(text, str) and isinstance(pattern, str))
     try:
@@ -329,6 +342,7 @@ _EXTENSIONS: dict[str, Callable[..., Any]] = {
     "_||_": _logical(celtypes.logical_or),
     # standard functions cel-python gets slightly wrong for Kubernetes
     "string": _to_string,
+    "_[_]": _index,
     "matches": _matches,
     "size": _size,
 }
@@ -338,43 +352,17 @@ _EXTENSIONS: dict[str, Callable[..., Any]] = {
 # Compiling and evaluating
 # ---------------------------------------------------------------------------------------------------------
 #
-# cel-python parses; evaluation does not use its tree-walking interpreter (about 1 ms per rule, too slow for
-# CRDs with dozens of rules) nor its transpiler (it keeps state in module globals, unsafe across threads).
-# Instead the parse tree is compiled once into nested Python closures over cel-python's value types and
-# standard functions. Errors are values (CELEvalError), as in CEL, so `&&`/`||` can absorb them.
+# cel-python parses and evaluates (its interpreter, with the functions above in place of its own; a new
+# evaluator per call, so programs are thread-safe). Compiling also walks the parse tree to do what cel-go's
+# checker does when a CRD is written: unknown functions and variables are errors, and the `self.a.b`
+# selections are recorded so that the admission engine can check them against the schema.
 
-Closure = Callable[[dict[str, Any]], Any]
-
-_TYPE_VALUES: dict[str, Any] = {
-    "int": celtypes.IntType,
-    "uint": celtypes.UintType,
-    "double": celtypes.DoubleType,
-    "bool": celtypes.BoolType,
-    "string": celtypes.StringType,
-    "bytes": celtypes.BytesType,
-    "list": celtypes.ListType,
-    "map": celtypes.MapType,
-    "null_type": type(None),
-    "type": celtypes.TypeType,
-}
-_BINARY_OPERATORS = {
-    "relation_lt": "_<_",
-    "relation_le": "_<=_",
-    "relation_gt": "_>_",
-    "relation_ge": "_>=_",
-    "relation_eq": "_==_",
-    "relation_ne": "_!=_",
-    "relation_in": "_in_",
-    "addition_add": "_+_",
-    "addition_sub": "_-_",
-    "multiplication_mul": "_*_",
-    "multiplication_div": "_/_",
-    "multiplication_mod": "_%_",
-}
 _FUNCTIONS: dict[str, Callable[..., Any]] = {**base_functions, **_EXTENSIONS}
 _MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
-# Names that are not plain functions of the table: handled by the compiler itself.
-_SPECIAL_FUNCTIONS = frozenset({"has", "dyn"})
+_SPECIAL_FUNCTIONS = frozenset({"has", "dyn"})  # macros of the form f(x), handled by cel-python itself
+_TYPE_NAMES = frozenset(
+    {"int", "uint", "double", "bool", "string", "bytes", "list", "map", "null_type", "type"}
+)
 
 
 def supported_functions() -> frozenset[str]:
@@ -401,7 +389,7 @@ class CelProgram:
     """A compiled expression, ready to evaluate many times (and from several threads)."""
 
     source: str
-    closure: Closure
+    runner: Any  # celpy.Runner
     variables: frozenset[str]
     selections: tuple[FieldSelection, ...]
     functions: frozenset[str]  # every function, method and macro the expression calls
@@ -413,9 +401,9 @@ class CelProgram:
     def evaluate(self, variables: Mapping[str, Any]) -> Any:
         """The expression's value; raise CelEvaluationError with kube-apiserver's wording on failure."""
         try:
-            value = self.closure(dict(variables))
-        except CelEvaluationError:
-            raise
+            value = self.runner.evaluate(dict(variables))
+        except CELEvalError as error:
+            value = error
         except Exception as error:  # a bug here or in cel-python: still a field error, never a crash
             raise CelEvaluationError(f"internal error: {type(error).__name__}: {error}") from None
         if isinstance(value, CELEvalError):
@@ -432,14 +420,15 @@ def compile_cel(source: str, variables: Iterable[str] = ("self", "oldSelf")) -> 
         raise CelCompileError(
             f"ERROR: <input>:{line}:{column}: Syntax error: {_syntax_detail(error)}"
         ) from None
-    compiler = _Compiler(frozenset(variables))
-    closure = compiler.compile(tree, frozenset())
+    checker = _Checker(frozenset(variables))
+    checker.check(tree, frozenset())
+    runner = _ENVIRONMENT.program(tree, functions=_FUNCTIONS)
     return CelProgram(
         source,
-        closure,
-        frozenset(compiler.used_variables),
-        tuple(compiler.selections),
-        frozenset(compiler.functions),
+        runner,
+        frozenset(checker.used_variables),
+        tuple(checker.selections),
+        frozenset(checker.functions),
     )
 
 
@@ -453,55 +442,9 @@ def _syntax_detail(error: BaseException) -> str:
     return "invalid syntax"
 
 
-def _call(function: Callable[..., Any], args: Sequence[Any]) -> Any:
-    """Apply a CEL function: strict in its arguments, Python exceptions become CEL errors."""
-    for arg in args:
-        if isinstance(arg, CELEvalError):
-            return arg
-    try:
-        result = function(*args)
-    except (TypeError, AttributeError) as error:
-        return CELEvalError("no such overload", type(error), error.args)
-    except (ValueError, OverflowError) as error:
-        return CELEvalError("return error for overflow", ValueError, error.args)
-    except ZeroDivisionError as error:
-        return CELEvalError("divide by zero", ZeroDivisionError, error.args)
-    except KeyError as error:
-        return CELEvalError("no such key", KeyError, error.args)
-    except IndexError as error:
-        return CELEvalError("invalid_argument", IndexError, error.args)
-    return _as_cel(result)
-
-
-def _as_cel(value: Any) -> Any:
-    """Python operators on CEL values sometimes return plain Python values (list + list); retype them."""
-    if isinstance(value, bool) or value is None or type(value).__module__ != "builtins":
-        return value
-    if isinstance(value, str):
-        return celtypes.StringType(value)
-    if isinstance(value, int):
-        return celtypes.IntType(value)
-    if isinstance(value, float):
-        return celtypes.DoubleType(value)
-    if isinstance(value, list):
-        return celtypes.ListType(value)
-    return value
-
-
-def _is_true(value: Any) -> bool:
-    return isinstance(value, (bool, celtypes.BoolType)) and bool(value)
-
-
-def _is_false(value: Any) -> bool:
-    return isinstance(value, (bool, celtypes.BoolType)) and not bool(value)
-
-
-class _Compiler:
-    """Turns a cel-python parse tree into closures, checking names as cel-go does when compiling.
-
-    It records the variables used (a rule using `oldSelf` is a transition rule) and every `self.a.b`
-    selection so that the caller can check the names against the schema, as cel-go's type checker does.
-    """
+class _Checker:
+    """Checks names in a cel-python parse tree as cel-go does when compiling, recording the variables used
+    (a rule using `oldSelf` is a transition rule), the functions called and every `self.a.b` selection."""
 
     def __init__(self, variables: frozenset[str]) -> None:
         self.variables = variables
@@ -513,271 +456,54 @@ class _Compiler:
         line, column = getattr(token, "line", 1) or 1, getattr(token, "column", 1) or 1
         raise CelCompileError(f"ERROR: <input>:{line}:{column}: {message}")
 
-    def compile(self, node: Any, bound: frozenset[str]) -> Closure:
-        kind = node.data
-        children = node.children
-        if len(children) == 1 and isinstance(children[0], lark.Tree) and kind in _PASS_THROUGH:
-            return self.compile(children[0], bound)
-        method = getattr(self, f"_{kind}", None)
-        if method is None:
-            self.fail(node.meta if hasattr(node, "meta") else None, f"unsupported expression: {kind}")
-        return cast(Closure, method(node, bound))
+    def undeclared(self, token: Any, name: str) -> NoReturn:
+        self.fail(token, f"undeclared reference to '{name}' (in container '')")
 
-    # Operators -------------------------------------------------------------------------------------------
-
-    def _expr(self, node: Any, bound: frozenset[str]) -> Closure:
-        condition, when_true, when_false = (self.compile(c, bound) for c in node.children)
-
-        def conditional(env: dict[str, Any]) -> Any:
-            test = condition(env)
-            if isinstance(test, CELEvalError):
-                return test
-            if not isinstance(test, (bool, celtypes.BoolType)):
-                return CELEvalError("no such overload")
-            return when_true(env) if test else when_false(env)
-
-        return conditional
-
-    def _conditionalor(self, node: Any, bound: frozenset[str]) -> Closure:
-        left, right = (self.compile(c, bound) for c in node.children)
-
-        def either(env: dict[str, Any]) -> Any:
-            first = left(env)
-            if _is_true(first):
-                return celtypes.BoolType(True)
-            second = right(env)
-            if _is_true(second):
-                return celtypes.BoolType(True)
-            if _is_false(first) and _is_false(second):
-                return celtypes.BoolType(False)
-            # Errors are absorbed only by a true operand, as in CEL; the left error wins.
-            for side in (first, second):
-                if isinstance(side, CELEvalError):
-                    return side
-            return CELEvalError("no such overload")
-
-        return either
-
-    def _conditionaland(self, node: Any, bound: frozenset[str]) -> Closure:
-        left, right = (self.compile(c, bound) for c in node.children)
-
-        def both(env: dict[str, Any]) -> Any:
-            first = left(env)
-            if _is_false(first):
-                return celtypes.BoolType(False)
-            second = right(env)
-            if _is_false(second):
-                return celtypes.BoolType(False)
-            if _is_true(first) and _is_true(second):
-                return celtypes.BoolType(True)
-            for side in (first, second):
-                if isinstance(side, CELEvalError):
-                    return side
-            return CELEvalError("no such overload")
-
-        return both
-
-    def _binary(self, node: Any, bound: frozenset[str]) -> Closure:
-        operator_node, right_node = node.children
-        function = _FUNCTIONS[_BINARY_OPERATORS[operator_node.data]]
-        left = self.compile(operator_node.children[0], bound)
-        right = self.compile(right_node, bound)
-        return lambda env: _call(function, (left(env), right(env)))
-
-    _relation = _addition = _multiplication = _binary
-
-    def _unary(self, node: Any, bound: frozenset[str]) -> Closure:
-        operator_node, operand_node = node.children
-        function = _FUNCTIONS["!_" if operator_node.data == "unary_not" else "-_"]
-        operand = self.compile(operand_node, bound)
-        return lambda env: _call(function, (operand(env),))
-
-    # Members ---------------------------------------------------------------------------------------------
-
-    def _member_dot(self, node: Any, bound: frozenset[str]) -> Closure:
-        target_node, name_token = node.children
-        self._record_selection(node)
-        target = self.compile(target_node, bound)
-        name = celtypes.StringType(name_token)
-
-        def select(env: dict[str, Any]) -> Any:
-            value = target(env)
-            if isinstance(value, CELEvalError):
-                return value
-            if isinstance(value, Mapping):
-                found = (
-                    value.get(name, _MISSING)
-                    if not isinstance(value, celtypes.MapType)
-                    else _map_get(value, name)
-                )
-                return CELEvalError(f"no such key: {name}") if found is _MISSING else found
-            return CELEvalError("no such overload")
-
-        return select
-
-    def _member_index(self, node: Any, bound: frozenset[str]) -> Closure:
-        target, index = (self.compile(c, bound) for c in node.children)
-
-        def item(env: dict[str, Any]) -> Any:
-            container, key = target(env), index(env)
-            for value in (container, key):
-                if isinstance(value, CELEvalError):
-                    return value
-            if isinstance(container, list):
-                if not isinstance(key, (celtypes.IntType, celtypes.UintType)):
-                    return CELEvalError("no such overload")
-                if not 0 <= key < len(container):
-                    return CELEvalError(f"index out of bounds: {int(key)}")
-                return container[key]
-            if isinstance(container, Mapping):
-                found = _map_get(container, key)
-                return CELEvalError(f"no such key: {key}") if found is _MISSING else found
-            return CELEvalError("no such overload")
-
-        return item
-
-    def _member_dot_arg(self, node: Any, bound: frozenset[str]) -> Closure:
-        target_node, name = node.children[0], node.children[1]
-        argument_nodes = node.children[2].children if len(node.children) > 2 else []
-        self.functions.add(str(name))
-        if name in _MACROS:
-            return self._macro(str(name), name, target_node, argument_nodes, bound)
-        if name not in _FUNCTION_NAMES or name in _SPECIAL_FUNCTIONS:
-            self.fail(name, f"undeclared reference to '{name}' (in container '')")
-        function = _FUNCTIONS[name]
-        target = self.compile(target_node, bound)
-        arguments = [self.compile(a, bound) for a in argument_nodes]
-        return lambda env: _call(function, (target(env), *(a(env) for a in arguments)))
-
-    def _member_object(self, node: Any, bound: frozenset[str]) -> Closure:
-        self.fail(node.meta, "message construction is not supported in validation rules")
-
-    # Primaries -------------------------------------------------------------------------------------------
-
-    def _ident(self, node: Any, bound: frozenset[str]) -> Closure:
-        name = str(node.children[0])
-        if name in bound or name in self.variables:
-            if name not in bound:
+    def check(self, node: Any, bound: frozenset[str]) -> None:
+        if not isinstance(node, lark.Tree):
+            return
+        kind, children = node.data, node.children
+        if kind == "ident":
+            name = str(children[0])
+            if name in self.variables and name not in bound:
                 self.used_variables.add(name)
-
-            def variable(env: dict[str, Any]) -> Any:
-                value = env.get(name, _MISSING)
-                return CELEvalError(f"undeclared reference to '{name}'") if value is _MISSING else value
-
-            return variable
-        if name in _TYPE_VALUES:
-            type_value = _TYPE_VALUES[name]
-            return lambda env: type_value
-        self.fail(node.children[0], f"undeclared reference to '{name}' (in container '')")
-
-    def _ident_arg(self, node: Any, bound: frozenset[str]) -> Closure:
-        name = node.children[0]
-        argument_nodes = node.children[1].children if len(node.children) > 1 else []
-        self.functions.add(str(name))
-        if name == "has":
-            return self._has(name, argument_nodes, bound)
-        arguments = [self.compile(a, bound) for a in argument_nodes]
-        if name == "dyn" and len(arguments) == 1:
-            return arguments[0]
-        if name not in _FUNCTION_NAMES or name in _SPECIAL_FUNCTIONS:
-            self.fail(name, f"undeclared reference to '{name}' (in container '')")
-        function = _FUNCTIONS[name]
-        return lambda env: _call(function, [a(env) for a in arguments])
-
-    def _has(self, token: Any, argument_nodes: Sequence[Any], bound: frozenset[str]) -> Closure:
-        selection = _essential(argument_nodes[0]) if len(argument_nodes) == 1 else None
-        if not (isinstance(selection, lark.Tree) and selection.data == "member_dot"):
-            self.fail(token, "invalid argument to has() macro")
-        self._record_selection(selection)
-        target = self.compile(selection.children[0], bound)
-        name = celtypes.StringType(str(selection.children[1]))
-
-        def has(env: dict[str, Any]) -> Any:
-            value = target(env)
-            if isinstance(value, CELEvalError):
-                return value
-            if isinstance(value, Mapping):
-                return celtypes.BoolType(_map_get(value, name) is not _MISSING)
-            return CELEvalError("no such overload")
-
-        return has
-
-    def _literal(self, node: Any, bound: frozenset[str]) -> Closure:
-        token = node.children[0]
-        value: Any
-        try:
-            if token.type == "FLOAT_LIT":
-                value = celtypes.DoubleType(token.value)
-            elif token.type == "INT_LIT":
-                value = celtypes.IntType(token.value)
-            elif token.type == "UINT_LIT":
-                value = celtypes.UintType(token.value[:-1])
-            elif token.type in ("MLSTRING_LIT", "STRING_LIT"):
-                value = celstr(token)
-            elif token.type == "BYTES_LIT":
-                value = celbytes(token)
-            elif token.type == "BOOL_LIT":
-                value = celtypes.BoolType(token.value == "true")
-            else:
-                value = None
-        except ValueError:
-            self.fail(token, f"invalid literal {token.value}")
-        return lambda env: value
-
-    def _paren_expr(self, node: Any, bound: frozenset[str]) -> Closure:
-        return self.compile(node.children[0], bound)
-
-    def _list_lit(self, node: Any, bound: frozenset[str]) -> Closure:
-        elements = [self.compile(c, bound) for c in (node.children[0].children if node.children else [])]
-
-        def make_list(env: dict[str, Any]) -> Any:
-            values = [e(env) for e in elements]
-            for value in values:
-                if isinstance(value, CELEvalError):
-                    return value
-            return celtypes.ListType(values)
-
-        return make_list
-
-    def _map_lit(self, node: Any, bound: frozenset[str]) -> Closure:
-        parts = [self.compile(c, bound) for c in (node.children[0].children if node.children else [])]
-        pairs = list(zip(parts[0::2], parts[1::2], strict=True))
-
-        def make_map(env: dict[str, Any]) -> Any:
-            result = celtypes.MapType()
-            for key_closure, value_closure in pairs:
-                key, value = key_closure(env), value_closure(env)
-                for part in (key, value):
-                    if isinstance(part, CELEvalError):
-                        return part
-                if not celtypes.MapType.valid_key_type(key):
-                    return CELEvalError("unsupported key type")
-                if key in result:
-                    return CELEvalError(f"Failed with repeated key: {key}")
-                result[key] = value
-            return result
-
-        return make_map
-
-    def _dot_ident(self, node: Any, bound: frozenset[str]) -> Closure:
-        self.fail(node.children[0], f"undeclared reference to '.{node.children[0]}' (in container '')")
-
-    _dot_ident_arg = _dot_ident
-
-    # Macros ----------------------------------------------------------------------------------------------
-
-    def _macro(
-        self, name: str, token: Any, target_node: Any, argument_nodes: Sequence[Any], bound: frozenset[str]
-    ) -> Closure:
-        variable = _plain_identifier(argument_nodes[0]) if argument_nodes else None
-        if len(argument_nodes) != 2 or variable is None:
-            # Two-variable comprehensions and map(x, predicate, expression) are not available.
-            self.fail(
-                token, f"unsupported form of the {name}() macro: only {name}(x, expression) is supported"
-            )
-        target = self.compile(target_node, bound)
-        body = self.compile(argument_nodes[1], bound | {variable})
-        return _MACRO_BUILDERS[name](target, variable, body)
+            elif name not in bound and name not in _TYPE_NAMES:
+                self.undeclared(children[0], name)
+            return
+        if kind in ("dot_ident", "dot_ident_arg"):
+            self.undeclared(children[0], f".{children[0]}")
+        if kind == "member_object":
+            self.fail(node.meta, "message construction is not supported in validation rules")
+        if kind == "member_dot":
+            self._record_selection(node)
+        elif kind == "ident_arg":
+            token, arguments = children[0], children[1].children if len(children) > 1 else []
+            self.functions.add(str(token))
+            if token == "has":
+                selection = _essential(arguments[0]) if len(arguments) == 1 else None
+                if not (isinstance(selection, lark.Tree) and selection.data == "member_dot"):
+                    self.fail(token, "invalid argument to has() macro")
+            elif token not in _FUNCTION_NAMES:
+                self.undeclared(token, str(token))
+        elif kind == "member_dot_arg":
+            target, token = children[0], children[1]
+            arguments = children[2].children if len(children) > 2 else []
+            self.functions.add(str(token))
+            if token in _MACROS:
+                variable = _plain_identifier(arguments[0]) if arguments else None
+                if len(arguments) != 2 or variable is None:
+                    # Two-variable comprehensions and map(x, predicate, expression) are not available.
+                    message = (
+                        f"unsupported form of the {token}() macro: only {token}(x, expression) is supported"
+                    )
+                    self.fail(token, message)
+                self.check(target, bound)
+                self.check(arguments[1], bound | {variable})
+                return
+            if token not in _FUNCTION_NAMES or token in _SPECIAL_FUNCTIONS:
+                self.undeclared(token, str(token))
+        for child in children:
+            self.check(child, bound)
 
     def _record_selection(self, node: Any) -> None:
         names: list[Any] = []
@@ -810,128 +536,6 @@ _PASS_THROUGH = frozenset(
         "primary",
     }
 )
-
-
-def _map_get(container: Mapping[Any, Any], key: Any) -> Any:
-    try:
-        return container.get(key, _MISSING)
-    except (TypeError, KeyError):  # an unhashable or invalid key is simply absent (MapType.get raises)
-        return _MISSING
-
-
-def _iterate(target: Any) -> Iterable[Any] | CELEvalError:
-    if isinstance(target, CELEvalError):
-        return target
-    if isinstance(target, (list, Mapping)):
-        return list(target)
-    return CELEvalError("no such overload")
-
-
-def _bind(env: dict[str, Any], variable: str, items: Iterable[Any], body: Closure) -> Iterator[Any]:
-    """Evaluate `body` with `variable` bound to each item in turn, restoring the outer binding afterwards."""
-    outer = env.get(variable, _MISSING)
-    try:
-        for item in items:
-            env[variable] = item
-            yield item, body(env)
-    finally:
-        if outer is _MISSING:
-            env.pop(variable, None)
-        else:
-            env[variable] = outer
-
-
-def _all_macro(target: Closure, variable: str, body: Closure) -> Closure:
-    def all_items(env: dict[str, Any]) -> Any:
-        items = _iterate(target(env))
-        if isinstance(items, CELEvalError):
-            return items
-        error = None
-        for _, result in _bind(env, variable, items, body):
-            if _is_false(result):
-                return celtypes.BoolType(False)
-            if not _is_true(result):
-                error = error or (
-                    result if isinstance(result, CELEvalError) else CELEvalError("no such overload")
-                )
-        return error or celtypes.BoolType(True)
-
-    return all_items
-
-
-def _exists_macro(target: Closure, variable: str, body: Closure) -> Closure:
-    def any_item(env: dict[str, Any]) -> Any:
-        items = _iterate(target(env))
-        if isinstance(items, CELEvalError):
-            return items
-        error = None
-        for _, result in _bind(env, variable, items, body):
-            if _is_true(result):
-                return celtypes.BoolType(True)
-            if not _is_false(result):
-                error = error or (
-                    result if isinstance(result, CELEvalError) else CELEvalError("no such overload")
-                )
-        return error or celtypes.BoolType(False)
-
-    return any_item
-
-
-def _exists_one_macro(target: Closure, variable: str, body: Closure) -> Closure:
-    def one_item(env: dict[str, Any]) -> Any:
-        items = _iterate(target(env))
-        if isinstance(items, CELEvalError):
-            return items
-        count = 0
-        for _, result in _bind(env, variable, items, body):
-            if isinstance(result, CELEvalError):
-                return result
-            count += _is_true(result)
-        return celtypes.BoolType(count == 1)
-
-    return one_item
-
-
-def _map_macro(target: Closure, variable: str, body: Closure) -> Closure:
-    def map_items(env: dict[str, Any]) -> Any:
-        items = _iterate(target(env))
-        if isinstance(items, CELEvalError):
-            return items
-        results = []
-        for _, result in _bind(env, variable, items, body):
-            if isinstance(result, CELEvalError):
-                return result
-            results.append(result)
-        return celtypes.ListType(results)
-
-    return map_items
-
-
-def _filter_macro(target: Closure, variable: str, body: Closure) -> Closure:
-    def filter_items(env: dict[str, Any]) -> Any:
-        items = _iterate(target(env))
-        if isinstance(items, CELEvalError):
-            return items
-        kept = []
-        for item, result in _bind(env, variable, items, body):
-            if isinstance(result, CELEvalError):
-                return result
-            if not isinstance(result, (bool, celtypes.BoolType)):
-                return CELEvalError("no such overload")
-            if result:
-                kept.append(item)
-        return celtypes.ListType(kept)
-
-    return filter_items
-
-
-_MACRO_BUILDERS: dict[str, Callable[[Closure, str, Closure], Closure]] = {
-    "all": _all_macro,
-    "exists": _exists_macro,
-    "exists_one": _exists_one_macro,
-    "map": _map_macro,
-    "filter": _filter_macro,
-}
 
 
 def _essential(node: Any) -> Any:
