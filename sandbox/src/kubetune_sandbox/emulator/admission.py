@@ -1090,60 +1090,12 @@ def _validate_object_meta(
         errors.extend(_invalid(f"{path}.annotations", key, m) for m in _qualified_name_errors(key.lower()))
     if sum(len(k) + len(v) for k, v in annotations.items()) > 256 * 1024:
         errors.append(_too_long(f"{path}.annotations", 256 * 1024))
-    errors.extend(_validate_owner_references(meta.get("ownerReferences") or [], f"{path}.ownerReferences"))
     if old_meta is None:
         for finalizer in meta.get("finalizers") or []:
             errors.extend(
                 _invalid(f"{path}.finalizers", finalizer, m) for m in _qualified_name_errors(finalizer)
             )
     return errors
-
-
-def _validate_owner_references(references: Sequence[Mapping[str, Any]], path: str) -> list[_FieldError]:
-    errors: list[_FieldError] = []
-    controller = ""
-    for i, reference in enumerate(references):
-        item = f"{path}[{i}]"
-        api_version = reference.get("apiVersion", "")
-        if not api_version:
-            errors.append(_required(f"{item}.apiVersion", "must not be empty"))
-        elif api_version.count("/") > 1 or api_version.endswith("/"):
-            errors.append(
-                _invalid(f"{item}.apiVersion", api_version, "must be <group>/<version> or <version>")
-            )
-        for key in ("kind", "name", "uid"):
-            if not reference.get(key):
-                errors.append(_required(f"{item}.{key}", "must not be empty"))
-        if reference.get("controller"):
-            current = f"{reference.get('kind', '')}/{reference.get('name', '')}"
-            if controller:
-                detail = (
-                    'Only one reference can have Controller set to true. Found "true" in references for '
-                    f"{controller} and {current}"
-                )
-                errors.append(_invalid(path, list(references), detail))
-            else:
-                controller = current
-    return errors
-
-
-def _finalizer_warnings(meta: Mapping[str, Any], old_meta: Mapping[str, Any] | None) -> list[str]:
-    """The warnings kube-apiserver adds for finalizers that are not domain-qualified."""
-    standard = {"orphan", "foregroundDeletion", "kubernetes"}
-    old = set((old_meta or {}).get("finalizers") or [])
-    warnings: list[str] = []
-    for finalizer in sorted(set(meta.get("finalizers") or []) - old):
-        warnings.extend(f'metadata.finalizers: "{finalizer}": {m}' for m in _qualified_name_errors(finalizer))
-        if "/" not in finalizer and finalizer not in standard:
-            advice = (
-                "a domain-qualified finalizer name including a path (/)"
-                if "." in finalizer
-                else "a domain-qualified finalizer name"
-            )
-            warnings.append(
-                f'metadata.finalizers: "{finalizer}": prefer {advice} to avoid accidental conflicts with other finalizer writers'
-            )
-    return warnings
 
 
 def _set_key(value: Any) -> Any:
@@ -1581,7 +1533,6 @@ class _Version:
     name: str
     schema: _Schema | None
     cel: _CelNode | None
-    status_subresource: bool
 
 
 class CRDAdmission:
@@ -1625,14 +1576,7 @@ class CRDAdmission:
             errors.append(
                 _forbidden(f"spec.versions[{index}].subresources.scale", _UNSUPPORTED_DETAIL).text()
             )
-        return _Version(version["name"], schema, cel, "status" in subresources)
-
-    @property
-    def served_versions(self) -> list[str]:
-        return list(self._versions)
-
-    def has_status_subresource(self, version: str) -> bool:
-        return self._version(version).status_subresource
+        return _Version(version["name"], schema, cel)
 
     def admit(
         self,
@@ -1667,7 +1611,7 @@ class CRDAdmission:
         field_validation: str = "Strict",
     ) -> Admitted:
         """Like `admit`, also returning the warnings kube-apiserver would send (unknown fields under Warn,
-        ratcheted rule failures, finalizer advice)."""
+        ratcheted rule failures)."""
         if field_validation not in ("Strict", "Warn", "Ignore"):
             raise ValueError(f"fieldValidation must be Strict, Warn or Ignore, not {field_validation!r}")
         if subresource not in (None, "status"):
@@ -1732,8 +1676,6 @@ class CRDAdmission:
         meta = obj.get("metadata") or {}
         old_meta = ((old or {}).get("metadata") or {}) if old is not None else None
         errors.extend(_validate_object_meta(meta, old_meta, "metadata"))
-        if subresource is None:
-            warnings.extend(_finalizer_warnings(meta, old_meta))
         schema = served.schema
         if subresource == "status":
             # The status strategy validates only the status against the schema, under the path "status".
