@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import importlib
 import json
 import logging
 import random
@@ -36,6 +35,7 @@ import yaml
 
 from kubetune.api.manifests import load_yaml
 from kubetune_sandbox.emulator import discovery, patching, selectors, tables
+from kubetune_sandbox.emulator.admission import AdmissionError, CRDAdmission
 from kubetune_sandbox.emulator.resources import (
     ALL_VERBS,
     SELECTABLE_FIELDS,
@@ -94,16 +94,6 @@ def _json_response(
     return aiohttp.web.Response(text=body, status=status, content_type="application/json", headers=headers)
 
 
-def _load_admission() -> Any:
-    """The CRD admission engine (admission.py), if present; without it custom resources go unvalidated."""
-    try:
-        return importlib.import_module("kubetune_sandbox.emulator.admission")
-    except ModuleNotFoundError as error:
-        if error.name != "kubetune_sandbox.emulator.admission":
-            raise
-        return None
-
-
 @attrs.define(kw_only=True)
 class ApiEmulator(kmock.KubernetesEmulator):
     """The fixed emulator. Run it with `EmulatorServer`, or serve it from any aiohttp server.
@@ -116,7 +106,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
 
     strict_fields: bool = True
     store: Store = attrs.field(factory=Store)
-    _custom: dict[GroupResource, Any] = attrs.field(factory=dict, init=False)  # -> admission or None
+    _custom: dict[GroupResource, CRDAdmission] = attrs.field(factory=dict, init=False)
     _crd_versions: dict[tuple[str, str, str], Obj] = attrs.field(factory=dict, init=False)
     _watch_queues: set[asyncio.Queue[WatchEvent | None]] = attrs.field(factory=set, init=False)
     _closing: bool = attrs.field(default=False, init=False)
@@ -260,7 +250,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
                 subresource="status" if target.subresource == "status" else None,
                 field_validation=options.field_validation,
             )
-        except _load_admission().AdmissionError as error:
+        except AdmissionError as error:
             name = obj["metadata"].get("name", "")
             patched = obj if is_patch else None  # a patch's unknown fields are reported on "patch"
             status = error.to_status(kind=target.kind, group=target.group, name=name, patched=patched)
@@ -359,7 +349,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
         if options.dry_run:
             return self._present(target, obj)
         stored = self.store.put(target.storage, obj)
-        if target.storage == CRDS and self.store.get(CRDS, None, name) is not None:
+        if admission is not None and self.store.get(CRDS, None, name) is not None:
             self._register_crd(stored, admission)
         self.store.collect_garbage()
         return self._present(target, stored)
@@ -503,7 +493,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
             },
         }
 
-    def _prepare_crd(self, target: Target, crd: Obj, old: Obj | None) -> tuple[Obj, Any]:
+    def _prepare_crd(self, target: Target, crd: Obj, old: Obj | None) -> tuple[Obj, CRDAdmission]:
         """Check a CRD the way the API does the essentials, build its admission, fill its status."""
         spec = crd.get("spec") or {}
         names = spec.get("names") or {}
@@ -527,14 +517,11 @@ class ApiEmulator(kmock.KubernetesEmulator):
             causes.append(("spec.scope", "Invalid value: field is immutable"))
         if causes:
             raise target.invalid(crd["metadata"]["name"], causes)
-        admission = None
-        module = _load_admission()
-        if module is not None:
-            try:
-                admission = module.CRDAdmission(crd)
-            except ValueError as error:  # schemas or CEL rules the API would refuse; the message says which
-                details = {"name": crd["metadata"]["name"], "group": target.group, "kind": target.kind}
-                raise ApiError(422, "Invalid", str(error), details) from None
+        try:
+            admission = CRDAdmission(crd)
+        except ValueError as error:  # schemas or CEL rules the API would refuse; the message says which
+            details = {"name": crd["metadata"]["name"], "group": target.group, "kind": target.kind}
+            raise ApiError(422, "Invalid", str(error), details) from None
         kind = names["kind"]
         accepted = {"singular": kind.lower(), "listKind": f"{kind}List"} | names
         conditions = copy.deepcopy((old or {}).get("status", {}).get("conditions")) or [
@@ -553,7 +540,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
         }
         return crd, admission
 
-    def _register_crd(self, crd: Obj, admission: Any) -> None:
+    def _register_crd(self, crd: Obj, admission: CRDAdmission) -> None:
         spec = crd["spec"]
         group, names = spec["group"], spec["names"]
         self._unregister_crd(group, names["plural"])
