@@ -192,7 +192,7 @@ def test_warmup_is_never_zero_and_schedules_follow_the_spec(tiny_model_uri: str)
 
 
 def test_early_stopping_counts_evaluations_without_improvement() -> None:
-    from kubetune_trainer.stages.train import early_stopping_due
+    from kubetune_trainer.training.callbacks import early_stopping_due
 
     history = [{"loss": 3.0}, {"eval_loss": 2.0}, {"eval_loss": 1.5}, {"eval_loss": 1.6}, {"eval_loss": 1.55}]
     assert early_stopping_due(history, 2)

@@ -229,7 +229,7 @@ def on_device(model: Any, device: Any) -> Any:
 
 def load_tuned_model(config: TrainerConfig, base_dir: Path, work: Path) -> tuple[Any, Any, bool]:
     """(tuned model, tokenizer, whether the base is reachable by disabling an adapter)."""
-    from kubetune_trainer.stages.train import Device, load_base_model, load_tokenizer
+    from kubetune_trainer.training.model import Device, load_base_model, load_tokenizer
 
     spec = config.spec
     device = Device.detect()
@@ -255,7 +255,7 @@ def run(config: TrainerConfig) -> dict[str, Any]:
     import tempfile
 
     from kubetune_trainer.formats import iter_prepared
-    from kubetune_trainer.stages.train import Device, fetch_model, load_base_model
+    from kubetune_trainer.training.model import Device, fetch_model, load_base_model
 
     spec = config.spec
     evaluation, hyper = spec.evaluation, spec.hyperparameters

@@ -87,7 +87,8 @@ def _module_name(key: str) -> tuple[str, str] | None:
 
 def check_adapter_compatible(base_model: Any, base_dir: Path, adapter_dir: Path) -> None:
     """Refuse (IncompatibleAdapterError) an adapter whose base differs from this one; see the module doc."""
-    from kubetune_trainer.stages.train import BASE_INFO_NAME, base_fingerprint, hash_model_files
+    from kubetune_trainer.stages.train import BASE_INFO_NAME
+    from kubetune_trainer.training.model import base_fingerprint, hash_model_files
 
     problems: list[str] = []
     info_path = adapter_dir / BASE_INFO_NAME
@@ -145,7 +146,7 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from kubetune_trainer.stages.train import load_tokenizer
+    from kubetune_trainer.training.model import load_tokenizer
 
     config = json.loads((base_dir / "config.json").read_text())
     dtype = (
@@ -270,7 +271,8 @@ def build_manifest(
 
 def run(config: TrainerConfig) -> dict[str, Any]:
     from kubetune_trainer.metrics import fit_summary
-    from kubetune_trainer.stages.train import BASE_INFO_NAME, base_fingerprint, fetch_model, hash_model_files
+    from kubetune_trainer.stages.train import BASE_INFO_NAME
+    from kubetune_trainer.training.model import base_fingerprint, fetch_model, hash_model_files
 
     spec = config.spec
     artifacts = config.artifacts
