@@ -1,5 +1,6 @@
-"""The ModelDeployment state machine: gate, revisions, canary steps with analysis, promotion and rollback.
-Pure: (resource, observed) -> (status, actions, events), like the FineTuneJob's.
+"""The ModelDeployment state machine: revisions, canary steps with analysis, promotion and rollback, after
+the gate (serving_source.py) has said what to serve. Pure: (resource, observed) -> (status, actions, events),
+like the FineTuneJob's.
 
 Every spec change that alters the pods is a new revision. The first revision rolls out directly; later ones
 go through `spec.rollout.steps`, each step held until the canary is ready, its benchmark meets
@@ -9,7 +10,6 @@ go through `spec.rollout.steps`, each step held until the canary is ready, its b
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,10 +19,10 @@ from pydantic import ValidationError
 from kubetune.api.common import ResourceIdentity, decimal_text
 from kubetune.api.modeldeployment import Analysis, ModelDeploymentSpec, Rollout
 from kubetune.api.timestamps import seconds_between
-from kubetune.api.trainer_contract import failed_thresholds
 from kubetune.reconcile import conditions as c
 from kubetune.reconcile.finetunejob import Action, Create, Delete, Event, Outcome, Patch
 from kubetune.reconcile.observed import JobView
+from kubetune.reconcile.serving_source import GateBlockedError, fingerprint, resolve_source
 from kubetune.render import modeldeployment as render
 from kubetune.render.pod import Manifest
 
@@ -69,124 +69,6 @@ def deployment_view(deployment: Manifest) -> DeploymentView:
 
 def _seconds_since(start: str | None, now: str) -> float:
     return seconds_between(start, now) or 0.0
-
-
-class GateBlockedError(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
-def _adapter_name(uri: str, taken: set[str]) -> str:
-    base = re.sub(r"[^a-z0-9-]+", "-", uri.rstrip("/").rsplit("/", 1)[-1].lower()).strip("-") or "adapter"
-    if base == "adapter":
-        parts = [p for p in uri.rstrip("/").split("/") if p]
-        base = re.sub(r"[^a-z0-9-]+", "-", parts[-2].lower()).strip("-") if len(parts) >= 2 else base
-    name, index = base[:48], 2
-    while name in taken:
-        name, index = f"{base[:44]}-{index}", index + 1
-    taken.add(name)
-    return name
-
-
-def _checkpoint_uri(job_status: dict[str, Any], selector: str) -> str:
-    checkpoints = list(job_status.get("checkpoints") or [])
-    if not checkpoints:
-        raise GateBlockedError(c.CHECKPOINT_NOT_FOUND, "the FineTuneJob recorded no checkpoints")
-    if selector == "latest":
-        return str(max(checkpoints, key=lambda item: int(item["step"]))["uri"])
-    if selector == "best":
-        scored = [item for item in checkpoints if item.get("evalLoss") is not None]
-        if not scored:
-            raise GateBlockedError(
-                c.CHECKPOINT_NOT_FOUND, "no checkpoint has an eval loss to pick the best by"
-            )
-        return str(min(scored, key=lambda item: float(item["evalLoss"]))["uri"])
-    step = int(selector.removeprefix("step-"))
-    for item in checkpoints:
-        if int(item["step"]) == step:
-            return str(item["uri"])
-    steps = ", ".join(str(item["step"]) for item in checkpoints)
-    raise GateBlockedError(c.CHECKPOINT_NOT_FOUND, f"no checkpoint at step {step}; the job has steps {steps}")
-
-
-def resolve_source(namespace: str, spec: ModelDeploymentSpec, job: Manifest | None) -> render.ResolvedSource:
-    """What to serve, or GateBlocked saying exactly why not yet."""
-    source = spec.source
-    if source.model_uri:
-        taken: set[str] = set()
-        adapters = tuple(render.Adapter(_adapter_name(uri, taken), uri) for uri in source.adapter_uris or [])
-        lineage = {"base-model": source.model_uri}
-        return render.ResolvedSource(model_uri=source.model_uri, adapters=adapters, lineage=lineage)
-    assert source.fine_tune_job_ref is not None
-    job_name = source.fine_tune_job_ref.name
-    if job is None:
-        raise GateBlockedError(
-            c.SOURCE_NOT_FOUND, f"FineTuneJob {job_name} does not exist in namespace {namespace}"
-        )
-    status = job.get("status") or {}
-    conditions = list(status.get("conditions") or [])
-    if not c.is_true(conditions, c.COMPLETE):
-        raise GateBlockedError(
-            c.SOURCE_NOT_READY,
-            f"FineTuneJob {job_name} is {status.get('phase') or 'Pending'}; waiting for it to succeed",
-        )
-    gate = spec.gate
-    if gate is None or gate.require_evaluation_passed:
-        passed = c.find(conditions, c.EVALUATION_PASSED) or {}
-        if passed.get("status") != "True":
-            raise GateBlockedError(
-                c.EVALUATION_NOT_PASSED,
-                f"FineTuneJob {job_name} did not pass evaluation: {passed.get('message', '')}",
-            )
-    if gate is not None and gate.thresholds:
-        failures = failed_thresholds((status.get("evaluation") or {}).get("metrics") or {}, gate.thresholds)
-        if failures:
-            raise GateBlockedError(
-                c.THRESHOLDS_NOT_MET,
-                f"FineTuneJob {job_name}: " + "; ".join(failures) + " (spec.gate.thresholds)",
-            )
-    job_spec = job.get("spec") or {}
-    outputs = status.get("outputs") or {}
-    base = str((job_spec.get("baseModel") or {}).get("uri", ""))
-    lineage = {
-        "source-job": job_name,
-        "source-job-uid": str(job["metadata"].get("uid", "")),
-        "dataset-sha256": str((status.get("dataset") or {}).get("sha256", "")),
-        "base-model": base,
-    }
-    if source.checkpoint:
-        uri = _checkpoint_uri(status, source.checkpoint)
-        lineage["adapter"] = uri
-        return render.ResolvedSource(
-            model_uri=base, adapters=(render.Adapter("adapter", uri),), lineage=lineage
-        )
-    if spec.serve == "merged" or job_spec.get("method") == "full":
-        merged = outputs.get("mergedUri")
-        if not merged:
-            raise GateBlockedError(
-                c.MERGED_MODEL_MISSING,
-                f"FineTuneJob {job_name} has no merged model: set spec.output.merge: true on it",
-            )
-        lineage["merged-model"] = merged
-        return render.ResolvedSource(model_uri=str(merged), lineage=lineage)
-    adapter = outputs.get("adapterUri")
-    if not adapter:
-        raise GateBlockedError(c.ADAPTER_MISSING, f"FineTuneJob {job_name} recorded no adapter output")
-    lineage["adapter"] = str(adapter)
-    return render.ResolvedSource(
-        model_uri=base, adapters=(render.Adapter("adapter", str(adapter)),), lineage=lineage
-    )
-
-
-def fingerprint(spec: ModelDeploymentSpec, source: render.ResolvedSource) -> str:
-    """Everything that changes the pods; replicas, rollout and autoscaling do not make a new revision."""
-    pod_inputs = spec.model_dump(
-        mode="json", by_alias=True, exclude={"replicas", "rollout", "autoscaling", "gate"}
-    )
-    text = json.dumps({"spec": pod_inputs, "source": source.fingerprint()}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass
