@@ -26,7 +26,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import re2
 from celpy import celtypes
 
 from kubetune_sandbox.emulator.cel import (
@@ -37,6 +36,7 @@ from kubetune_sandbox.emulator.cel import (
     OpaqueValue,
     SetList,
     compile_cel,
+    compile_re2,
     format_go_float,
 )
 
@@ -405,9 +405,9 @@ def _compile_schema(raw: Mapping[str, Any], crd_path: str, errors: list[str]) ->
     if raw.get("pattern") is not None:
         s.pattern = str(raw["pattern"])
         try:
-            s.pattern_regex = re2.compile(s.pattern, _RE2_OPTIONS)
-        except re2.error as error:
-            s.pattern_error = _decode_re2_error(error)
+            s.pattern_regex = compile_re2(s.pattern)
+        except ValueError as error:
+            s.pattern_error = str(error)
     s.required = tuple(raw.get("required", ()))
     for name, child in (raw.get("properties") or {}).items():
         s.properties[name] = _compile_schema(child, f"{crd_path}.properties[{name}]", errors)
@@ -750,14 +750,6 @@ def _json_type_error(value: Any, path: str, go_path: str, go_type: str) -> None:
 # ---------------------------------------------------------------------------------------------------------
 # OpenAPI schema validation (kube-openapi's validator and the apiextensions error translation)
 # ---------------------------------------------------------------------------------------------------------
-
-_RE2_OPTIONS = re2.Options()
-_RE2_OPTIONS.log_errors = False
-
-
-def _decode_re2_error(error: BaseException) -> str:
-    text = error.args[0] if error.args else str(error)
-    return text.decode() if isinstance(text, bytes) else str(text)
 
 
 class _Correlation:

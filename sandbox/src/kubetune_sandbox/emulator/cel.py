@@ -15,6 +15,7 @@ admission engine's job.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -38,6 +39,7 @@ __all__ = [
     "OpaqueValue",
     "SetList",
     "compile_cel",
+    "compile_re2",
     "format_go_float",
     "supported_functions",
 ]
@@ -217,28 +219,25 @@ def _require(condition: bool) -> None:
         raise TypeError("no such overload")
 
 
-_REGEX_CACHE: dict[str, Any] = {}
+def compile_re2(pattern: str) -> Any:
+    """A pattern as Go's regexp compiles it (RE2); ValueError with RE2's message when it is invalid."""
+    try:
+        return re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error as error:
+        text = error.args[0] if error.args else str(error)
+        raise ValueError(text.decode() if isinstance(text, bytes) else str(text)) from None
 
 
+@functools.lru_cache(maxsize=1024)
 def _regex(pattern: str) -> Any:
-    compiled = _REGEX_CACHE.get(pattern)
-    if compiled is None:
-        try:
-            compiled = re2.compile(pattern, _RE2_OPTIONS)
-        except re2.error as error:
-            raise _RegexError(f"error parsing regexp: {_decode(error)}") from None
-        if len(_REGEX_CACHE) < 1024:
-            _REGEX_CACHE[pattern] = compiled
-    return compiled
+    try:
+        return compile_re2(pattern)
+    except ValueError as error:
+        raise _RegexError(f"error parsing regexp: {error}") from None
 
 
 class _RegexError(Exception):
     pass
-
-
-def _decode(error: BaseException) -> str:
-    text = error.args[0] if error.args else str(error)
-    return text.decode() if isinstance(text, bytes) else str(text)
 
 
 # ---------------------------------------------------------------------------------------------------------
