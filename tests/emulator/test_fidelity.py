@@ -21,7 +21,6 @@ T = TypeVar("T")
 WIDGET_PATH = "/apis/example.com/v1/namespaces/default/widgets"
 CONFIGMAPS = "v1/configmaps"
 MERGE = "application/merge-patch+json"
-STRATEGIC = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 
 
@@ -86,19 +85,11 @@ def test_python_client_create_returns_the_stored_object_with_server_metadata(k8s
     assert json.loads(conflict.value.body)["reason"] == "AlreadyExists"
 
 
-def test_generate_name_appends_a_random_five_character_suffix(http: Http) -> None:
-    body = {
-        "apiVersion": "example.com/v1",
-        "kind": "Widget",
-        "metadata": {"generateName": "w-"},
-        "spec": {"size": 1},
-    }
-    responses = [http("POST", WIDGET_PATH, body) for _ in range(3)]
-    assert [rsp.status_code for rsp in responses] == [201] * 3
-    generated = {rsp.json()["metadata"]["name"] for rsp in responses}
+def test_generate_name_appends_a_random_five_character_suffix(server: EmulatorServer, http: Http) -> None:
+    event = {"metadata": {"generateName": "w."}, "reason": "Seen"}  # as Kopf posts its events
+    generated = {server.create("v1/events", event, "default")["metadata"]["name"] for _ in range(3)}
     assert len(generated) == 3
-    assert all(re.fullmatch(r"w-[a-z0-9]{5}", name) for name in generated)
-
+    assert all(re.fullmatch(r"w\.[a-z0-9]{5}", name) for name in generated)
     nameless = http("POST", WIDGET_PATH, {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {}})
     assert nameless.status_code == 422
 
@@ -106,16 +97,12 @@ def test_generate_name_appends_a_random_five_character_suffix(http: Http) -> Non
 # Optimistic concurrency.
 
 
-def test_a_stale_resource_version_conflicts_on_put_and_fails_a_json_patch_test(
+def test_a_stale_resource_version_conflicts_and_fails_a_json_patch_test(
     server: EmulatorServer, http: Http
 ) -> None:
     created = http("POST", WIDGET_PATH, widget("w")).json()
     stale = created["metadata"]["resourceVersion"]
     http("PATCH", f"{WIDGET_PATH}/w", {"spec": {"size": 2}}, content_type=MERGE)
-
-    replaced = http("PUT", f"{WIDGET_PATH}/w", created | {"spec": {"size": 5}})
-    assert replaced.status_code == 409
-    assert replaced.json()["reason"] == "Conflict"
 
     add_finalizer = {"op": "add", "path": "/metadata/finalizers", "value": ["example.com/f"]}
     kopf_style = [{"op": "test", "path": "/metadata/resourceVersion", "value": stale}, add_finalizer]
@@ -131,8 +118,6 @@ def test_a_stale_resource_version_conflicts_on_put_and_fails_a_json_patch_test(
     patched = http("PATCH", f"{WIDGET_PATH}/w", kopf_style, content_type=JSON_PATCH)
     assert patched.status_code == 200
     assert patched.json()["metadata"]["finalizers"] == ["example.com/f"]
-    fresh = patched.json() | {"spec": {"size": 7}}
-    assert http("PUT", f"{WIDGET_PATH}/w", fresh).json()["spec"] == {"size": 7}
 
 
 def test_generation_bumps_on_spec_changes_only(server: EmulatorServer) -> None:
@@ -178,60 +163,7 @@ def test_the_status_subresource_is_separate_from_the_main_resource(http: Http) -
     assert "labels" not in status["metadata"]
     assert revision(status) > revision(main.json())
 
-    replaced = http("PUT", f"{WIDGET_PATH}/w", status | {"status": {"phase": "Ignored"}})
-    assert replaced.json()["status"] == {"phase": "Ready"}
     assert http("GET", f"{WIDGET_PATH}/w/status").json()["status"] == {"phase": "Ready"}
-
-
-def test_deployments_serve_the_scale_subresource(server: EmulatorServer, http: Http) -> None:
-    deployment = {
-        "metadata": {"name": "serve"},
-        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "a"}}},
-    }
-    server.create("apps/v1/deployments", deployment, "default")
-    path = "/apis/apps/v1/namespaces/default/deployments/serve/scale"
-    scale = http("GET", path).json()
-    assert (scale["kind"], scale["spec"]["replicas"], scale["status"]["selector"]) == ("Scale", 2, "app=a")
-
-    http("PATCH", path, {"spec": {"replicas": 5}}, content_type=MERGE)
-    stored = server.get("apps/v1/deployments", "default", "serve")
-    assert (stored["spec"]["replicas"], stored["metadata"]["generation"]) == (5, 2)
-
-
-def test_strategic_merge_patch_merges_keyed_lists_and_merge_patch_replaces_them(
-    server: EmulatorServer, http: Http
-) -> None:
-    containers = [{"name": "main", "image": "a:1"}, {"name": "sidecar", "image": "b:1"}]
-    template = {"spec": {"containers": containers}}
-    server.create(
-        "apps/v1/deployments", {"metadata": {"name": "d"}, "spec": {"template": template}}, "default"
-    )
-    path = "/apis/apps/v1/namespaces/default/deployments/d"
-
-    patch = {"spec": {"template": {"spec": {"containers": [{"name": "sidecar", "image": "b:2"}]}}}}
-    merged = http("PATCH", path, patch, content_type=STRATEGIC).json()["spec"]["template"]["spec"][
-        "containers"
-    ]
-    assert merged == [{"name": "main", "image": "a:1"}, {"name": "sidecar", "image": "b:2"}]
-
-    replaced = http("PATCH", path, patch, content_type=MERGE).json()["spec"]["template"]["spec"]["containers"]
-    assert replaced == [{"name": "sidecar", "image": "b:2"}]
-
-
-def test_dry_run_validates_and_answers_without_storing(server: EmulatorServer, http: Http) -> None:
-    dry = {"dryRun": "All"}
-    would_be = http("POST", WIDGET_PATH, widget("w"), params=dry)
-    assert would_be.status_code == 201
-    assert would_be.json()["metadata"]["uid"]
-    assert server.get(WIDGETS, "default", "w") is None
-    assert http("POST", WIDGET_PATH, widget("Bad_Name"), params=dry).status_code == 422
-
-    since = http("POST", WIDGET_PATH, widget("w")).json()["metadata"]["resourceVersion"]
-    patched = http("PATCH", f"{WIDGET_PATH}/w", {"spec": {"size": 5}}, content_type=MERGE, params=dry)
-    assert patched.json()["spec"] == {"size": 5}
-    assert http("DELETE", f"{WIDGET_PATH}/w", params=dry).status_code == 200
-    assert server.get(WIDGETS, "default", "w")["spec"] == {"size": 1}
-    assert list(http.watch(WIDGET_PATH, resourceVersion=since, timeoutSeconds=1)) == []  # nothing happened
 
 
 # Deletion: finalizers, owners, namespaces.
@@ -272,63 +204,16 @@ def test_deleting_an_owner_collects_its_dependents_recursively(server: EmulatorS
     assert names(server.list(CONFIGMAPS, "default")) == {"unrelated"}
 
 
-def test_orphan_propagation_keeps_dependents_and_drops_their_owner_reference(
-    server: EmulatorServer, http: Http
-) -> None:
-    owner = server.create(WIDGETS, widget("w"), "default")
-    server.create(CONFIGMAPS, configmap("child", owner), "default")
-
-    rsp = http("DELETE", f"{WIDGET_PATH}/w", {"kind": "DeleteOptions", "propagationPolicy": "Orphan"})
-    assert rsp.status_code == 200
-    assert server.get(WIDGETS, "default", "w") is None
-    assert server.get(CONFIGMAPS, "default", "child")["metadata"]["ownerReferences"] == []
-
-
-def test_foreground_deletion_keeps_the_owner_until_its_dependents_are_gone(server: EmulatorServer) -> None:
-    owner = server.create(WIDGETS, widget("w"), "default")
-    server.create(CONFIGMAPS, configmap("child", owner, finalizers=["example.com/hold"]), "default")
-
-    deleting = server.delete(WIDGETS, "default", "w", propagation_policy="Foreground")
-    assert deleting["metadata"]["finalizers"] == ["foregroundDeletion"]
-    assert server.get(CONFIGMAPS, "default", "child")["metadata"]["deletionTimestamp"]
-    assert server.get(WIDGETS, "default", "w") is not None
-
-    server.patch(CONFIGMAPS, "default", "child", {"metadata": {"finalizers": None}})
-    assert server.get(CONFIGMAPS, "default", "child") is None
-    assert server.get(WIDGETS, "default", "w") is None
-
-
-def test_deleting_a_job_orphans_its_pods_unless_told_otherwise(server: EmulatorServer, http: Http) -> None:
-    job = server.create("batch/v1/jobs", {"metadata": {"name": "train"}, "spec": {}}, "default")
-    pod = {
-        "metadata": {"name": "train-x", "ownerReferences": [owner_reference(job)]},
-        "spec": {"containers": []},
-    }
-    server.create("v1/pods", pod, "default")
-
-    rsp = http("DELETE", "/apis/batch/v1/namespaces/default/jobs/train")
-    assert "child pods are preserved by default" in rsp.headers["Warning"]
-    assert server.get("v1/pods", "default", "train-x") is not None
-
-
-def test_namespaces_are_listed_created_and_deleted_with_their_contents(
-    server: EmulatorServer, http: Http
-) -> None:
+def test_namespaces_are_listed_and_created_but_not_deleted(server: EmulatorServer, http: Http) -> None:
     created = http("POST", "/api/v1/namespaces", {"metadata": {"name": "team-a"}})
     assert (created.status_code, created.json()["status"]["phase"]) == (201, "Active")
     listed = http("GET", "/api/v1/namespaces").json()
     assert listed["kind"] == "NamespaceList"
     assert names(listed["items"]) == {"default", "team-a"}
-    server.create(CONFIGMAPS, configmap("held", finalizers=["example.com/hold"]), "team-a")
-
-    deleting = http("DELETE", "/api/v1/namespaces/team-a").json()
-    assert deleting["status"]["phase"] == "Terminating"
-    refused = http("POST", "/api/v1/namespaces/team-a/configmaps", configmap("late"))
-    assert refused.status_code == 403
     assert http("POST", "/api/v1/namespaces/nowhere/configmaps", configmap("x")).status_code == 404
-
-    server.patch(CONFIGMAPS, "team-a", "held", {"metadata": {"finalizers": None}})
-    assert server.get("v1/namespaces", None, "team-a") is None
+    assert (
+        http("DELETE", "/api/v1/namespaces/team-a").status_code == 405
+    )  # not served: nothing of ours does it
 
 
 # Reading: selectors, lists, discovery.
@@ -340,12 +225,10 @@ def test_namespaces_are_listed_created_and_deleted_with_their_contents(
         ("tier=web", {"a", "c"}),
         ("tier==web", {"a", "c"}),
         ("tier!=web", {"b", "d"}),
-        ("tier in (web, db)", {"a", "b", "c"}),
-        ("tier notin (web)", {"b", "d"}),
         ("env", {"a", "b"}),
         ("!env", {"c", "d"}),
         ("tier=web,env=prod", {"a"}),
-        ("env,tier notin (db)", {"a"}),
+        ("env,tier!=db", {"a"}),
     ],
 )
 def test_label_selectors_filter_lists(
@@ -363,35 +246,20 @@ def test_label_selectors_filter_lists(
     assert names(listed["items"]) == expected
 
 
-def test_delete_collection_deletes_only_what_the_selector_matches(server: EmulatorServer, http: Http) -> None:
-    for name, tier in [("a", "web"), ("b", "web"), ("c", "db")]:
-        server.create(CONFIGMAPS, configmap(name, labels={"tier": tier}), "default")
-    rsp = http("DELETE", "/api/v1/namespaces/default/configmaps", params={"labelSelector": "tier=web"})
-    assert (rsp.status_code, names(rsp.json()["items"])) == (200, {"a", "b"})
-    assert names(server.list(CONFIGMAPS, "default")) == {"c"}
-
-
-def test_field_selectors_filter_lists_across_namespaces(server: EmulatorServer, http: Http) -> None:
+def test_field_selectors_on_name_and_namespace_filter_lists(server: EmulatorServer, http: Http) -> None:
     server.create("v1/namespaces", {"metadata": {"name": "other"}})
-    for namespace, name, phase in [
-        ("default", "p1", "Running"),
-        ("default", "p2", None),
-        ("other", "p3", "Running"),
-    ]:
+    for namespace, name in [("default", "p1"), ("default", "p2"), ("other", "p3")]:
         server.create("v1/pods", {"metadata": {"name": name}, "spec": {"containers": []}}, namespace)
-        if phase:
-            server.patch("v1/pods", namespace, name, {"status": {"phase": phase}}, subresource="status")
 
     def listed(path: str, selector: str) -> set[str]:
         rsp = http("GET", path, params={"fieldSelector": selector})
         assert rsp.json()["kind"] == "PodList"
         return names(rsp.json()["items"])
 
-    assert listed("/api/v1/pods", "status.phase=Running") == {"p1", "p3"}
     assert listed("/api/v1/pods", "metadata.namespace=other") == {"p3"}
     assert listed("/api/v1/namespaces/default/pods", "metadata.name=p2") == {"p2"}
-    assert listed("/api/v1/pods", "status.phase!=Running,metadata.namespace=default") == {"p2"}
-    unsupported = http("GET", "/apis/example.com/v1/widgets", params={"fieldSelector": "spec.size=1"})
+    assert listed("/api/v1/pods", "metadata.name!=p1,metadata.namespace=default") == {"p2"}
+    unsupported = http("GET", "/api/v1/pods", params={"fieldSelector": "status.phase=Running"})
     assert unsupported.status_code == 400
 
 
@@ -418,10 +286,6 @@ def test_discovery_serves_core_v1_and_crd_groups_registered_at_runtime(
     path = "/apis/example.org/v1/namespaces/default/gizmos"
     gizmo = {"apiVersion": "example.org/v1", "kind": "Gizmo", "metadata": {"name": "g"}, "spec": {"size": 1}}
     assert http("POST", path, gizmo).status_code == 201
-    http("DELETE", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/gizmos.example.org")
-    assert "example.org" not in [group["name"] for group in http("GET", "/apis").json()["groups"]]
-    assert http("GET", f"{path}/g").status_code == 404
-    assert server.emulator.store.objects(("example.org", "gizmos")) == []
 
 
 def test_custom_resources_are_admitted_by_their_crd_schema_and_rules(http: Http) -> None:
@@ -465,15 +329,12 @@ APPLY = "application/apply-patch+yaml"
         (("GET", "/apis/nowhere.io/v1/things", None, ""), (404, "NotFound")),
         (("GET", f"{WIDGET_PATH}/missing", None, ""), (404, "NotFound")),
         (("GET", "/openapi/v2", None, ""), (404, "NotFound")),
-        (("PUT", WIDGET_PATH, {}, "application/json"), (405, "MethodNotAllowed")),
+        (("PUT", f"{WIDGET_PATH}/w", {}, "application/json"), (405, "MethodNotAllowed")),
+        (("POST", f"{WIDGET_PATH}?dryRun=All", widget("w"), "application/json"), (400, "BadRequest")),
         (("POST", CONFIGMAPS_PATH, b"\x0a\x02\xff", PROTOBUF), (415, "UnsupportedMediaType")),
         (("PATCH", f"{WIDGET_PATH}/w", b"spec: {}", APPLY), (415, "UnsupportedMediaType")),
         (("POST", CONFIGMAPS_PATH, configmap("Not_Valid"), "application/json"), (422, "Invalid")),
-        (
-            ("POST", CONFIGMAPS_PATH, configmap("ok", labels={"a": "x" * 64}), "application/json"),
-            (422, "Invalid"),
-        ),
-        (("GET", "/api/v1/pods?labelSelector=tier+in+(web", None, ""), (400, "BadRequest")),
+        (("GET", "/api/v1/pods?labelSelector=tier+in+(web)", None, ""), (400, "BadRequest")),
     ],
 )
 def test_errors_are_kubernetes_status_objects_without_tracebacks(
@@ -530,12 +391,6 @@ def test_watch_without_a_resource_version_starts_with_the_current_objects(
         ("ADDED", "a"),
         ("ADDED", "b"),
     ]
-
-    initial = list(
-        http.watch(WIDGET_PATH, timeoutSeconds=1, sendInitialEvents="true", allowWatchBookmarks="true")
-    )
-    assert [event["type"] for event in initial] == ["ADDED", "ADDED", "BOOKMARK"]
-    assert initial[-1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
 
 
 def test_watch_with_a_selector_sees_objects_enter_and_leave_it(server: EmulatorServer, http: Http) -> None:

@@ -98,17 +98,10 @@ def test_kubectl_manages_custom_resources_end_to_end(emulator: EmulatorServer, k
     )
     kubectl("wait", "--for=jsonpath={.status.phase}=Ready", "wd/w1", "--timeout=10s")
 
-    current = kubectl("get", "wd", "w1", "-o", "yaml").stdout
-    kubectl("replace", "--validate=false", "-f", "-", stdin=current.replace("size: 3", "size: 5"))
-    replaced = emulator.get(WIDGETS, "default", "w1")
-    assert (replaced["spec"]["size"], replaced["metadata"]["generation"]) == (5, 2)
-    assert replaced["status"] == {"phase": "Ready"}
-
-    diff = kubectl("diff", "-f", "-", stdin=widget("w1", size=7), check=False)
-    assert diff.returncode == 1  # 1: differences found
-    assert "+  size: 7" in diff.stdout
-    unchanged = emulator.get(WIDGETS, "default", "w1")
-    assert unchanged["metadata"]["resourceVersion"] == replaced["metadata"]["resourceVersion"]
+    kubectl("apply", "--validate=false", "-f", "-", stdin=widget("w1", size=5))  # a merge patch
+    applied = emulator.get(WIDGETS, "default", "w1")
+    assert (applied["spec"]["size"], applied["metadata"]["generation"]) == (5, 2)
+    assert applied["status"] == {"phase": "Ready"}
 
     assert "deleted" in kubectl("delete", "wd", "w1").stdout
     missing = kubectl("get", "wd", "w1", check=False)
@@ -118,7 +111,7 @@ def test_kubectl_manages_custom_resources_end_to_end(emulator: EmulatorServer, k
 
 @pytest.mark.parametrize("validate", ["--validate=false", "--validate=true"])
 def test_kubectl_validation_happens_on_the_server(kubectl: Kubectl, validate: str) -> None:
-    # --validate=false asks for fieldValidation=Ignore, which strict_fields overrides; with the default
+    # --validate=false asks for fieldValidation=Ignore, which the emulator overrides; with the default
     # (true) kubectl finds fieldValidation in /openapi/v3 and sends Strict instead of fetching schemas.
     kubectl("apply", validate, "-f", "-", stdin=yaml.safe_dump(WIDGET_CRD))
     unknown = kubectl("apply", validate, "-f", "-", stdin=widget("w1") + "  colour: red\n", check=False)
@@ -153,7 +146,7 @@ def test_kubectl_manages_core_resources(emulator: EmulatorServer, kubectl: Kubec
     configmap = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c1, labels: {app: demo}}\ndata: {a: one}\n"
     kubectl("create", "--validate=false", "-f", "-", stdin=configmap)
     assert kubectl("get", "cm", "c1", "-o", "jsonpath={.data.a}").stdout == "one"
-    kubectl("apply", "--validate=false", "-f", "-", stdin=configmap.replace("one", "two"))  # strategic merge
+    kubectl("patch", "cm", "c1", "--type=merge", "-p", '{"data": {"a": "two"}}')
     assert emulator.get("v1/configmaps", "default", "c1")["data"] == {"a": "two"}
     assert kubectl("get", "configmaps", "-l", "app=demo", "-o", "name").stdout.split() == ["configmap/c1"]
     kubectl("delete", "cm", "c1")

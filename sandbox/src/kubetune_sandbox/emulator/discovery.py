@@ -10,7 +10,7 @@ import kmock
 
 from kubetune_sandbox.emulator.store import Obj
 
-SUBRESOURCE_VERBS = ("get", "patch", "update")
+SUBRESOURCE_VERBS = ("get", "patch")
 
 VERSION_INFO = {
     "major": "1",
@@ -68,8 +68,6 @@ def _resource_list(registry: kmock.ResourcesArray, group: str, version: str) -> 
         )
         for subresource in sorted(info.subresources):
             entry = common | {"name": f"{resource.plural}/{subresource}", "singularName": ""}
-            if subresource == "scale":
-                entry |= {"group": "autoscaling", "version": "v1", "kind": "Scale"}
             resources.append(entry | {"verbs": list(SUBRESOURCE_VERBS)})
     if not resources:
         return None

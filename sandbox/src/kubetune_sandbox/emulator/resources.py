@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -12,9 +11,13 @@ import kmock
 
 from kubetune_sandbox.emulator.store import ApiError, GroupResource
 
-ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
+ALL_VERBS = ("create", "delete", "get", "list", "patch", "watch")  # no PUT (update), no deletecollection
 
-# (apiVersion, plural, kind, namespaced, short names, subresources) of the built-in resources served.
+NAMESPACES: GroupResource = ("", "namespaces")
+CRDS: GroupResource = ("apiextensions.k8s.io", "customresourcedefinitions")
+
+# (apiVersion, plural, kind, namespaced, short names, subresources) of the built-in resources served: what
+# the operator creates and watches, and what Kopf and the sandbox's controllers need.
 BUILTINS: tuple[tuple[str, str, str, bool, tuple[str, ...], tuple[str, ...]], ...] = (
     ("v1", "namespaces", "Namespace", False, ("ns",), ("status",)),
     ("v1", "configmaps", "ConfigMap", True, ("cm",), ()),
@@ -22,65 +25,22 @@ BUILTINS: tuple[tuple[str, str, str, bool, tuple[str, ...], tuple[str, ...]], ..
     ("v1", "services", "Service", True, ("svc",), ("status",)),
     ("v1", "pods", "Pod", True, ("po",), ("status",)),
     ("v1", "events", "Event", True, ("ev",), ()),
-    ("v1", "serviceaccounts", "ServiceAccount", True, ("sa",), ()),
-    ("v1", "persistentvolumeclaims", "PersistentVolumeClaim", True, ("pvc",), ("status",)),
-    ("v1", "persistentvolumes", "PersistentVolume", False, ("pv",), ("status",)),
-    ("v1", "nodes", "Node", False, ("no",), ("status",)),
-    ("v1", "endpoints", "Endpoints", True, ("ep",), ()),
-    ("v1", "resourcequotas", "ResourceQuota", True, ("quota",), ("status",)),
-    ("v1", "limitranges", "LimitRange", True, ("limits",), ()),
     ("batch/v1", "jobs", "Job", True, (), ("status",)),
-    ("batch/v1", "cronjobs", "CronJob", True, ("cj",), ("status",)),
-    ("apps/v1", "deployments", "Deployment", True, ("deploy",), ("status", "scale")),
-    ("apps/v1", "statefulsets", "StatefulSet", True, ("sts",), ("status", "scale")),
-    ("apps/v1", "replicasets", "ReplicaSet", True, ("rs",), ("status", "scale")),
-    ("apps/v1", "daemonsets", "DaemonSet", True, ("ds",), ("status",)),
+    ("apps/v1", "deployments", "Deployment", True, ("deploy",), ("status",)),
     ("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget", True, ("pdb",), ("status",)),
     ("autoscaling/v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", True, ("hpa",), ("status",)),
-    ("coordination.k8s.io/v1", "leases", "Lease", True, (), ()),
-    ("events.k8s.io/v1", "events", "Event", True, ("ev",), ()),
-    ("networking.k8s.io/v1", "ingresses", "Ingress", True, ("ing",), ("status",)),
-    ("networking.k8s.io/v1", "networkpolicies", "NetworkPolicy", True, ("netpol",), ()),
-    ("rbac.authorization.k8s.io/v1", "roles", "Role", True, (), ()),
-    ("rbac.authorization.k8s.io/v1", "rolebindings", "RoleBinding", True, (), ()),
-    ("rbac.authorization.k8s.io/v1", "clusterroles", "ClusterRole", False, (), ()),
-    ("rbac.authorization.k8s.io/v1", "clusterrolebindings", "ClusterRoleBinding", False, (), ()),
-    ("scheduling.k8s.io/v1", "priorityclasses", "PriorityClass", False, ("pc",), ()),
     ("apiextensions.k8s.io/v1", "customresourcedefinitions", "CustomResourceDefinition", False,
      ("crd", "crds"), ("status",)),
 )  # fmt: skip
-_CATEGORY_ALL = {
-    "pods",
-    "services",
-    "deployments",
-    "statefulsets",
-    "replicasets",
-    "daemonsets",
-    "jobs",
-    "cronjobs",
-}
-_LABEL_NAMED = {("", "namespaces"), ("", "services")}  # names must be DNS-1123 labels, not subdomains
-
-# Field selectors each resource supports beyond metadata.name/namespace (the API refuses others).
-SELECTABLE_FIELDS: dict[GroupResource, set[str]] = {
-    ("", "pods"): {"spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName",
-                   "spec.hostNetwork", "status.phase", "status.podIP", "status.nominatedNodeName"},
-    ("", "events"): {"involvedObject.kind", "involvedObject.namespace", "involvedObject.name",
-                     "involvedObject.uid", "involvedObject.apiVersion", "involvedObject.resourceVersion",
-                     "involvedObject.fieldPath", "reason", "reportingComponent", "source", "type"},
-    ("", "secrets"): {"type"},
-    ("", "namespaces"): {"status.phase"},
-    ("", "nodes"): {"spec.unschedulable"},
-    ("batch", "jobs"): {"status.successful"},
-}  # fmt: skip
+_CATEGORY_ALL = {"pods", "services", "deployments", "jobs"}
+_LABEL_NAMED = {NAMESPACES, ("", "services")}  # names must be DNS-1123 labels, not subdomains
 
 # Server-owned metadata: a client cannot set or change it.
 SERVER_METADATA = ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation",
                     "resourceVersion")  # fmt: skip
 
-_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-_DNS_SUBDOMAIN = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*")
-_QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(rf"{_DNS_LABEL.pattern}(\.{_DNS_LABEL.pattern})*")
 
 
 @dataclass(frozen=True)
@@ -152,41 +112,18 @@ def method_not_allowed() -> ApiError:
 
 
 def metadata_causes(target: Target, meta: Mapping[str, Any]) -> list[tuple[str, str]]:
-    causes = []
+    """The name rules of built-in resources (labels, annotations and finalizers are not validated)."""
     name = str(meta.get("name", ""))
     label_only = target.storage in _LABEL_NAMED
     limit = 63 if label_only else 253
-    pattern = re.compile(_DNS_LABEL) if label_only else _DNS_SUBDOMAIN
-    if len(name) > limit or not pattern.fullmatch(name):
-        kind, characters = ("RFC 1123 label", "'-'") if label_only else ("RFC 1123 subdomain", "'-' or '.'")
-        message = (
-            f'Invalid value: "{name}": a lowercase {kind} must consist of lower case alphanumeric characters'
-        )
-        message += (
-            f" or {characters}, start and end with an alphanumeric character, and be at most {limit} long"
-        )
-        causes.append(("metadata.name", message))
-    for field in ("labels", "annotations"):
-        values = meta.get(field) or {}
-        if not isinstance(values, Mapping):
-            causes.append((f"metadata.{field}", "Invalid value: must be a map of strings"))
-            continue
-        for key, value in values.items():
-            prefix, _, short = str(key).rpartition("/")
-            bad_prefix = prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix))
-            if len(short) > 63 or not _QUALIFIED_NAME.fullmatch(short) or bad_prefix:
-                message = f'Invalid value: "{key}": a qualified name must be alphanumeric, "-", "_" or "."'
-                causes.append((f"metadata.{field}", message + ", with an optional DNS subdomain prefix"))
-            if not isinstance(value, str):
-                causes.append((f"metadata.{field}", f"Invalid value: {key}: values must be strings"))
-            elif field == "labels" and (len(value) > 63 or (value and not _QUALIFIED_NAME.fullmatch(value))):
-                message = f'Invalid value: "{value}": a valid label value must be 63 characters or less'
-                causes.append(
-                    ("metadata.labels", message + ", empty or alphanumeric with '-', '_' or '.' inside")
-                )
-    if len(json.dumps(meta.get("annotations") or {})) > 256 * 1024:
-        causes.append(("metadata.annotations", "Too long: must have at most 262144 bytes"))
-    return causes
+    if len(name) <= limit and (_DNS_LABEL if label_only else _DNS_SUBDOMAIN).fullmatch(name):
+        return []
+    kind, characters = ("RFC 1123 label", "'-'") if label_only else ("RFC 1123 subdomain", "'-' or '.'")
+    message = (
+        f'Invalid value: "{name}": a lowercase {kind} must consist of lower case alphanumeric characters'
+    )
+    message += f" or {characters}, start and end with an alphanumeric character, and be at most {limit} long"
+    return [("metadata.name", message)]
 
 
 def builtin_resources() -> Iterator[tuple[kmock.resource, kmock.ResourceInfo]]:

@@ -22,8 +22,7 @@ import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
-from dataclasses import field as dataclass_field
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
@@ -33,12 +32,12 @@ import attrs
 import kmock
 import yaml
 
-from kubetune.api.manifests import load_yaml
 from kubetune_sandbox.emulator import discovery, patching, selectors, tables
 from kubetune_sandbox.emulator.admission import AdmissionError, CRDAdmission
 from kubetune_sandbox.emulator.resources import (
     ALL_VERBS,
-    SELECTABLE_FIELDS,
+    CRDS,
+    NAMESPACES,
     SERVER_METADATA,
     Target,
     bad_request,
@@ -47,38 +46,19 @@ from kubetune_sandbox.emulator.resources import (
     method_not_allowed,
     not_found_path,
 )
-from kubetune_sandbox.emulator.store import (
-    CRDS,
-    NAMESPACES,
-    ApiError,
-    GroupResource,
-    Obj,
-    Store,
-    WatchEvent,
-    now,
-)
+from kubetune_sandbox.emulator.store import ApiError, GroupResource, Obj, Store, WatchEvent, now
 
 logger = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
 _GENERATED_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the API's: no vowels, no look-alike digits
-_BOOKMARK_INTERVAL_SECONDS = 30.0
 _REQUEST_LOG_LIMIT = 2000  # kmock logs every request; keep a long-running sandbox's memory bounded
 _POD_LOG_PATH = re.compile(r"/api/v1/namespaces/([^/]+)/pods/([^/]+)/log/?")
 _LOG_FOLLOW_POLL_SECONDS = 0.2
 PodLogSource = Callable[[Obj, str], Path | None]
 """(pod, container name) -> the file holding the container's output so far, or None while it has none: what
 a kubelet registers so that the emulator serves `pods/log` (the emulator runs no containers itself)."""
-
-
-@dataclass
-class WriteOptions:
-    """How one write request is to be done, and the warnings its answer carries."""
-
-    dry_run: bool = False
-    field_validation: str = "Strict"  # Strict | Warn | Ignore, for custom resources
-    warnings: list[str] = dataclass_field(default_factory=list)
 
 
 def _generation_relevant(obj: Obj, status_is_subresource: bool) -> Obj:
@@ -98,13 +78,10 @@ def _json_response(
 class ApiEmulator(kmock.KubernetesEmulator):
     """The fixed emulator. Run it with `EmulatorServer`, or serve it from any aiohttp server.
 
-    `strict_fields` forces `fieldValidation=Strict` for custom resources whatever the client asks:
-    kubectl's `--validate=false` sends `fieldValidation=Ignore`, which would otherwise let unknown
-    fields through silently. (With its default `--validate=true`, kubectl sends Strict: see
-    discovery.py.) Without the flag, a request's own `fieldValidation` counts, Strict if absent.
+    Unknown fields of custom resources are always refused (fieldValidation=Strict), whatever the client
+    asks: kubectl's `--validate=false` sends `fieldValidation=Ignore`, which would let typos through.
     """
 
-    strict_fields: bool = True
     store: Store = attrs.field(factory=Store)
     _custom: dict[GroupResource, CRDAdmission] = attrs.field(factory=dict, init=False)
     _crd_versions: dict[tuple[str, str, str], Obj] = attrs.field(factory=dict, init=False)
@@ -117,7 +94,6 @@ class ApiEmulator(kmock.KubernetesEmulator):
         # as "/v1" and mutate objects before dispatch. This class serves everything in _serve().
         for resource, info in builtin_resources():
             self.resources[resource] = info
-        self.store.on_removed = self._on_removed
 
     @property
     def objects(self) -> kmock.ObjectsArray:
@@ -187,19 +163,11 @@ class ApiEmulator(kmock.KubernetesEmulator):
         return obj
 
     def get_object(self, target: Target) -> Obj:
-        obj = self._existing(target)
-        return self._scale(target, obj) if target.subresource == "scale" else self._present(target, obj)
+        return self._present(target, self._existing(target))
 
     def _matcher(self, target: Target, params: Mapping[str, str]) -> Callable[[Obj], bool]:
-        supported = {"metadata.name", "metadata.namespace"} | SELECTABLE_FIELDS.get(target.storage, set())
-        version = self._crd_versions.get((target.group, target.version, target.plural), {})
-        supported |= {
-            str(field.get("jsonPath", "")).lstrip(".") for field in version.get("selectableFields", [])
-        }
         try:
-            matches = selectors.make_matcher(
-                params.get("labelSelector"), params.get("fieldSelector"), supported
-            )
+            matches = selectors.make_matcher(params.get("labelSelector"), params.get("fieldSelector"))
         except selectors.SelectorError as error:
             raise bad_request(str(error)) from None
 
@@ -234,7 +202,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
 
     # Writing.
 
-    def _admit(self, target: Target, obj: Obj, old: Obj | None, options: WriteOptions, is_patch: bool) -> Obj:
+    def _admit(self, target: Target, obj: Obj, old: Obj | None, is_patch: bool) -> Obj:
         """Prune, default and validate a custom resource with the CRD admission engine (admission.py)."""
         admission = self._custom.get(target.storage)
         if admission is None:
@@ -243,20 +211,13 @@ class ApiEmulator(kmock.KubernetesEmulator):
                 raise target.invalid(obj["metadata"]["name"], causes)
             return obj
         try:
-            admitted = admission.admit_with_warnings(
-                obj,
-                old,
-                version=target.version,
-                subresource="status" if target.subresource == "status" else None,
-                field_validation=options.field_validation,
-            )
+            subresource = "status" if target.subresource == "status" else None
+            return admission.admit(obj, old, version=target.version, subresource=subresource)
         except AdmissionError as error:
             name = obj["metadata"].get("name", "")
             patched = obj if is_patch else None  # a patch's unknown fields are reported on "patch"
             status = error.to_status(kind=target.kind, group=target.group, name=name, patched=patched)
             raise ApiError.from_status(status) from None
-        options.warnings.extend(admitted.warnings)
-        return dict(admitted.object)
 
     def _check_body(self, target: Target, body: Any) -> Obj:
         if not isinstance(body, dict):
@@ -280,18 +241,11 @@ class ApiEmulator(kmock.KubernetesEmulator):
             return
         if target.namespace is None:
             raise not_found_path()
-        namespace = self.store.get(NAMESPACES, None, target.namespace)
-        details = {"name": target.namespace, "kind": "namespaces"}
-        if namespace is None:
+        if self.store.get(NAMESPACES, None, target.namespace) is None:
+            details = {"name": target.namespace, "kind": "namespaces"}
             raise ApiError(404, "NotFound", f'namespaces "{target.namespace}" not found', details)
-        if namespace["metadata"].get("deletionTimestamp"):
-            message = (
-                f"unable to create new content in namespace {target.namespace} because it is being terminated"
-            )
-            raise ApiError(403, "Forbidden", message, details)
 
-    def create_object(self, target: Target, body: Any, options: WriteOptions | None = None) -> Obj:
-        options = options or WriteOptions()
+    def create_object(self, target: Target, body: Any) -> Obj:
         if target.name is not None:
             raise method_not_allowed()
         obj = self._check_body(target, body)
@@ -305,14 +259,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
         else:
             meta.pop("namespace", None)
         self._check_namespace(target)
-        if target.storage in self._custom:
-            definition = self.store.get(CRDS, None, target.qualified)
-            if definition is not None and definition["metadata"].get("deletionTimestamp"):
-                message = (
-                    f"create not allowed while custom resource definition {target.qualified} is terminating"
-                )
-                raise ApiError(405, "MethodNotAllowed", message)
-        if not meta.get("name"):
+        if not meta.get("name"):  # Kopf posts its Events with a generateName
             if not meta.get("generateName"):
                 raise target.invalid(
                     "", [("metadata.name", "Required value: name or generateName is required")]
@@ -325,16 +272,14 @@ class ApiEmulator(kmock.KubernetesEmulator):
             obj.pop("status", None)  # the status is the controllers' to write, through /status
         if target.storage == NAMESPACES:
             meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = meta["name"]
-            obj |= {"spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}
+            obj["status"] = {"phase": "Active"}
         elif target.storage == ("", "pods"):
             obj["status"] = {"phase": "Pending"}
-        return self._commit(replace(target, name=meta["name"]), obj, None, options, is_patch=False)
+        return self._commit(replace(target, name=meta["name"]), obj, None, is_patch=False)
 
-    def _commit(
-        self, target: Target, obj: Obj, old: Obj | None, options: WriteOptions, *, is_patch: bool
-    ) -> Obj:
-        """Admit and store a create or update (unless dry-run), then run the cascades."""
-        obj = self._admit(target, obj, old, options, is_patch)
+    def _commit(self, target: Target, obj: Obj, old: Obj | None, *, is_patch: bool) -> Obj:
+        """Admit and store a create or update, then collect the garbage."""
+        obj = self._admit(target, obj, old, is_patch)
         name = obj["metadata"]["name"]
         admission = None
         if target.storage == CRDS:
@@ -346,38 +291,41 @@ class ApiEmulator(kmock.KubernetesEmulator):
             with_status = "status" in target.info.subresources
             if _generation_relevant(obj, with_status) != _generation_relevant(old, with_status):
                 obj["metadata"]["generation"] = old["metadata"].get("generation", 0) + 1
-        if options.dry_run:
-            return self._present(target, obj)
         stored = self.store.put(target.storage, obj)
         if admission is not None and self.store.get(CRDS, None, name) is not None:
             self._register_crd(stored, admission)
         self.store.collect_garbage()
         return self._present(target, stored)
 
-    def _update(
-        self,
-        target: Target,
-        compute: Callable[[Obj], Any],
-        options: WriteOptions,
-        *,
-        is_patch: bool,
-    ) -> Obj:
-        """Replace or patch: `compute` turns the current object into the requested one."""
+    def patch_object(self, target: Target, content_type: str, patch: Any) -> Obj:
+        """A JSON merge patch or a JSON patch (what the operator, Kopf and kubectl send); no PUT, no
+        strategic merge, no server-side apply."""
+        apply: Callable[[Any, Any], Any]
+        match content_type:
+            case "application/merge-patch+json" | "application/json" | "":
+                apply = patching.merge_patch
+            case "application/json-patch+json":
+                apply = patching.json_patch
+            case _:
+                message = f"{content_type} patches are not supported by the kubetune API emulator"
+                raise ApiError(415, "UnsupportedMediaType", message)
+        if not isinstance(patch, dict | list):
+            raise bad_request("the patch must be a JSON object or a list")
         old = self._existing(target)
-        if target.subresource == "scale":
-            scale = compute(self._scale(target, old))
-            if not isinstance(scale, dict):
-                raise bad_request("the request body must be a JSON object")
-            self._check_version(target, old, scale, is_patch=True)
-            new = copy.deepcopy(old)
-            new.setdefault("spec", {})["replicas"] = scale.get("spec", {}).get("replicas")
-            target = replace(target, subresource=None)
-        else:
-            new = self._check_body(target, compute(self._present(target, old)))
-            if new["metadata"].get("name", target.name) != target.name:
-                message = f"the name of the object ({new['metadata'].get('name')}) does not match the name on the URL"
-                raise bad_request(f"{message} ({target.name})")
-            self._check_version(target, old, new, is_patch=is_patch)
+        try:
+            patched = apply(self._present(target, old), patch)
+        except patching.PatchError as error:
+            reason = "BadRequest" if error.code == 400 else "Invalid"
+            raise ApiError(error.code, reason, str(error)) from None
+        new = self._check_body(target, patched)
+        if new["metadata"].get("name", target.name) != target.name:
+            message = (
+                f"the name of the object ({new['metadata'].get('name')}) does not match the name on the URL"
+            )
+            raise bad_request(f"{message} ({target.name})")
+        version = new["metadata"].get("resourceVersion")  # optimistic concurrency, when the patch sets one
+        if version and version != old["metadata"]["resourceVersion"]:
+            raise target.conflict(target.name or "")
         if target.subresource == "status":
             # The status subresource changes only the status; everything else stays as stored.
             status = new.get("status")
@@ -397,101 +345,25 @@ class ApiEmulator(kmock.KubernetesEmulator):
         if old["metadata"].get("deletionTimestamp") and added:
             message = f"Forbidden: no new finalizers can be added if the object is being deleted, found {sorted(added)}"
             raise target.invalid(target.name or "", [("metadata.finalizers", message)])
-        return self._commit(target, new, old, options, is_patch=is_patch)
+        return self._commit(target, new, old, is_patch=True)
 
-    def _check_version(self, target: Target, old: Obj, new: Obj, *, is_patch: bool) -> None:
-        """Optimistic concurrency: a resourceVersion in the body must be the stored one."""
-        version = new.get("metadata", {}).get("resourceVersion")
-        if not version:
-            if not is_patch and target.storage in self._custom:  # custom resources allow no blind PUT
-                message = "Invalid value: 0x0: must be specified for an update"
-                raise target.invalid(target.name or "", [("metadata.resourceVersion", message)])
-            return
-        if version != old["metadata"]["resourceVersion"]:
-            raise target.conflict(target.name or "")
-
-    def replace_object(self, target: Target, body: Any, options: WriteOptions | None = None) -> Obj:
-        return self._update(target, lambda old: body, options or WriteOptions(), is_patch=False)
-
-    def patch_object(
-        self, target: Target, content_type: str, patch: Any, options: WriteOptions | None = None
-    ) -> Obj:
-        apply: Callable[[Any, Any], Any]
-        match content_type:
-            case "application/merge-patch+json" | "application/json" | "":
-                apply = patching.merge_patch
-            case "application/strategic-merge-patch+json" if target.storage not in self._custom:
-                apply = patching.strategic_merge_patch
-            case "application/json-patch+json":
-                apply = patching.json_patch
-            case _:
-                what = "server-side apply" if content_type == "application/apply-patch+yaml" else content_type
-                message = f"{what} is not supported for {target.qualified} by the kubetune API emulator"
-                raise ApiError(415, "UnsupportedMediaType", message)
-        if not isinstance(patch, dict | list):
-            raise bad_request("the patch must be a JSON object or a list")
-
-        def compute(old: Obj) -> Any:
-            try:
-                return apply(old, patch)
-            except patching.PatchError as error:
-                raise ApiError(
-                    error.code, "BadRequest" if error.code == 400 else "Invalid", str(error)
-                ) from None
-
-        return self._update(target, compute, options or WriteOptions(), is_patch=True)
-
-    def delete_object(
-        self,
-        target: Target,
-        delete_options: Mapping[str, Any] | None = None,
-        options: WriteOptions | None = None,
-    ) -> Obj:
-        """Delete with the DeleteOptions given (propagationPolicy, preconditions); the answer is the object."""
-        delete_options, options = delete_options or {}, options or WriteOptions()
+    def delete_object(self, target: Target, delete_options: Mapping[str, Any] | None = None) -> Obj:
+        """Delete in the background (the only policy the operator and kubectl use); the answer is the object."""
+        delete_options = delete_options or {}
         obj = self._existing(target)
         preconditions = delete_options.get("preconditions") or {}
         for field in ("uid", "resourceVersion"):
             if preconditions.get(field) and preconditions[field] != obj["metadata"].get(field):
                 raise target.conflict(target.name or "")
         policy = delete_options.get("propagationPolicy")
-        if policy is None and delete_options.get("orphanDependents") is not None:
-            policy = "Orphan" if delete_options["orphanDependents"] else "Background"
-        if policy is None and target.storage == ("batch", "jobs"):
-            policy = "Orphan"  # batch/v1 Jobs keep their pods unless told otherwise, with this warning
-            options.warnings.append(
-                "child pods are preserved by default when jobs are deleted; set propagationPolicy=Background"
-                " to remove them or set propagationPolicy=Orphan to suppress this warning"
-            )
-        if policy not in (None, "Background", "Foreground", "Orphan"):
-            raise bad_request(f"unsupported propagationPolicy {policy!r}")
-        if options.dry_run or "All" in (delete_options.get("dryRun") or ()):
-            return self._present(target, obj)
-        deleted = self.store.delete(
-            target.storage, target.namespace, target.name or "", policy or "Background"
-        )
-        return self._present(target, deleted)
+        if policy not in (None, "Background") or delete_options.get("orphanDependents"):
+            raise bad_request(f"propagationPolicy {policy} is not supported by the kubetune API emulator")
+        if target.storage in (NAMESPACES, CRDS):
+            message = f"deleting {target.plural} is not supported by the kubetune API emulator"
+            raise ApiError(405, "MethodNotAllowed", message)
+        return self._present(target, self.store.delete(target.storage, target.namespace, target.name or ""))
 
-    # Subresources, CRDs.
-
-    def _scale(self, target: Target, obj: Obj) -> Obj:
-        meta = obj["metadata"]
-        metadata = {
-            key: meta[key]
-            for key in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
-            if key in meta
-        }
-        selector = obj.get("spec", {}).get("selector", {}).get("matchLabels", {})
-        return {
-            "kind": "Scale",
-            "apiVersion": "autoscaling/v1",
-            "metadata": metadata,
-            "spec": {"replicas": obj.get("spec", {}).get("replicas", 1)},
-            "status": {
-                "replicas": obj.get("status", {}).get("replicas", 0),
-                "selector": ",".join(f"{k}={v}" for k, v in selector.items()),
-            },
-        }
+    # CRDs.
 
     def _prepare_crd(self, target: Target, crd: Obj, old: Obj | None) -> tuple[Obj, CRDAdmission]:
         """Check a CRD the way the API does the essentials, build its admission, fill its status."""
@@ -566,10 +438,6 @@ class ApiEmulator(kmock.KubernetesEmulator):
             del self.resources[resource]
             self._crd_versions.pop((group, resource.version or "", plural), None)
         self._custom.pop((group, plural), None)
-
-    def _on_removed(self, storage: GroupResource, obj: Obj) -> None:
-        if storage == CRDS:
-            self._unregister_crd(obj["spec"]["group"], obj["spec"]["names"]["plural"])
 
     # HTTP.
 
@@ -670,11 +538,8 @@ class ApiEmulator(kmock.KubernetesEmulator):
         target = self._resolve(path)
         if method == "GET" and params.get("watch") in ("true", "1"):
             return await self._watch(request, target, params, accept)
-        options = WriteOptions(
-            dry_run=params.get("dryRun") == "All",
-            # kubectl --validate=false sends Ignore; strict_fields keeps unknown fields refused anyway.
-            field_validation="Strict" if self.strict_fields else params.get("fieldValidation", "Strict"),
-        )
+        if "dryRun" in params:  # refused rather than done for real (kubectl diff would otherwise mutate)
+            raise bad_request("dryRun is not supported by the kubetune API emulator")
         status = 200
         if method == "GET" and target.name is None:
             items = self.list_objects(target, params)
@@ -685,51 +550,28 @@ class ApiEmulator(kmock.KubernetesEmulator):
             if tables.wants_table(accept) and target.subresource is None:
                 result = self._table(target, [result], params)
         elif method == "POST":
-            result, status = self.create_object(target, self._body(request, content_type), options), 201
-        elif method == "PUT" and target.name is not None:
-            result = self.replace_object(target, self._body(request, content_type), options)
+            result, status = self.create_object(target, self._body(request)), 201
         elif method == "PATCH" and target.name is not None:
             # Server-side apply is refused by patch_object() before its YAML body matters.
-            patch = (
-                None if content_type == "application/apply-patch+yaml" else self._body(request, content_type)
-            )
-            result = self.patch_object(target, content_type, patch, options)
-        elif method == "DELETE" and target.subresource is None:
-            delete_options = self._body(request, content_type) if request.body.strip() else {}
+            apply = content_type == "application/apply-patch+yaml"
+            result = self.patch_object(target, content_type, None if apply else self._body(request))
+        elif method == "DELETE" and target.name is not None and target.subresource is None:
+            delete_options = self._body(request) if request.body.strip() else {}
             if not isinstance(delete_options, dict):
                 raise bad_request("DeleteOptions must be an object")
-            delete_options = dict(delete_options)  # not the logged request's
-            if "propagationPolicy" in params:
-                delete_options["propagationPolicy"] = params["propagationPolicy"]
-            if "orphanDependents" in params:
-                delete_options["orphanDependents"] = params["orphanDependents"] == "true"
-            if target.name is not None:
-                result = self.delete_object(target, delete_options, options)
-            else:  # deletecollection: every object the selectors match
-                victims = [obj["metadata"] for obj in self.list_objects(target, params)]
-                deleted = [
-                    self.delete_object(
-                        replace(target, name=m["name"], namespace=m.get("namespace")), delete_options, options
-                    )
-                    for m in victims
-                ]
-                result = self._list_document(target, deleted)
+            delete_options = {"propagationPolicy": params.get("propagationPolicy")} | delete_options
+            result = self.delete_object(target, delete_options)
         else:
             raise method_not_allowed()
-        warnings = (
-            {"Warning": ", ".join(f'299 - "{w}"' for w in options.warnings)} if options.warnings else None
-        )
-        return _json_response(result, status, warnings)
+        return _json_response(result, status)
 
     @staticmethod
-    def _body(request: kmock.Request, content_type: str) -> Any:
+    def _body(request: kmock.Request) -> Any:
         if request.data is not None:
             return request.data  # JSON, already parsed by _record()
         try:
-            if content_type in ("application/yaml", "application/apply-patch+yaml"):
-                return load_yaml(request.body.decode())
             return json.loads(request.body or b"null")
-        except (ValueError, yaml.YAMLError) as error:
+        except ValueError as error:
             raise bad_request(f"the request body is not valid JSON: {error}") from None
 
     def _table(
@@ -848,8 +690,8 @@ class ApiEmulator(kmock.KubernetesEmulator):
     ) -> aiohttp.web.StreamResponse:
         matches = self._matcher(target, params)
         since = params.get("resourceVersion") or "0"
+        # kubectl (get -w, wait) streams its initial list: the current objects, then a bookmark ending them.
         initial_events = params.get("sendInitialEvents") == "true"
-        bookmarks = params.get("allowWatchBookmarks") == "true"
         as_table = tables.wants_table(accept)
         try:
             timeout = float(params["timeoutSeconds"]) if "timeoutSeconds" in params else None
@@ -895,12 +737,6 @@ class ApiEmulator(kmock.KubernetesEmulator):
                 json.dumps({"type": type_, "object": obj}, separators=(",", ":")).encode() + b"\n"
             )
 
-        def bookmark(revision: int, annotations: dict[str, str] | None = None) -> Obj:
-            metadata: Obj = {"resourceVersion": str(revision)} | (
-                {"annotations": annotations} if annotations else {}
-            )
-            return {"kind": target.kind, "apiVersion": target.api_version, "metadata": metadata}
-
         try:
             await response.prepare(raw_request)
             if expired is not None:
@@ -908,9 +744,15 @@ class ApiEmulator(kmock.KubernetesEmulator):
                 return response
             for type_, obj in backlog:
                 await send(type_, obj)
-            if initial_events and bookmarks:
-                await send("BOOKMARK", bookmark(last, {"k8s.io/initial-events-end": "true"}))
-            quiet_since = loop.time()
+            if initial_events:
+                metadata = {
+                    "resourceVersion": str(last),
+                    "annotations": {"k8s.io/initial-events-end": "true"},
+                }
+                await send(
+                    "BOOKMARK", {"kind": target.kind, "apiVersion": target.api_version, "metadata": metadata}
+                )
+            # No other bookmarks: Kopf asks for them and ignores them, and the API may send none.
             while not self._closing:
                 wait = 1.0 if ends_at is None else min(1.0, ends_at - loop.time())
                 if wait <= 0:
@@ -921,10 +763,6 @@ class ApiEmulator(kmock.KubernetesEmulator):
                     transport = raw_request.transport
                     if transport is None or transport.is_closing():
                         break  # the client went away
-                    if bookmarks and loop.time() - quiet_since > _BOOKMARK_INTERVAL_SECONDS:
-                        last = self.store.revision  # the queue is empty: every event up to here was seen
-                        await send("BOOKMARK", bookmark(last))
-                        quiet_since = loop.time()
                     continue
                 if event is None:
                     break
@@ -933,7 +771,6 @@ class ApiEmulator(kmock.KubernetesEmulator):
                 last = event.revision
                 for type_, obj in self._translate(event, target, matches):
                     await send(type_, obj)
-                    quiet_since = loop.time()
             await response.write_eof()
         except (ConnectionError, aiohttp.ClientConnectionResetError):
             pass  # the client disconnected
@@ -971,8 +808,8 @@ class ApiEmulator(kmock.KubernetesEmulator):
 class EmulatorServer:
     """An `ApiEmulator` on a real TCP port, served from its own thread and event loop.
 
-    Usable as a context manager (or start()/stop()). The helpers (get, list, create, patch,
-    replace, delete) are thread-safe: they run on the emulator's loop and raise `ApiError`.
+    Usable as a context manager (or start()/stop()). The helpers (get, list, create, patch, delete)
+    are thread-safe: they run on the emulator's loop and raise `ApiError`.
     """
 
     def __init__(
@@ -982,10 +819,9 @@ class EmulatorServer:
         host: str = "127.0.0.1",
         port: int = 0,
         namespaces: Iterable[str] = ("default",),
-        strict_fields: bool = True,
         history_limit: int = 10_000,
     ) -> None:
-        self.emulator = ApiEmulator(strict_fields=strict_fields, store=Store(history_limit))
+        self.emulator = ApiEmulator(store=Store(history_limit))
         self._crds = [copy.deepcopy(dict(crd)) for crd in crds]
         self._namespaces = list(namespaces)
         self._host, self._port = host, port
@@ -1146,26 +982,11 @@ class EmulatorServer:
 
         return self._on_loop(operation)
 
-    def replace(
-        self,
-        resource: str,
-        namespace: str | None,
-        name: str,
-        body: Mapping[str, Any],
-        *,
-        subresource: str | None = None,
-    ) -> Obj:
-        body = copy.deepcopy(dict(body))
-        return self._on_loop(
-            lambda: self.emulator.replace_object(
-                self.emulator.target(resource, namespace, name, subresource), body
-            )
-        )
-
     def delete(
         self, resource: str, namespace: str | None, name: str, *, propagation_policy: str | None = None
     ) -> Obj | None:
-        """Delete; returns the object as of the deletion, or None if there was none."""
+        """Delete (in the background: the only policy served); returns the object as of the deletion, or
+        None if there was none."""
         options = {"propagationPolicy": propagation_policy} if propagation_policy else {}
         try:
             return self._on_loop(

@@ -21,10 +21,6 @@ GroupResource = tuple[str, str]  # (group, plural): all versions of a resource s
 ObjectKey = tuple[str, str]  # (namespace or "", name)
 Obj = dict[str, Any]
 
-NAMESPACES: GroupResource = ("", "namespaces")
-CRDS: GroupResource = ("apiextensions.k8s.io", "customresourcedefinitions")
-FOREGROUND = "foregroundDeletion"
-
 
 def now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -66,7 +62,6 @@ class Store:
         self._history: collections.deque[WatchEvent] = collections.deque(maxlen=history_limit)
         self._oldest_lost = 0  # the newest revision that fell out of the history
         self._subscribers: list[Callable[[WatchEvent], None]] = []
-        self.on_removed: Callable[[GroupResource, Obj], None] = lambda resource, obj: None
 
     @property
     def revision(self) -> int:
@@ -116,8 +111,7 @@ class Store:
         meta = obj["metadata"]
         key = (meta.get("namespace", ""), meta["name"])
         old = self._objects[resource].get(key)
-        releasing = old is not None and meta.get("deletionTimestamp") and not meta.get("finalizers")
-        if releasing and not self._held(resource, obj):
+        if old is not None and meta.get("deletionTimestamp") and not meta.get("finalizers"):
             return self._remove(resource, key, last_state=obj)
         self._revision += 1
         meta["resourceVersion"] = str(self._revision)
@@ -133,101 +127,40 @@ class Store:
         obj["metadata"]["resourceVersion"] = str(self._revision)  # DELETED carries a new revision
         self._uids.pop(obj["metadata"]["uid"], None)
         self._publish("DELETED", resource, obj, old)
-        self.on_removed(resource, obj)
         return obj
 
-    def delete(self, resource: GroupResource, namespace: str | None, name: str, propagation: str) -> Obj:
-        """Delete as the API does: mark while finalizers hold it, then remove, then collect garbage."""
-        result = self._delete(resource, (namespace or "", name), propagation)
+    def delete(self, resource: GroupResource, namespace: str | None, name: str) -> Obj:
+        """Delete in the background, as the operator and kubectl ask: mark while finalizers hold the object,
+        else remove it; then collect the garbage."""
+        result = self._delete(resource, (namespace or "", name))
         self.collect_garbage()
         return result
 
-    def _delete(self, resource: GroupResource, key: ObjectKey, propagation: str) -> Obj:
+    def _delete(self, resource: GroupResource, key: ObjectKey) -> Obj:
         obj = self._objects[resource][key]
-        uid = obj["metadata"]["uid"]
-        if propagation == "Orphan":
-            for dependent_resource, dependent in self._dependents(uid):
-                orphan = copy.deepcopy(dependent)
-                refs = orphan["metadata"]["ownerReferences"]
-                orphan["metadata"]["ownerReferences"] = [ref for ref in refs if ref.get("uid") != uid]
-                self.put(dependent_resource, orphan)
         if obj["metadata"].get("deletionTimestamp"):
             return obj  # already being deleted
+        if not obj["metadata"].get("finalizers"):
+            return self._remove(resource, key)
         obj = copy.deepcopy(obj)
         meta = obj["metadata"]
-        if propagation == "Foreground" and self._dependents(uid):
-            meta["finalizers"] = [*meta.get("finalizers", []), FOREGROUND]
-        # Namespaces and CRDs always pass through Terminating while their contents go.
-        if not meta.get("finalizers") and resource not in (NAMESPACES, CRDS):
-            return self._remove(resource, key)
         meta["deletionTimestamp"] = now()
         meta["deletionGracePeriodSeconds"] = 0
         if meta.get("generation"):
             meta["generation"] += 1  # as the API does when it sets deletionTimestamp
-        if resource == NAMESPACES:
-            obj.setdefault("status", {})["phase"] = "Terminating"
-        obj = self.put(resource, obj)
-        for content_resource, content in self._contents(resource, obj):
-            content_key = (content["metadata"].get("namespace", ""), content["metadata"]["name"])
-            self._delete(content_resource, content_key, "Background")
-        return obj
-
-    def _dependents(self, uid: str) -> list[tuple[GroupResource, Obj]]:
-        return [
-            (resource, obj)
-            for resource, obj in self._all()
-            if any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences") or [])
-        ]
-
-    def _contents(self, resource: GroupResource, obj: Obj) -> list[tuple[GroupResource, Obj]]:
-        """What must go before a terminating namespace or CRD can: its objects."""
-        if resource == NAMESPACES:
-            name = obj["metadata"]["name"]
-            return [(r, o) for r, o in self._all() if o["metadata"].get("namespace") == name]
-        if resource == CRDS:
-            spec = obj.get("spec", {})
-            custom = (spec.get("group", ""), spec.get("names", {}).get("plural", ""))
-            return [(custom, o) for o in self.objects(custom)]
-        return []
-
-    def _held(self, resource: GroupResource, obj: Obj) -> bool:
-        return bool(self._contents(resource, obj))
-
-    def _owner_state(self, uid: str) -> str:
-        """'gone', 'foreground' (being deleted in the foreground) or 'present'."""
-        location = self._uids.get(uid)
-        if location is None:
-            return "gone"
-        meta = self._objects[location[0]][location[1]]["metadata"]
-        return "foreground" if FOREGROUND in meta.get("finalizers", []) else "present"
+        return self.put(resource, obj)
 
     def collect_garbage(self) -> None:
-        """Run what the garbage collector and namespace controller would, until nothing changes.
-
-        Dependents whose owners are all gone (or one is deleting in the foreground) get deleted;
-        a foreground deletion is released once its dependents are gone; a terminating namespace
-        or CRD without finalizers goes once it is empty.
-        """
+        """Delete, as the garbage collector would, objects whose owners are all gone, until none is left."""
         changed = True
         while changed:
             changed = False
             for resource, obj in self._all():
                 meta = obj["metadata"]
                 key = (meta.get("namespace", ""), meta["name"])
-                if self._objects[resource].get(key) is not obj:
-                    continue  # changed or removed earlier in this pass
-                finalizers = meta.get("finalizers") or []
-                if meta.get("deletionTimestamp"):
-                    if FOREGROUND in finalizers and not self._dependents(meta["uid"]):
-                        released = copy.deepcopy(obj)
-                        released["metadata"]["finalizers"] = [f for f in finalizers if f != FOREGROUND]
-                        self.put(resource, released)
-                        changed = True
-                    elif not finalizers and not self._held(resource, obj):
-                        self._remove(resource, key)
-                        changed = True
-                    continue
-                owners = [self._owner_state(ref.get("uid", "")) for ref in meta.get("ownerReferences") or []]
-                if owners and (all(state == "gone" for state in owners) or "foreground" in owners):
-                    self._delete(resource, key, "Foreground" if "foreground" in owners else "Background")
+                owners = meta.get("ownerReferences") or []
+                if self._objects[resource].get(key) is not obj or meta.get("deletionTimestamp") or not owners:
+                    continue  # changed or removed earlier in this pass, being deleted, or owned by none
+                if all(ref.get("uid") not in self._uids for ref in owners):
+                    self._delete(resource, key)
                     changed = True
