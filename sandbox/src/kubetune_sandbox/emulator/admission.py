@@ -1,25 +1,23 @@
 """Admission of custom resources as kube-apiserver performs it for an apiextensions.k8s.io/v1 CRD.
 
 CRDAdmission compiles a CustomResourceDefinition once and then, for each create, update or status update,
-does what the API server does between decoding a request body and storing it:
+does what the API server does between decoding a request body and storing it, for what our CRDs declare:
 
-1. decoding: ObjectMeta is normalised and unknown fields are pruned; with fieldValidation=Strict an unknown
-   field refuses the request (400, 'strict decoding error: unknown field "spec.foo"'), with Warn it becomes
-   a warning;
+1. decoding: metadata must be an object; fields the schema does not declare refuse the request (400,
+   'strict decoding error: unknown field "spec.foo"'), as fieldValidation=Strict does;
 2. defaulting from `default`, also inside defaulted objects, array items and map values;
-3. validation: ObjectMeta, the OpenAPI schema (kube-openapi's rules and wording), embedded resources,
-   `x-kubernetes-list-type` set/map uniqueness, the scale subresource's paths, then the CEL rules of
-   `x-kubernetes-validations` (skipped, as Kubernetes does, once the schema has found a blocking error);
-4. on updates, ratcheting (CRDValidationRatcheting): errors inside parts of the object that did not change
-   do not block.
+3. validation: the name, the OpenAPI schema (kube-openapi's rules and wording), `x-kubernetes-list-type`
+   set/map uniqueness, then the CEL rules of `x-kubernetes-validations` (skipped, as Kubernetes does, once
+   the schema has found a blocking error), transition rules (`oldSelf`) on updates.
 
-All errors found are reported together, with the field paths and messages kube-apiserver prints, e.g.
+There is no ratcheting (CRDValidationRatcheting): an update is validated as a whole. All errors found are
+reported together, with the field paths and messages kube-apiserver prints, e.g.
 `spec.replicas: Invalid value: 0: spec.replicas in body should be greater than or equal to 1`.
 """
 
 from __future__ import annotations
 
-import datetime
+import json
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -32,15 +30,13 @@ from kubetune_sandbox.emulator.cel import (
     CelCompileError,
     CelEvaluationError,
     CelProgram,
-    MapList,
-    OpaqueValue,
     SetList,
     compile_cel,
     compile_re2,
     format_go_float,
 )
 
-__all__ = ["AdmissionError", "Admitted", "CRDAdmission", "FieldCause"]
+__all__ = ["AdmissionError", "CRDAdmission", "FieldCause"]
 
 # ---------------------------------------------------------------------------------------------------------
 # Field errors, worded as k8s.io/apimachinery/pkg/util/validation/field prints them
@@ -76,48 +72,16 @@ _BLOCKING_ERRORS = frozenset(
         "FieldValueTypeInvalid",
     }
 )
-_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
-_GO_ESCAPES |= {"\\": "\\\\", '"': '\\"'}
-_JSON_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-_JSON_ESCAPES |= {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
 
-def _go_quote(text: str) -> str:
-    """Go's %q (strconv.Quote)."""
-    out = ['"']
-    for char in text:
-        if char in _GO_ESCAPES:
-            out.append(_GO_ESCAPES[char])
-        elif char.isprintable():
-            out.append(char)
-        elif ord(char) < 0x80:
-            out.append(f"\\x{ord(char):02x}")
-        elif ord(char) < 0x10000:
-            out.append(f"\\u{ord(char):04x}")
-        else:
-            out.append(f"\\U{ord(char):08x}")
-    out.append('"')
-    return "".join(out)
+def _quote(text: str) -> str:
+    """A string as Go's %q prints it (for the printable text our messages carry)."""
+    return json.dumps(text, ensure_ascii=False)
 
 
-def _go_json(value: Any) -> str:
-    """Go's json.Marshal of decoded JSON: sorted keys, no spaces, HTML characters escaped."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return format_go_float(value, json=True)
-    if isinstance(value, str):
-        escaped = (_JSON_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 0x20 else c) for c in value)
-        return '"' + "".join(escaped) + '"'
-    if isinstance(value, Mapping):
-        return "{" + ",".join(f"{_go_json(str(k))}:{_go_json(value[k])}" for k in sorted(value)) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_go_json(v) for v in value) + "]"
-    return _go_json(str(value))
+def _json(value: Any) -> str:
+    """Compact JSON with sorted keys, as Go's json.Marshal writes decoded JSON."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def _format_value(value: Any) -> str:
@@ -129,8 +93,8 @@ def _format_value(value: Any) -> str:
     if isinstance(value, float):
         return format_go_float(value)
     if isinstance(value, str):
-        return _go_quote(value)
-    return _go_json(value)
+        return _quote(value)
+    return _json(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,8 +153,8 @@ def _too_many(path: str, actual: int, maximum: int) -> _FieldError:
 
 
 def _not_supported(path: str, value: Any, allowed: Sequence[Any]) -> _FieldError:
-    names = [v if isinstance(v, str) else _go_json(v) for v in allowed]
-    detail = "supported values: " + ", ".join(_go_quote(n) for n in names) if names else ""
+    names = [v if isinstance(v, str) else _json(v) for v in allowed]
+    detail = "supported values: " + ", ".join(_quote(n) for n in names) if names else ""
     return _FieldError("FieldValueNotSupported", path, value, detail)
 
 
@@ -240,14 +204,12 @@ class AdmissionError(Exception):
         *,
         decoding_error: str | None = None,
         version: str = "",
-        warnings: Sequence[str] = (),
     ) -> None:
         self.causes = list(causes)
         # Set when the body could not be decoded (unknown fields under Strict, malformed metadata):
         # kube-apiserver answers those with 400 BadRequest before validating anything.
         self.decoding_error = decoding_error
         self.version = version
-        self.warnings = list(warnings)
         super().__init__(self.summary())
 
     @property
@@ -271,9 +233,9 @@ class AdmissionError(Exception):
         errors of patches come back as 422 Invalid on the field "patch" instead of 400 BadRequest."""
         if self.decoding_error is not None:
             if patched is not None:
-                patch_error = _invalid("patch", _go_json(patched), self.decoding_error)
+                patch_error = _invalid("patch", _json(patched), self.decoding_error)
                 return _invalid_status("", "", "", [patch_error.cause()])
-            message = f"{kind} in version {_go_quote(self.version)} cannot be handled as a {kind}: {self.decoding_error}"
+            message = f"{kind} in version {_quote(self.version)} cannot be handled as a {kind}: {self.decoding_error}"
             return {
                 "kind": "Status",
                 "apiVersion": "v1",
@@ -300,7 +262,7 @@ def _invalid_status(kind: str, group: str, name: str, causes: Sequence[FieldCaus
         "apiVersion": "v1",
         "metadata": {},
         "status": "Failure",
-        "message": f"{qualified_kind} {_go_quote(name)} is invalid: {_aggregate(c.message for c in causes)}",
+        "message": f"{qualified_kind} {_quote(name)} is invalid: {_aggregate(c.message for c in causes)}",
         "reason": "Invalid",
         "details": {
             "name": name,
@@ -310,14 +272,6 @@ def _invalid_status(kind: str, group: str, name: str, causes: Sequence[FieldCaus
         },
         "code": 422,
     }
-
-
-@dataclass(frozen=True)
-class Admitted:
-    """An admitted object and the warnings kube-apiserver would send in `Warning` headers."""
-
-    object: dict[str, Any]
-    warnings: list[str]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -608,178 +562,38 @@ def _apply_defaults(value: Any, s: _Schema | None) -> None:
             _apply_defaults(value[i], s.items)
 
 
-# metav1.ObjectMeta as encoding/json decodes it: field → Go type ("!" marks fields without omitempty).
-_OBJECT_META_FIELDS: dict[str, str] = {
-    "name": "string",
-    "generateName": "string",
-    "namespace": "string",
-    "selfLink": "string",
-    "uid": "string",
-    "resourceVersion": "string",
-    "generation": "int64",
-    "creationTimestamp": "time",
-    "deletionTimestamp": "*time",
-    "deletionGracePeriodSeconds": "*int64",
-    "labels": "map[string]string",
-    "annotations": "map[string]string",
-    "ownerReferences": "[]OwnerReference",
-    "finalizers": "[]string",
-    "managedFields": "[]ManagedFieldsEntry",
-}
-_OWNER_REFERENCE_FIELDS = {
-    "apiVersion": "string!",
-    "kind": "string!",
-    "name": "string!",
-    "uid": "string!",
-    "controller": "*bool",
-    "blockOwnerDeletion": "*bool",
-}
-_MANAGED_FIELDS_ENTRY_FIELDS = {
-    "manager": "string",
-    "operation": "string",
-    "apiVersion": "string",
-    "time": "*time",
-    "fieldsType": "string",
-    "fieldsV1": "raw",
-    "subresource": "string",
-}
-_RFC3339 = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+# The types of the metadata fields a client may send; others are dropped as unknown fields.
+_OBJECT_META_TYPES: dict[str, type | tuple[type, ...]] = {
+    "name": str, "generateName": str, "namespace": str, "uid": str, "resourceVersion": str,
+    "generation": int, "creationTimestamp": str, "deletionTimestamp": str, "deletionGracePeriodSeconds": int,
+    "labels": dict, "annotations": dict, "ownerReferences": list, "finalizers": list, "managedFields": list,
+}  # fmt: skip
 
 
-def _coerce_object_meta(raw: Any, path: str, unknown: list[str]) -> dict[str, Any]:
-    """Round-trip metadata through metav1.ObjectMeta as kube-apiserver does: unknown fields dropped (and
-    recorded), empty ones omitted, timestamps normalised; a value of the wrong type cannot be decoded."""
+def _decode_object_meta(raw: Any, unknown: list[str]) -> dict[str, Any]:
+    """metadata as the API decodes it into ObjectMeta: an object of the right field types (else 400), unknown
+    fields dropped and recorded, empty ones omitted. Nested values (labels, owner references) are not checked."""
     if not isinstance(raw, Mapping):
-        _json_type_error(raw, path, "", "ObjectMeta")
-    return _coerce_struct(raw, _OBJECT_META_FIELDS, path, "", unknown)
-
-
-def _coerce_struct(
-    raw: Mapping[str, Any], fields: Mapping[str, str], path: str, go_path: str, unknown: list[str]
-) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+        raise _DecodeError("metadata", "FieldValueTypeInvalid", "metadata must be an object")
+    meta = {}
     for key, value in raw.items():
-        kind = fields.get(key)
-        if kind is None:
-            unknown.append(f"{path}.{key}")
-            continue
-        coerced = _coerce_field(value, kind, f"{path}.{key}", f"{go_path}.{key}" if go_path else key, unknown)
-        if coerced is not _OMIT:
-            out[key] = coerced
-    return out
-
-
-def _coerce_field(value: Any, kind: str, path: str, go_path: str, unknown: list[str]) -> Any:
-    required = kind.endswith("!")  # OwnerReference fields have no omitempty: "" is written out
-    kind = kind.rstrip("!")
-    if value is None:
-        return "" if required else _OMIT
-    if kind == "string":
-        if not isinstance(value, str):
-            _json_type_error(value, path, go_path, "string")
-        return value if value or required else _OMIT
-    if kind in ("int64", "*int64"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-            _json_type_error(value, path, go_path, "int64")
-        return int(value) if value or kind == "*int64" else _OMIT
-    if kind == "*bool":
-        if not isinstance(value, bool):
-            _json_type_error(value, path, go_path, "bool")
-        return value
-    if kind in ("time", "*time"):
-        if not isinstance(value, str):
-            _json_type_error(value, path, go_path, "Time")
-        return _normalise_time(value, path)
-    if kind == "map[string]string":
-        if not isinstance(value, Mapping):
-            _json_type_error(value, path, go_path, kind)
-        for entry in value.values():
-            if entry is not None and not isinstance(entry, str):
-                _json_type_error(entry, path, go_path, "string")
-        return {k: v or "" for k, v in value.items()} or _OMIT
-    if kind == "raw":
-        return _copy_json(value)
-    if not isinstance(value, list):
-        _json_type_error(value, path, go_path, kind)
-    if kind == "[]string":
-        for entry in value:
-            if not isinstance(entry, str):
-                _json_type_error(entry, path, go_path, "string")
-        return list(value) or _OMIT
-    entry_fields = _OWNER_REFERENCE_FIELDS if kind == "[]OwnerReference" else _MANAGED_FIELDS_ENTRY_FIELDS
-    entries = []
-    for i, entry in enumerate(value):
-        if not isinstance(entry, Mapping):
-            _json_type_error(entry, path, go_path, kind[2:])
-        coerced = _coerce_struct(entry, entry_fields, f"{path}[{i}]", go_path, unknown)
-        if entry_fields is _OWNER_REFERENCE_FIELDS:
-            for required_key in ("apiVersion", "kind", "name", "uid"):
-                coerced.setdefault(required_key, "")
-        entries.append(coerced)
-    return entries or _OMIT
-
-
-def _normalise_time(value: str, path: str) -> Any:
-    """metav1.Time: parsed as RFC 3339, written back in UTC with second precision; the zero time is omitted."""
-    match = _RFC3339.match(value)
-    if not match:
-        raise _DecodeError(
-            path,
-            "FieldValueTypeInvalid",
-            f'parsing time "{value}" as "2006-01-02T15:04:05Z07:00": cannot parse "{value}" as "2006"',
-        )
-    date, clock, _fraction, zone = match.groups()
-    zone = "+00:00" if zone in ("Z", "z") else zone
-    parsed = datetime.datetime.fromisoformat(f"{date}T{clock}{zone}").astimezone(datetime.UTC)
-    if parsed.year == 1 and parsed.month == 1 and parsed.day == 1 and parsed.time() == datetime.time():
-        return _OMIT
-    return parsed.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _json_type_error(value: Any, path: str, go_path: str, go_type: str) -> None:
-    """encoding/json's UnmarshalTypeError text; go_path is the field's path inside ObjectMeta."""
-    json_type = {"boolean": "bool", "integer": "number", "null": "null"}.get(
-        _json_kind(value), _json_kind(value)
-    )
-    target = f"Go struct field ObjectMeta.{go_path}" if go_path else "Go value"
-    raise _DecodeError(
-        path, "FieldValueTypeInvalid", f"json: cannot unmarshal {json_type} into {target} of type {go_type}"
-    )
+        expected = _OBJECT_META_TYPES.get(key)
+        if expected is None:
+            unknown.append(f"metadata.{key}")
+        elif value in (None, "", 0, [], {}):
+            continue  # omitted, as omitempty writes it
+        elif not isinstance(value, expected) or isinstance(value, bool):
+            raise _DecodeError(
+                f"metadata.{key}", "FieldValueTypeInvalid", f"metadata.{key} has the wrong type"
+            )
+        else:
+            meta[key] = _copy_json(value)
+    return meta
 
 
 # ---------------------------------------------------------------------------------------------------------
 # OpenAPI schema validation (kube-openapi's validator and the apiextensions error translation)
 # ---------------------------------------------------------------------------------------------------------
-
-
-class _Correlation:
-    """A value correlated with its previous version during an update; equality is computed on demand."""
-
-    __slots__ = ("_unchanged", "new", "old")
-
-    def __init__(self, new: Any, old: Any) -> None:
-        self.new, self.old = new, old
-        self._unchanged: bool | None = None
-
-    @property
-    def unchanged(self) -> bool:
-        if self._unchanged is None:
-            self._unchanged = _json_equal(self.new, self.old)
-        return self._unchanged
-
-
-def _old_list_item(s: _Schema, old_list: Any, item: Any) -> Any:
-    """The previous version of a map-list item (same keys); other lists do not correlate their items."""
-    if s.list_type != "map" or not isinstance(old_list, list) or not isinstance(item, Mapping):
-        return None
-    key = tuple(_set_key(item.get(k, _OMIT)) for k in s.list_map_keys)
-    for old_item in old_list:
-        if (
-            isinstance(old_item, Mapping)
-            and tuple(_set_key(old_item.get(k, _OMIT)) for k in s.list_map_keys) == key
-        ):
-            return old_item
-    return None
 
 
 class _SchemaValidator:
@@ -801,16 +615,7 @@ class _SchemaValidator:
         """Errors go-openapi reports without a path become errors on the (nil) root path."""
         return _invalid(_shown(self.prefix), "", message)
 
-    def validate(
-        self, s: _Schema, data: Any, path: str, correlation: _Correlation | None
-    ) -> list[_FieldError]:
-        errors = self._check(s, data, path, correlation)
-        # Ratcheting: errors in a part of the object that did not change do not block the update.
-        if errors and correlation is not None and correlation.unchanged:
-            return []
-        return errors
-
-    def _check(self, s: _Schema, data: Any, path: str, correlation: _Correlation | None) -> list[_FieldError]:
+    def validate(self, s: _Schema, data: Any, path: str) -> list[_FieldError]:
         errors: list[_FieldError] = []
         type_error = self._check_type(s, data, path)
         if type_error is not None:
@@ -824,10 +629,10 @@ class _SchemaValidator:
         elif kind in ("integer", "number"):
             errors.extend(self._check_number(s, data, path))
         elif kind == "array":
-            errors.extend(self._check_array(s, data, path, correlation))
+            errors.extend(self._check_array(s, data, path))
         errors.extend(self._check_enum(s, data, path))
         if kind == "object":
-            errors.extend(self._check_object(s, data, path, correlation))
+            errors.extend(self._check_object(s, data, path))
         return errors
 
     def _check_type(self, s: _Schema, data: Any, path: str) -> _FieldError | None:
@@ -841,7 +646,7 @@ class _SchemaValidator:
 
     def _type_error(self, path: str, expected: str, actual: str) -> _FieldError:
         return _type_invalid(
-            self._field(path), actual, f"{path} in body must be of type {expected}: {_go_quote(actual)}"
+            self._field(path), actual, f"{path} in body must be of type {expected}: {_quote(actual)}"
         )
 
     def _check_string(self, s: _Schema, data: str, path: str) -> list[_FieldError]:
@@ -900,16 +705,11 @@ class _SchemaValidator:
         shown = str(limit) if native else format_go_float(limit)
         return _invalid(self._field(path), data, f"{path} in body should be {relation} {shown}")
 
-    def _check_array(
-        self, s: _Schema, data: list[Any], path: str, correlation: _Correlation | None
-    ) -> list[_FieldError]:
+    def _check_array(self, s: _Schema, data: list[Any], path: str) -> list[_FieldError]:
         errors: list[_FieldError] = []
         if s.items is not None:
-            old_list = correlation.old if correlation is not None else None
             for i, item in enumerate(data):
-                old_item = _old_list_item(s, old_list, item) if old_list is not None else None
-                item_correlation = _Correlation(item, old_item) if old_item is not None else None
-                errors.extend(self.validate(s.items, item, f"{path}[{i}]", item_correlation))
+                errors.extend(self.validate(s.items, item, f"{path}[{i}]"))
         if s.min_items is not None and len(data) < s.min_items:
             detail = f"{path} in body should have at least {s.min_items} items"
             errors.append(_invalid(self._field(path), len(data), detail))
@@ -922,40 +722,24 @@ class _SchemaValidator:
             return []
         return [_not_supported(self._field(path), data, s.enum)]
 
-    def _check_object(
-        self, s: _Schema, data: Mapping[str, Any], path: str, correlation: _Correlation | None
-    ) -> list[_FieldError]:
+    def _check_object(self, s: _Schema, data: Mapping[str, Any], path: str) -> list[_FieldError]:
         errors: list[_FieldError] = []
         if s.min_properties is not None and len(data) < s.min_properties:
             detail = f"{path} in body should have at least {s.min_properties} properties"
             errors.append(_invalid(self._field(path), len(data), detail))
         if s.max_properties is not None and len(data) > s.max_properties:
             errors.append(_too_many(self._field(path), len(data), s.max_properties))
-        old = correlation.old if correlation is not None else None
-        old_map = old if isinstance(old, Mapping) else None
-        at_root = correlation is not None and path == ""
         if s.additional_properties is not None:
             for key, value in data.items():
                 if key not in s.properties:
-                    child = self._child_correlation(value, old_map, key, at_root)
-                    errors.extend(self.validate(s.additional_properties, value, f"{path}.{key}", child))
+                    errors.extend(self.validate(s.additional_properties, value, f"{path}.{key}"))
         for name, prop in s.properties.items():
             if name in data:
-                child = self._child_correlation(data[name], old_map, name, at_root)
-                errors.extend(self.validate(prop, data[name], f"{path}.{name}" if path else name, child))
+                errors.extend(self.validate(prop, data[name], f"{path}.{name}" if path else name))
         for name in s.required:
             if name not in data:
                 errors.append(_required(self._field(f"{path}.{name}")))
         return errors
-
-    @staticmethod
-    def _child_correlation(
-        value: Any, old_map: Mapping[str, Any] | None, key: str, at_root: bool
-    ) -> _Correlation | None:
-        # apiVersion and kind are never ratcheted: both versions are converted to the request's version.
-        if old_map is None or key not in old_map or (at_root and key in ("apiVersion", "kind")):
-            return None
-        return _Correlation(value, old_map[key])
 
 
 def _enum_matches(data: Any, allowed: Any) -> bool:
@@ -980,120 +764,39 @@ def _range_error(value: int | float, integer: bool, prefix: str, path: str) -> s
     return f"{prefix} value must be of type integer (default format) in {path}"
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Other structural checks: the name, list sets and maps
+# ---------------------------------------------------------------------------------------------------------
+
 _DNS1123_LABEL = "[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DNS1123_SUBDOMAIN = rf"{_DNS1123_LABEL}(\.{_DNS1123_LABEL})*"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Other structural checks: list sets and maps, ObjectMeta
-# ---------------------------------------------------------------------------------------------------------
-
 _DNS1123_SUBDOMAIN_MESSAGE = (
     "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must "
     f"start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is "
     f"'{_DNS1123_SUBDOMAIN}')"
 )
-_LABEL_KEY_FMT = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
-_LABEL_KEY_MESSAGE = (
-    "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric "
-    f"character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '{_LABEL_KEY_FMT}')"
-).replace(",  or", " or")
-_LABEL_VALUE_MESSAGE = (
-    "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start "
-    f"and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for "
-    f"validation is '({_LABEL_KEY_FMT})?')"
-).replace(",  or", " or")
 
 
-def _dns1123_subdomain_errors(value: str) -> list[str]:
-    errors = []
-    if len(value) > 253:
-        errors.append("must be no more than 253 characters")
-    if not re.fullmatch(_DNS1123_SUBDOMAIN, value):
-        errors.append(_DNS1123_SUBDOMAIN_MESSAGE)
-    return errors
-
-
-def _qualified_name_errors(value: str) -> list[str]:
-    """content.IsLabelKey (= IsQualifiedName)."""
-    errors: list[str] = []
-    parts = value.split("/")
-    if len(parts) == 1:
-        name = parts[0]
-    elif len(parts) == 2:
-        prefix, name = parts
-        if not prefix:
-            errors.append("prefix part must be non-empty")
-        else:
-            errors.extend(
-                "prefix part " + e.replace("characters", "bytes") for e in _dns1123_subdomain_errors(prefix)
-            )
-    else:
-        return [
-            f"a valid label key {_LABEL_KEY_MESSAGE} with an optional DNS subdomain prefix and '/' "
-            "(e.g. 'example.com/MyName')"
-        ]
+def _validate_name(meta: Mapping[str, Any], old_meta: Mapping[str, Any] | None) -> list[_FieldError]:
+    """ValidateObjectMeta's name rules (labels, annotations and finalizers are not validated)."""
+    name = meta.get("name", "")
+    if old_meta is not None:
+        same = name == old_meta.get("name", "")
+        return [] if same else [_invalid("metadata.name", name, "field is immutable")]
     if not name:
-        errors.append("name part must be non-empty")
-    elif len(name) > 63:
-        errors.append("name part must be no more than 63 bytes")
-    if not re.fullmatch(_LABEL_KEY_FMT, name):
-        errors.append("name part " + _LABEL_KEY_MESSAGE)
-    return errors
-
-
-def _label_value_errors(value: str) -> list[str]:
-    errors = []
-    if len(value) > 63:
-        errors.append("must be no more than 63 bytes")
-    if not re.fullmatch(f"({_LABEL_KEY_FMT})?", value):
-        errors.append(_LABEL_VALUE_MESSAGE)
-    return errors
-
-
-def _validate_object_meta(
-    meta: Mapping[str, Any], old_meta: Mapping[str, Any] | None, path: str
-) -> list[_FieldError]:
-    """The parts of ValidateObjectMeta(Update) that do not depend on how the server fills metadata in."""
-    errors: list[_FieldError] = []
-    if old_meta is None:
-        generate_name = meta.get("generateName", "")
-        if generate_name:
-            masked = (
-                generate_name[:-1] + "a"
-                if len(generate_name) > 1 and generate_name.endswith("-")
-                else generate_name
-            )
-            errors.extend(
-                _invalid(f"{path}.generateName", generate_name, m) for m in _dns1123_subdomain_errors(masked)
-            )
-        name = meta.get("name", "")
-        if name:
-            errors.extend(_invalid(f"{path}.name", name, m) for m in _dns1123_subdomain_errors(name))
-        elif not generate_name:
-            errors.append(_required(f"{path}.name", "name or generateName is required"))
-    elif meta.get("name", "") != old_meta.get("name", ""):
-        errors.append(_invalid(f"{path}.name", meta.get("name", ""), "field is immutable"))
-    for key, value in (meta.get("labels") or {}).items():
-        errors.extend(_invalid(f"{path}.labels", key, m) for m in _qualified_name_errors(key))
-        errors.extend(_invalid(f"{path}.labels", value, m) for m in _label_value_errors(value))
-    annotations = meta.get("annotations") or {}
-    for key in annotations:
-        errors.extend(_invalid(f"{path}.annotations", key, m) for m in _qualified_name_errors(key.lower()))
-    if sum(len(k) + len(v) for k, v in annotations.items()) > 256 * 1024:
-        errors.append(_too_long(f"{path}.annotations", 256 * 1024))
-    if old_meta is None:
-        for finalizer in meta.get("finalizers") or []:
-            errors.extend(
-                _invalid(f"{path}.finalizers", finalizer, m) for m in _qualified_name_errors(finalizer)
-            )
+        return [_required("metadata.name", "name or generateName is required")]
+    errors = (
+        [_invalid("metadata.name", name, "must be no more than 253 characters")] if len(name) > 253 else []
+    )
+    if not re.fullmatch(_DNS1123_SUBDOMAIN, name):
+        errors.append(_invalid("metadata.name", name, _DNS1123_SUBDOMAIN_MESSAGE))
     return errors
 
 
 def _set_key(value: Any) -> Any:
     """A hashable identity for set/map-list comparison: 1 and 1.0 stay distinct as in Go, objects by JSON."""
     if isinstance(value, (dict, list)):
-        return ("compound", _go_json(value))
+        return ("compound", _json(value))
     return (type(value).__name__, value) if value is not _OMIT else ("unspecified",)
 
 
@@ -1244,9 +947,8 @@ class _CelCompiler:
                     properties[name] = node
         items = None
         if rules_from.items is not None and typed_by.items is not None:
-            # Items of lists other than map lists cannot be matched with their previous version.
-            item_path = uncorrelatable if typed_by.list_type == "map" else uncorrelatable or typed_by.crd_path
-            items = self.build(rules_from.items, typed_by.items, False, item_path)
+            # List items are not matched with their previous version (no oldSelf there; map lists would allow it).
+            items = self.build(rules_from.items, typed_by.items, False, uncorrelatable or typed_by.crd_path)
         additional = None
         if rules_from.additional_properties is not None and typed_by.additional_properties is not None:
             extra = typed_by.additional_properties
@@ -1352,30 +1054,16 @@ class _CelValidator:
 
     def __init__(self) -> None:
         self.errors: list[_FieldError] = []
-        self.warnings: list[str] = []
         self._converted: dict[tuple[int, int, bool], Any] = {}
 
-    def run(
-        self,
-        node: _CelNode,
-        value: Any,
-        old: Any,
-        path: str | None,
-        *,
-        anchor: _Correlation | None,
-        parent_anchor: _Correlation | None,
-    ) -> None:
+    def run(self, node: _CelNode, value: Any, old: Any, path: str | None) -> None:
         if value is None:
             return  # rules see only present, non-null values
         if node.rules:
-            self._evaluate(node, value, old, path, anchor)
+            self._evaluate(node, value, old, path)
         if isinstance(value, list) and node.items is not None:
             for i, item in enumerate(value):
-                old_item = _old_list_item(node.schema, old, item) if old is not None else None
-                item_anchor = _Correlation(item, old_item) if old_item is not None else anchor
-                self.run(
-                    node.items, item, old_item, _index(path, i), anchor=item_anchor, parent_anchor=anchor
-                )
+                self.run(node.items, item, None, _index(path, i))  # list items have no oldSelf
         elif isinstance(value, dict):
             old_map = old if isinstance(old, Mapping) else {}
             # Declared properties in schema order (Kubernetes walks a Go map: any order), then map entries.
@@ -1385,17 +1073,9 @@ class _CelValidator:
                 declared = node.schema.properties
                 children += [(key, extra, _key(path, key)) for key in value if key not in declared]
             for key, child_node, child_path in children:
-                child, old_child = value[key], old_map.get(key)
-                child_anchor = anchor
-                if old_child is not None and anchor is not None:
-                    # apiVersion and kind are never ratcheted at the root of the object.
-                    at_root = path is None and key in ("apiVersion", "kind")
-                    child_anchor = None if at_root else _Correlation(child, old_child)
-                self.run(child_node, child, old_child, child_path, anchor=child_anchor, parent_anchor=anchor)
+                self.run(child_node, value[key], old_map.get(key), child_path)
 
-    def _evaluate(
-        self, node: _CelNode, value: Any, old: Any, path: str | None, anchor: _Correlation | None
-    ) -> None:
+    def _evaluate(self, node: _CelNode, value: Any, old: Any, path: str | None) -> None:
         self_value = self._to_cel(value, node.schema, node.resource_root)
         old_value: Any = None
         for rule in node.rules:
@@ -1416,16 +1096,10 @@ class _CelValidator:
                     f"rule evaluated to {type(result).__name__}, not bool, evaluating rule: {rule.described}"
                 )
                 self.errors.append(_invalid(_shown(path), node.schema.type, detail))
-                continue
-            if result:
-                continue
-            target = _child(path, rule.field_path) if rule.field_path else _shown(path)
-            detail = rule.message or f"failed rule: {rule.rule.strip()}"
-            failure = _rule_error(rule.reason, target, node.schema.type, detail)
-            if not rule.program.uses_old_self and anchor is not None and anchor.unchanged:
-                self.warnings.append(failure.text())  # ratcheted: the value did not change
-            else:
-                self.errors.append(failure)
+            elif not result:
+                target = _child(path, rule.field_path) if rule.field_path else _shown(path)
+                detail = rule.message or f"failed rule: {rule.rule.strip()}"
+                self.errors.append(_rule_error(rule.reason, target, node.schema.type, detail))
 
     @staticmethod
     def _runtime_error(node: _CelNode, path: str | None, rule: _Rule, text: str) -> _FieldError:
@@ -1461,12 +1135,8 @@ class _CelValidator:
             return celtypes.MapType({})
         if s.type == "array" and isinstance(value, list) and s.items is not None:
             items = [self._to_cel(v, s.items) for v in value]
-            if s.list_type == "set":
-                return SetList(items)
-            if s.list_type == "map":
-                keys = [_escape_cel_name(k) or k for k in s.list_map_keys]
-                return MapList(items, keys)
-            return celtypes.ListType(items)
+            # Set lists compare in any order, as in Kubernetes; map lists compare as plain lists.
+            return SetList(items) if s.list_type == "set" else celtypes.ListType(items)
         if s.type == "string" and isinstance(value, str):
             return celtypes.StringType(value)
         if s.type == "number" and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -1478,7 +1148,7 @@ class _CelValidator:
             return celtypes.IntType(int(value))
         if s.type == "boolean" and isinstance(value, bool):
             return celtypes.BoolType(value)
-        return OpaqueValue(value)
+        return None  # a value of the wrong type: the schema walk reported it, and rules did not run
 
     def _convert_object(self, value: Mapping[str, Any], s: _Schema, resource_root: bool) -> Any:
         fields: dict[Any, Any] = {}
@@ -1550,7 +1220,7 @@ class CRDAdmission:
                 self._versions[version["name"]] = self._compile_version(version, i, errors)
         if errors:
             raise ValueError(
-                f"CustomResourceDefinition.apiextensions.k8s.io {_go_quote(self.name)} is invalid: "
+                f"CustomResourceDefinition.apiextensions.k8s.io {_quote(self.name)} is invalid: "
                 + _aggregate(errors)
             )
 
@@ -1577,35 +1247,14 @@ class CRDAdmission:
         *,
         version: str,
         subresource: str | None = None,
-        field_validation: str = "Strict",
     ) -> dict[str, Any]:
         """Return a new dict: pruned, defaulted and validated. Raise AdmissionError listing all causes found.
 
         `old` is the stored object on updates (None on create); `subresource="status"` validates a status
-        update as the status strategy does. `field_validation` is the request's fieldValidation parameter:
-        kube-apiserver's default when a client sends none is "Warn" (kubectl sends "Strict").
-
-        Call it where kube-apiserver validates: after the name is generated from generateName and, with a
-        status subresource, after status (main resource) or everything but status (status writes) has been
-        reset to the stored values.
+        update as the status strategy does. Call it where kube-apiserver validates: with a status subresource,
+        after status (main resource) or everything but status (status writes) has been reset to the stored
+        values.
         """
-        return self.admit_with_warnings(
-            obj, old, version=version, subresource=subresource, field_validation=field_validation
-        ).object
-
-    def admit_with_warnings(
-        self,
-        obj: Mapping[str, Any],
-        old: Mapping[str, Any] | None = None,
-        *,
-        version: str,
-        subresource: str | None = None,
-        field_validation: str = "Strict",
-    ) -> Admitted:
-        """Like `admit`, also returning the warnings kube-apiserver would send (unknown fields under Warn,
-        ratcheted rule failures)."""
-        if field_validation not in ("Strict", "Warn", "Ignore"):
-            raise ValueError(f"fieldValidation must be Strict, Warn or Ignore, not {field_validation!r}")
         if subresource not in (None, "status"):
             raise ValueError(
                 f"only the main resource and the status subresource are admitted, not {subresource!r}"
@@ -1614,23 +1263,16 @@ class CRDAdmission:
         work: dict[str, Any] = _copy_json(obj)
         work.setdefault("apiVersion", f"{self.group}/{version}")
         work.setdefault("kind", self.kind)
-        warnings: list[str] = []
-
         unknown = self._decode(work, served, version)
-        if unknown and field_validation == "Strict":
+        if unknown:  # fieldValidation=Strict, whatever the client asked
             causes = [FieldCause(path, "FieldValueUnknown", f'unknown field "{path}"') for path in unknown]
             detail = "strict decoding error: " + ", ".join(c.message for c in causes)
             raise AdmissionError(causes, decoding_error=detail, version=version)
-        if field_validation == "Warn":
-            warnings.extend(f'unknown field "{path}"' for path in unknown)
-
         _apply_defaults(work, served.schema)
-        errors = self._validate(
-            work, old, served, version=version, subresource=subresource, warnings=warnings
-        )
+        errors = self._validate(work, old, served, version=version, subresource=subresource)
         if errors:
-            raise AdmissionError([e.cause() for e in errors], version=version, warnings=warnings)
-        return Admitted(work, warnings)
+            raise AdmissionError([e.cause() for e in errors], version=version)
+        return work
 
     def _version(self, version: str) -> _Version:
         try:
@@ -1644,7 +1286,7 @@ class CRDAdmission:
         unknown_fields: list[str] = []
         try:
             if "metadata" in work and work["metadata"] is not None:
-                work["metadata"] = _coerce_object_meta(work["metadata"], "metadata", unknown_meta)
+                work["metadata"] = _decode_object_meta(work["metadata"], unknown_meta)
         except _DecodeError as error:
             cause = FieldCause(error.field_path, error.reason, str(error))
             raise AdmissionError([cause], decoding_error=str(error), version=version) from None
@@ -1660,41 +1302,30 @@ class CRDAdmission:
         *,
         version: str,
         subresource: str | None,
-        warnings: list[str],
     ) -> list[_FieldError]:
         errors = self._validate_type_meta(obj, version)
         if errors:
             return errors
         meta = obj.get("metadata") or {}
         old_meta = ((old or {}).get("metadata") or {}) if old is not None else None
-        errors.extend(_validate_object_meta(meta, old_meta, "metadata"))
+        errors.extend(_validate_name(meta, old_meta))
         schema = served.schema
         if subresource == "status":
             # The status strategy validates only the status against the schema, under the path "status".
             status_schema = schema.properties.get("status") if schema is not None else None
             if status_schema is not None and "status" in obj:
-                old_status = (old or {}).get("status")
-                correlation = _Correlation(obj["status"], old_status) if old_status is not None else None
-                errors.extend(
-                    _SchemaValidator("status").validate(status_schema, obj["status"], "", correlation)
-                )
+                errors.extend(_SchemaValidator("status").validate(status_schema, obj["status"], ""))
         elif schema is not None:
-            correlation = _Correlation(obj, old) if old is not None else None
-            errors.extend(_SchemaValidator(None).validate(schema, obj, "", correlation))
-        # Uniqueness in set and map lists is ratcheted as a whole: on updates only enforced if the old object had it.
-        list_errors = _validate_lists(obj, schema, None)
-        if list_errors and (old is None or not _validate_lists(old, schema, None)):
-            errors.extend(list_errors)
+            errors.extend(_SchemaValidator(None).validate(schema, obj, ""))
+        errors.extend(_validate_lists(obj, schema, None))
         if served.cel is not None:
             if any(e.reason in _BLOCKING_ERRORS for e in errors):
                 detail = "some validation rules were not checked because the object was invalid; correct the existing errors to complete validation"
                 errors.append(_invalid(_NIL_PATH, None, detail))
             else:
                 validator = _CelValidator()
-                anchor = _Correlation(obj, old) if old is not None else None
-                validator.run(served.cel, obj, old, None, anchor=anchor, parent_anchor=None)
+                validator.run(served.cel, obj, old, None)
                 errors.extend(validator.errors)
-                warnings.extend(validator.warnings)
         return errors
 
     def _validate_type_meta(self, obj: Mapping[str, Any], version: str) -> list[_FieldError]:
