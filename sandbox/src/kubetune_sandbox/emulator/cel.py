@@ -1,24 +1,18 @@
 """CEL as kube-apiserver evaluates `x-kubernetes-validations`: cel-python plus what our rules need.
 
-cel-python 0.5 parses standard CEL and provides its value types and standard functions (size, matches,
-startsWith, endsWith, contains, double, int, string, timestamp, ...). Kubernetes' CEL environment adds
-cross-type numeric comparisons and heterogeneous equality, which this module supplies, and extension
-libraries (strings, lists, sets, URLs, quantities, optionals), which it does not: no rule of our CRDs uses
-them (tests/emulator/test_cel_coverage.py checks), and a rule calling one fails to compile, naming it.
-The module checks an expression when it is compiled (unknown functions and variables are compile errors, as in cel-go),
-compiles it to Python closures (evaluation is ~20x faster than cel-python's interpreter and thread-safe),
-and turns runtime failures into the error text kube-apiserver reports ("no such key: foo").
-
-Only what is independent of schemas lives here; converting JSON to CEL values by schema is the
-admission engine's job.
+cel-python 0.5 parses and evaluates standard CEL (size, matches, startsWith, endsWith, contains, double,
+int, string, the macros, ...). Kubernetes' CEL adds cross-type numeric comparisons and heterogeneous
+equality, supplied here, and extension libraries (strings, lists, sets, URLs, quantities, optionals), which
+are not: no rule of our CRDs uses them (tests/emulator/test_cel_coverage.py checks), and a rule calling one
+fails to compile, naming it, as cel-go's checker refuses unknown functions and variables. Converting JSON to
+CEL values by schema is the admission engine's job.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import wraps
@@ -35,8 +29,6 @@ __all__ = [
     "CelCompileError",
     "CelEvaluationError",
     "CelProgram",
-    "MapList",
-    "OpaqueValue",
     "SetList",
     "compile_cel",
     "compile_re2",
@@ -63,9 +55,8 @@ class CelEvaluationError(Exception):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def format_go_float(value: float, *, json: bool = False) -> str:
-    """Format a float as Go does: `%v`/`strconv.FormatFloat(f, 'g', -1, 64)` (1e+06, 123456, 1e-05) or,
-    with json=True, as encoding/json writes it (1000000, 1e-7, 1e+21)."""
+def format_go_float(value: float) -> str:
+    """Format a float as Go's `%v` does (`strconv.FormatFloat(f, 'g', -1, 64)`: 1e+06, 123456, 1e-05)."""
     value = float(value)  # celtypes.DoubleType refuses comparisons with plain numbers
     if math.isnan(value):
         return "NaN"
@@ -79,15 +70,9 @@ def format_go_float(value: float, *, json: bool = False) -> str:
     decimal_point = len(digits) + cast(int, exponent)
     exponent10 = decimal_point - 1
     prefix = "-" if sign else ""
-    if json:
-        # encoding/json: positional unless tiny or huge, and a one-digit exponent is not padded.
-        use_exponent, exponent_width = abs(value) < 1e-6 or abs(value) >= 1e21, 1
-    else:
-        # %v switches to exponent form below 1e-4 and from 1e+06 on when printing the shortest form.
-        use_exponent, exponent_width = exponent10 < -4 or exponent10 >= 6, 2
-    if use_exponent:
+    if exponent10 < -4 or exponent10 >= 6:  # %v's exponent form, for the shortest digits
         mantissa = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
-        return f"{prefix}{mantissa}e{'-' if exponent10 < 0 else '+'}{abs(exponent10):0{exponent_width}d}"
+        return f"{prefix}{mantissa}e{'-' if exponent10 < 0 else '+'}{abs(exponent10):02d}"
     if decimal_point <= 0:
         return f"{prefix}0.{'0' * -decimal_point}{digits}"
     if decimal_point >= len(digits):
@@ -116,58 +101,6 @@ class SetList(celtypes.ListType):
         return not self.__eq__(other)
 
     __hash__ = None  # type: ignore[assignment]
-
-
-class MapList(celtypes.ListType):
-    """A list with `x-kubernetes-list-type: map`: equal when the same keys carry equal items, in any order."""
-
-    def __init__(self, items: Iterable[Any], key_names: Sequence[str]) -> None:
-        super().__init__(items)
-        self.key_names = tuple(key_names)
-
-    def _by_key(self, items: Iterable[Any]) -> dict[tuple[Any, ...], Any]:
-        keyed: dict[tuple[Any, ...], Any] = {}
-        for item in items:
-            if isinstance(item, Mapping):
-                keyed[tuple(_hashable(item.get(name)) for name in self.key_names)] = item
-        return keyed
-
-    def __eq__(self, other: Any) -> bool:
-        if not isinstance(other, list):
-            raise TypeError("no such overload")
-        if len(self) != len(other):
-            return False
-        mine, theirs = self._by_key(self), self._by_key(other)
-        return mine.keys() == theirs.keys() and all(values_equal(mine[k], theirs[k]) for k in mine)
-
-    def __ne__(self, other: Any) -> bool:
-        return not self.__eq__(other)
-
-    __hash__ = None  # type: ignore[assignment]
-
-
-def _hashable(value: Any) -> Any:
-    return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
-
-
-class OpaqueValue:
-    """Data kept by `x-kubernetes-preserve-unknown-fields` without a schema: only equality is defined."""
-
-    __slots__ = ("raw",)
-
-    def __init__(self, raw: Any) -> None:
-        self.raw = raw
-
-    def __eq__(self, other: Any) -> bool:
-        return isinstance(other, OpaqueValue) and self.raw == other.raw
-
-    def __ne__(self, other: Any) -> bool:
-        return not self.__eq__(other)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"OpaqueValue({self.raw!r})"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -416,9 +349,7 @@ def compile_cel(source: str, variables: Iterable[str] = ("self", "oldSelf")) -> 
         tree = _ENVIRONMENT.compile(source)
     except CELParseError as error:
         line, column = getattr(error, "line", None) or 1, getattr(error, "column", None) or 1
-        raise CelCompileError(
-            f"ERROR: <input>:{line}:{column}: Syntax error: {_syntax_detail(error)}"
-        ) from None
+        raise CelCompileError(f"ERROR: <input>:{line}:{column}: Syntax error: {error}") from None
     checker = _Checker(frozenset(variables))
     checker.check(tree, frozenset())
     runner = _ENVIRONMENT.program(tree, functions=_FUNCTIONS)
@@ -429,16 +360,6 @@ def compile_cel(source: str, variables: Iterable[str] = ("self", "oldSelf")) -> 
         tuple(checker.selections),
         frozenset(checker.functions),
     )
-
-
-def _syntax_detail(error: BaseException) -> str:
-    """cel-go's wording for the lark error behind a CELParseError."""
-    cause = error.__context__
-    if isinstance(cause, lark.exceptions.UnexpectedToken):
-        return f"mismatched input '{cause.token.value or '<EOF>'}'"
-    if isinstance(cause, lark.exceptions.UnexpectedCharacters):
-        return f"token recognition error at: '{cause.char}'"
-    return "invalid syntax"
 
 
 class _Checker:
@@ -557,32 +478,10 @@ def _plain_identifier(node: Any) -> str | None:
 # Error text
 # ---------------------------------------------------------------------------------------------------------
 
-_CEL_TYPE_REPR = re.compile(r"\b[A-Z][a-z]+Type\((.*?)\)")
-_ACTIVATION_SUFFIX = re.compile(r"\s*\(in (activation|container) .*$", re.DOTALL)
-
 
 def describe_error(error: CELEvalError) -> str:
-    """cel-go's wording for a runtime failure, which kube-apiserver copies into the field error."""
-    args = error.args
-    message = str(args[0]) if args else "evaluation error"
-    cause = args[1] if len(args) > 1 else None
-    details = args[2] if len(args) > 2 else ()
+    """The text of a runtime failure (cel-python's, except a missing key, worded as cel-go words it)."""
+    message = str(error.args[0]) if error.args else "evaluation error"
     if message.startswith("no such member in mapping: "):
         return "no such key: " + message.removeprefix("no such member in mapping: ").strip("'\"")
-    if message == "no such key":
-        key = details[0] if isinstance(details, tuple) and details else ""
-        return f"no such key: {key}"
-    if cause is ZeroDivisionError:
-        return "division by zero"
-    if cause is IndexError or message == "invalid_argument":
-        return "index out of bounds"
-    if message == "return error for overflow":
-        text = " ".join(str(d) for d in details) if isinstance(details, tuple) else str(details)
-        if "overflow" in text:
-            return "integer overflow"
-        return "type conversion error: " + _CEL_TYPE_REPR.sub(r"\1", text)
-    if "no matching overload" in message or message.startswith(("no such overload", "unsupported key type")):
-        return "no such overload"
-    if message.startswith("undeclared reference to"):
-        return _ACTIVATION_SUFFIX.sub("", message)
     return message
