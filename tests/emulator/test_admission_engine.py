@@ -46,7 +46,6 @@ SPEC_SCHEMA: dict[str, Any] = {
         "gpus": {"type": "integer", "minimum": 0, "default": 0},
         "warmup": {"type": "number", "minimum": 0, "exclusiveMinimum": True},
         "learningRate": _string(pattern="^[0-9.eE+-]+$"),
-        "comment": _string(nullable=True),
         "dataset": {
             "type": "object",
             "required": ["uri"],
@@ -94,7 +93,7 @@ SPEC_SCHEMA: dict[str, Any] = {
                 **_rules({"rule": "self <= 1.0", "message": "at most 1"}),
             },
         },
-        "labels": {"type": "object", "minProperties": 1, "additionalProperties": _string()},
+        "labels": {"type": "object", "additionalProperties": _string()},
     },
 }
 
@@ -203,12 +202,11 @@ def test_defaults_are_applied_to_absent_fields_recursively() -> None:
     assert spec["thresholds"] == {"perplexity": 0.5, "rouge": 0.3}
 
 
-def test_nulls_follow_nullable_and_defaults() -> None:
-    admitted = admit(widget(comment=None, replicas=None, name=None))
+def test_nulls_are_defaulted_or_pruned() -> None:
+    admitted = admit(widget(replicas=None, name=None))
 
-    assert admitted["spec"]["comment"] is None  # nullable: kept
-    assert admitted["spec"]["replicas"] == 1  # not nullable, has a default: defaulted
-    assert "name" not in admitted["spec"]  # not nullable, no default: pruned
+    assert admitted["spec"]["replicas"] == 1  # has a default: defaulted
+    assert "name" not in admitted["spec"]  # no default: pruned
 
 
 def test_admit_returns_a_new_object_and_leaves_the_input_alone() -> None:
@@ -365,13 +363,6 @@ SCHEMA_CASES = [
         id="maxProperties",
     ),
     pytest.param(
-        {"labels": {}},
-        "spec.labels",
-        "FieldValueInvalid",
-        "spec.labels: Invalid value: 0: spec.labels in body should have at least 1 properties",
-        id="minProperties",
-    ),
-    pytest.param(
         {"labels": {"team": 1}},
         "spec.labels.team",
         "FieldValueTypeInvalid",
@@ -500,40 +491,6 @@ def test_rule_without_message_reports_the_rule() -> None:
     assert messages(caught.value) == ['spec: Invalid value: "object": failed rule: self.a.size() > 3']
 
 
-@pytest.mark.parametrize(
-    ("rule", "expected"),
-    [
-        pytest.param(
-            {
-                "rule": "self.a == 'x'",
-                "message": "not allowed",
-                "reason": "FieldValueForbidden",
-                "fieldPath": ".a",
-            },
-            "spec.a: Forbidden: not allowed",
-            id="reason-forbidden",
-        ),
-        pytest.param(
-            {"rule": "self.a == 'x'", "message": "needed", "reason": "FieldValueRequired"},
-            "spec: Required value: needed",
-            id="reason-required",
-        ),
-        pytest.param(
-            {"rule": "self.a == 'x'", "reason": "FieldValueDuplicate"},
-            'spec: Duplicate value: "object"',
-            id="reason-duplicate",
-        ),
-    ],
-)
-def test_rule_message_variants(rule: dict[str, Any], expected: str) -> None:
-    engine = CRDAdmission(crd_with_rules(rule))
-
-    with pytest.raises(AdmissionError) as caught:
-        engine.admit(small(a="ab"), version=VERSION)
-
-    assert messages(caught.value) == [expected]
-
-
 def test_a_rule_failing_at_runtime_is_a_field_error() -> None:
     engine = CRDAdmission(
         crd_with_rules(
@@ -629,7 +586,9 @@ def test_status_subresource_validates_status_and_compares_spec_with_old() -> Non
             {"rule": "self.a.frobnicate()"}, "undeclared reference to 'frobnicate'", id="unknown-function"
         ),
         pytest.param({"rule": "true", "fieldPath": ".nope"}, "must be a valid path", id="field-path"),
-        pytest.param({"rule": "true", "reason": "Nope"}, 'Unsupported value: "Nope"', id="reason"),
+        pytest.param(
+            {"rule": "true", "reason": "FieldValueForbidden"}, "reason: Forbidden: not supported", id="reason"
+        ),
         pytest.param(
             {"rule": "self.a == 'x'", "optionalOldSelf": True}, "optionalOldSelf: Forbidden", id="optional"
         ),
@@ -680,6 +639,8 @@ def test_a_crd_with_an_invalid_rule_is_refused(rule: dict[str, Any], error: str)
         ),
         pytest.param({"anyOf": [{"minimum": 1}]}, "anyOf: Forbidden", id="anyOf"),
         pytest.param({"oneOf": [{"minimum": 1}]}, "oneOf: Forbidden", id="oneOf"),
+        pytest.param(_string(nullable=True), "nullable: Forbidden", id="nullable"),
+        pytest.param({"type": "object", "minProperties": 1}, "minProperties: Forbidden", id="minProperties"),
     ],
 )
 def test_a_crd_with_a_schema_feature_the_emulator_lacks_is_refused(

@@ -18,7 +18,6 @@ reported together, with the field paths and messages kube-apiserver prints, e.g.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,7 +45,6 @@ _OMIT = object()  # a field error without a value ("Too many: must have at most 
 _NIL_PATH = "<nil>"  # how Go prints a nil *field.Path: errors about the whole object carry it
 
 _ERROR_LABELS = {
-    "FieldValueNotFound": "Not found",
     "FieldValueRequired": "Required value",
     "FieldValueDuplicate": "Duplicate value",
     "FieldValueInvalid": "Invalid value",
@@ -54,14 +52,9 @@ _ERROR_LABELS = {
     "FieldValueForbidden": "Forbidden",
     "FieldValueTooLong": "Too long",
     "FieldValueTooMany": "Too many",
-    "FieldValueTooShort": "Too short",
-    "FieldValueTooFew": "Too few",
-    "InternalError": "Internal error",
     "FieldValueTypeInvalid": "Invalid value",
 }
-_VALUELESS_ERRORS = frozenset(
-    {"FieldValueRequired", "FieldValueForbidden", "FieldValueTooLong", "FieldValueTooShort", "InternalError"}
-)
+_VALUELESS_ERRORS = frozenset({"FieldValueRequired", "FieldValueForbidden", "FieldValueTooLong"})
 # OpenAPI errors that keep CEL rules from running (customresource strategy's hasBlockingErr).
 _BLOCKING_ERRORS = frozenset(
     {
@@ -278,14 +271,11 @@ def _invalid_status(kind: str, group: str, name: str, causes: Sequence[FieldCaus
 # Structural schemas
 # ---------------------------------------------------------------------------------------------------------
 
-_RULE_REASONS = ("FieldValueDuplicate", "FieldValueForbidden", "FieldValueInvalid", "FieldValueRequired")
-
 
 @dataclass(frozen=True, slots=True)
 class _RawRule:
     rule: str
     message: str
-    reason: str | None
     field_path: str
     crd_path: str  # ...x-kubernetes-validations[i], for CRD errors
     declared: frozenset[str]  # the rule's fields as written
@@ -297,7 +287,6 @@ class _Schema:
 
     crd_path: str
     type: str = ""
-    nullable: bool = False
     has_default: bool = False
     default: Any = None
     enum: list[Any] | None = None
@@ -313,7 +302,6 @@ class _Schema:
     max_items: int | None = None
     min_items: int | None = None
     max_properties: int | None = None
-    min_properties: int | None = None
     required: tuple[str, ...] = ()
     properties: dict[str, _Schema] = field(default_factory=dict)
     additional_properties: _Schema | None = None
@@ -336,7 +324,6 @@ def _compile_schema(raw: Mapping[str, Any], crd_path: str, errors: list[str]) ->
         errors.append(
             _FieldError("FieldValueNotSupported", f"{crd_path}.format", raw["format"], detail).text()
         )
-    s.nullable = bool(raw.get("nullable", False))
     if "default" in raw:
         s.has_default, s.default = True, raw["default"]
     if "enum" in raw:
@@ -352,7 +339,6 @@ def _compile_schema(raw: Mapping[str, Any], crd_path: str, errors: list[str]) ->
         ("maxItems", "max_items"),
         ("minItems", "min_items"),
         ("maxProperties", "max_properties"),
-        ("minProperties", "min_properties"),
     ):
         if raw.get(raw_name) is not None:
             setattr(s, attribute, int(raw[raw_name]))
@@ -400,7 +386,6 @@ def _raw_rules(rules: Iterable[Mapping[str, Any]], crd_path: str) -> Iterator[_R
         yield _RawRule(
             rule=str(rule.get("rule", "")),
             message=str(rule.get("message", "")),
-            reason=rule.get("reason"),
             field_path=str(rule.get("fieldPath", "")),
             crd_path=f"{crd_path}.x-kubernetes-validations[{i}]",
             declared=frozenset(rule),
@@ -410,11 +395,11 @@ def _raw_rules(rules: Iterable[Mapping[str, Any]], crd_path: str) -> Iterator[_R
 # Schema features kube-apiserver has and no CRD of ours uses: a CRD declaring one is refused, never half-validated.
 _UNSUPPORTED_KEYWORDS = frozenset(
     {
-        "allOf", "anyOf", "oneOf", "not", "multipleOf", "x-kubernetes-int-or-string",
+        "allOf", "anyOf", "oneOf", "not", "multipleOf", "nullable", "minProperties", "x-kubernetes-int-or-string",
         "x-kubernetes-preserve-unknown-fields", "x-kubernetes-embedded-resource",
     }
 )  # fmt: skip
-_UNSUPPORTED_RULE_FIELDS = ("messageExpression", "optionalOldSelf")
+_UNSUPPORTED_RULE_FIELDS = ("messageExpression", "optionalOldSelf", "reason")
 _UNSUPPORTED_DETAIL = "not supported by the kubetune API emulator"
 
 
@@ -440,25 +425,14 @@ def _copy_json(value: Any) -> Any:
     return value
 
 
-def _json_equal(left: Any, right: Any) -> bool:
-    """reflect.DeepEqual on decoded JSON: 1 and 1.0 differ, as do true and 1."""
-    kind = _json_kind(left)
-    if kind != _json_kind(right):
-        return False
-    if kind == "object":
-        return left.keys() == right.keys() and all(_json_equal(left[k], right[k]) for k in left)
-    if kind == "array":
-        return len(left) == len(right) and all(_json_equal(a, b) for a, b in zip(left, right, strict=True))
-    return bool(left == right)
-
-
 def _json_kind(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "boolean"
     if isinstance(value, int):
-        return "integer"
+        # kube-apiserver decodes a number beyond int64 as a float: an integer field refuses it.
+        return "integer" if -(2**63) <= value < 2**63 else "number"
     if isinstance(value, float):
         return "number"
     if isinstance(value, str):
@@ -466,19 +440,6 @@ def _json_kind(value: Any) -> str:
     if isinstance(value, Mapping):
         return "object"
     return "array"
-
-
-def _is_json_integer(value: float) -> bool:
-    """go-openapi's swag.IsFloat64AJSONInteger: integral within a relative 1e-9 (truncating like Go)."""
-    if math.isnan(value) or math.isinf(value) or abs(value) > 2**53:
-        return False
-    truncated = float(math.trunc(value))
-    if value == truncated:
-        return True
-    difference = abs(value - truncated)
-    if value == 0 or truncated == 0:
-        return difference < 1e-9 * 5e-324
-    return difference / min(abs(value) + abs(truncated), 1.7976931348623157e308) < 1e-9
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -518,46 +479,40 @@ def _prune(value: Any, s: _Schema | None, path: str, unknown: list[str], resourc
 
 
 def _prune_nulls(value: Any, s: _Schema | None) -> None:
-    """Remove null map values whose field is neither nullable nor defaulted (PruneNonNullableNullsWithoutDefaults)."""
+    """Remove null map values whose field has no default (PruneNonNullableNullsWithoutDefaults)."""
     if s is None:
         return
     if isinstance(value, dict):
         for key in list(value):
             child_schema = s.properties.get(key, s.additional_properties)
-            child = value[key]
-            if (
-                child is None
-                and child_schema is not None
-                and not child_schema.nullable
-                and not child_schema.has_default
-            ):
+            if value[key] is None and child_schema is not None and not child_schema.has_default:
                 del value[key]
             else:
-                _prune_nulls(child, child_schema)
+                _prune_nulls(value[key], child_schema)
     elif isinstance(value, list):
         for item in value:
             _prune_nulls(item, s.items)
 
 
 def _apply_defaults(value: Any, s: _Schema | None) -> None:
-    """structuraldefaulting.Default: fill absent (or non-nullable null) fields, then recurse into the result."""
+    """structuraldefaulting.Default: fill absent (or null) fields, then recurse into the result."""
     if s is None or not s.defaults_below:
         return
     if isinstance(value, dict):
         for key, prop in s.properties.items():
-            if prop.has_default and (key not in value or (value[key] is None and not prop.nullable)):
+            if prop.has_default and value.get(key) is None:
                 value[key] = _copy_json(prop.default)
         for key in value:
             if key in s.properties:
                 _apply_defaults(value[key], s.properties[key])
             elif s.additional_properties is not None:
                 extra = s.additional_properties
-                if value[key] is None and not extra.nullable and extra.has_default:
+                if value[key] is None and extra.has_default:
                     value[key] = _copy_json(extra.default)
                 _apply_defaults(value[key], extra)
     elif isinstance(value, list) and s.items is not None:
         for i, item in enumerate(value):
-            if item is None and not s.items.nullable and s.items.has_default:
+            if item is None and s.items.has_default:
                 value[i] = _copy_json(s.items.default)
             _apply_defaults(value[i], s.items)
 
@@ -611,10 +566,6 @@ class _SchemaValidator:
             return _child(self.prefix, name.removeprefix("."))
         return _shown(self.prefix)
 
-    def _plain(self, message: str) -> _FieldError:
-        """Errors go-openapi reports without a path become errors on the (nil) root path."""
-        return _invalid(_shown(self.prefix), "", message)
-
     def validate(self, s: _Schema, data: Any, path: str) -> list[_FieldError]:
         errors: list[_FieldError] = []
         type_error = self._check_type(s, data, path)
@@ -636,18 +587,13 @@ class _SchemaValidator:
         return errors
 
     def _check_type(self, s: _Schema, data: Any, path: str) -> _FieldError | None:
-        if not s.type or (data is None and s.nullable):
+        kind = _json_kind(data)
+        # A whole float such as 2.0 is an integer to go-openapi.
+        float_int = kind == "number" and s.type == "integer" and abs(data) <= 2**53 and data.is_integer()
+        if not s.type or kind == s.type or float_int or (kind == "integer" and s.type == "number"):
             return None
-        kind = "null" if data is None else _json_kind(data)
-        float_int = kind == "number" and s.type == "integer" and _is_json_integer(data)
-        if kind == s.type or float_int or (kind == "integer" and s.type == "number"):
-            return None
-        return self._type_error(path, s.type, kind)
-
-    def _type_error(self, path: str, expected: str, actual: str) -> _FieldError:
-        return _type_invalid(
-            self._field(path), actual, f"{path} in body must be of type {expected}: {_quote(actual)}"
-        )
+        detail = f"{path} in body must be of type {s.type}: {_quote(kind)}"
+        return _type_invalid(self._field(path), kind, detail)
 
     def _check_string(self, s: _Schema, data: str, path: str) -> list[_FieldError]:
         # go-openapi stops at the first failing string constraint.
@@ -670,39 +616,18 @@ class _SchemaValidator:
         return []
 
     def _check_number(self, s: _Schema, data: int | float, path: str) -> list[_FieldError]:
-        integer = s.type == "integer"
-        errors: list[_FieldError] = []
-        checked = _range_error(data, integer, "Checked", path)
-        if checked:
-            errors.append(self._plain(checked))
-        for bound, exclusive, label, minimum in (
-            (s.minimum, s.exclusive_minimum, "Minimum boundary", True),
-            (s.maximum, s.exclusive_maximum, "Maximum boundary", False),
-        ):
-            if bound is None:
-                continue
-            boundary = _range_error(bound, integer, label, path)
-            if boundary:
-                errors.append(self._plain(boundary))
-            native = isinstance(data, int) and not boundary
-            error = self._bound(path, data, bound, exclusive=exclusive, minimum=minimum, native=native)
-            if error is not None:
-                errors.append(error)
+        errors = []
+        if s.minimum is not None and (data <= s.minimum if s.exclusive_minimum else data < s.minimum):
+            relation = "greater than" if s.exclusive_minimum else "greater than or equal to"
+            errors.append(self._bound_error(path, data, relation, s.minimum))
+        if s.maximum is not None and (data >= s.maximum if s.exclusive_maximum else data > s.maximum):
+            relation = "less than" if s.exclusive_maximum else "less than or equal to"
+            errors.append(self._bound_error(path, data, relation, s.maximum))
         return errors
 
-    def _bound(
-        self, path: str, data: int | float, bound: float, *, exclusive: bool, minimum: bool, native: bool
-    ) -> _FieldError | None:
-        limit: int | float = math.trunc(bound) if native else bound
-        if minimum:
-            failed = data <= limit if exclusive else data < limit
-            relation = "greater than" if exclusive else "greater than or equal to"
-        else:
-            failed = data >= limit if exclusive else data > limit
-            relation = "less than" if exclusive else "less than or equal to"
-        if not failed:
-            return None
-        shown = str(limit) if native else format_go_float(limit)
+    def _bound_error(self, path: str, data: int | float, relation: str, bound: float) -> _FieldError:
+        # An integer is checked against a whole bound as an integer, which Go prints as one (1000000, not 1e+06).
+        shown = str(int(bound)) if isinstance(data, int) and bound.is_integer() else format_go_float(bound)
         return _invalid(self._field(path), data, f"{path} in body should be {relation} {shown}")
 
     def _check_array(self, s: _Schema, data: list[Any], path: str) -> list[_FieldError]:
@@ -718,15 +643,13 @@ class _SchemaValidator:
         return errors
 
     def _check_enum(self, s: _Schema, data: Any, path: str) -> list[_FieldError]:
-        if not s.enum or any(_enum_matches(data, allowed) for allowed in s.enum):
+        # reflect.DeepEqual on decoded JSON: 1 and 1.0 differ, as do true and 1.
+        if not s.enum or any(_json(data) == _json(allowed) for allowed in s.enum):
             return []
         return [_not_supported(self._field(path), data, s.enum)]
 
     def _check_object(self, s: _Schema, data: Mapping[str, Any], path: str) -> list[_FieldError]:
         errors: list[_FieldError] = []
-        if s.min_properties is not None and len(data) < s.min_properties:
-            detail = f"{path} in body should have at least {s.min_properties} properties"
-            errors.append(_invalid(self._field(path), len(data), detail))
         if s.max_properties is not None and len(data) > s.max_properties:
             errors.append(_too_many(self._field(path), len(data), s.max_properties))
         if s.additional_properties is not None:
@@ -740,28 +663,6 @@ class _SchemaValidator:
             if name not in data:
                 errors.append(_required(self._field(f"{path}.{name}")))
         return errors
-
-
-def _enum_matches(data: Any, allowed: Any) -> bool:
-    """go-openapi's enum check: deep equality, or equality after converting a number to the enum's type."""
-    if data is None:
-        return False
-    if _json_equal(data, allowed):
-        return True
-    numbers = (int, float)
-    if isinstance(data, numbers) and isinstance(allowed, numbers) and not isinstance(data, bool):
-        if isinstance(allowed, bool):
-            return False
-        return (math.trunc(data) if isinstance(allowed, int) else float(data)) == allowed
-    return False
-
-
-def _range_error(value: int | float, integer: bool, prefix: str, path: str) -> str:
-    """go-openapi's IsValueValidAgainstRange: an integer type accepts whole numbers within int64."""
-    whole = isinstance(value, int) or (math.isfinite(value) and value.is_integer())
-    if not integer or (whole and -(2**63) <= int(value) < 2**63):
-        return ""
-    return f"{prefix} value must be of type integer (default format) in {path}"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -793,13 +694,6 @@ def _validate_name(meta: Mapping[str, Any], old_meta: Mapping[str, Any] | None) 
     return errors
 
 
-def _set_key(value: Any) -> Any:
-    """A hashable identity for set/map-list comparison: 1 and 1.0 stay distinct as in Go, objects by JSON."""
-    if isinstance(value, (dict, list)):
-        return ("compound", _json(value))
-    return (type(value).__name__, value) if value is not _OMIT else ("unspecified",)
-
-
 def _validate_lists(value: Any, s: _Schema | None, path: str | None) -> list[_FieldError]:
     """listtype.ValidateListSetsAndMaps: items of set lists and keys of map lists must be unique."""
     if s is None or not s.lists_below:
@@ -826,7 +720,7 @@ def _repeated(values: Sequence[Any]) -> list[int]:
     seen: dict[Any, int] = {}
     repeated = []
     for i, value in enumerate(values):
-        key = _set_key(value)
+        key = "<omitted>" if value is _OMIT else _json(value)  # 1 and 1.0 stay distinct, as in Go
         seen[key] = seen.get(key, 0) + 1
         if seen[key] == 2:
             repeated.append(i)
@@ -864,7 +758,6 @@ class _Rule:
     program: CelProgram
     rule: str
     message: str
-    reason: str | None
     field_path: str  # normalised, "" when the error goes to the rule's own node
 
     @property
@@ -963,22 +856,6 @@ class _CelCompiler:
     def _rule(
         self, raw: _RawRule, s: _Schema, resource_root: bool, uncorrelatable: str | None
     ) -> _Rule | None:
-        rule, message = raw.rule.strip(), raw.message.strip()
-        if not rule:
-            self.errors.append(_required(f"{raw.crd_path}.rule", "rule is not specified").text())
-            return None
-        if raw.message and not message:
-            self._fail(f"{raw.crd_path}.message", raw.message, "must be non-empty if specified")
-        elif "\n" in message:
-            self._fail(f"{raw.crd_path}.message", raw.message, "must not contain line breaks")
-        elif "\n" in rule and not message:
-            self.errors.append(
-                _required(
-                    f"{raw.crd_path}.message", "message must be specified if rule contains line breaks"
-                ).text()
-            )
-        if raw.reason is not None and raw.reason not in _RULE_REASONS:
-            self.errors.append(_not_supported(f"{raw.crd_path}.reason", raw.reason, _RULE_REASONS).text())
         field_path = ""
         if raw.field_path:
             try:
@@ -994,7 +871,7 @@ class _CelCompiler:
                 raw.rule,
                 f"oldSelf cannot be used on the uncorrelatable portion of the schema within {uncorrelatable}",
             )
-        return _Rule(program, raw.rule, message, raw.reason, field_path)
+        return _Rule(program, raw.rule, raw.message.strip(), field_path)
 
     def _compile(
         self, source: str, s: _Schema, resource_root: bool, path: str, label: str
@@ -1089,7 +966,8 @@ class _CelValidator:
             try:
                 result = rule.program.evaluate(variables)
             except CelEvaluationError as error:
-                self.errors.append(self._runtime_error(node, path, rule, str(error)))
+                detail = f"{error} evaluating rule: {rule.described}"
+                self.errors.append(_invalid(_shown(path), node.schema.type, detail))
                 continue
             if not isinstance(result, (bool, celtypes.BoolType)):
                 detail = (
@@ -1099,18 +977,7 @@ class _CelValidator:
             elif not result:
                 target = _child(path, rule.field_path) if rule.field_path else _shown(path)
                 detail = rule.message or f"failed rule: {rule.rule.strip()}"
-                self.errors.append(_rule_error(rule.reason, target, node.schema.type, detail))
-
-    @staticmethod
-    def _runtime_error(node: _CelNode, path: str | None, rule: _Rule, text: str) -> _FieldError:
-        if text.startswith("no such overload"):
-            detail = (
-                f"'{text}': call arguments did not match a supported operator, function or macro signature "
-                f"for rule: {rule.described}"
-            )
-        else:
-            detail = f"{text} evaluating rule: {rule.described}"
-        return _invalid(_shown(path), node.schema.type, detail)
+                self.errors.append(_invalid(target, node.schema.type, detail))
 
     def _to_cel(self, value: Any, s: _Schema, resource_root: bool = False) -> Any:
         """A JSON value as CEL sees it under schema `s` (UnstructuredToVal), memoised per object."""
@@ -1172,17 +1039,6 @@ class _CelValidator:
                     }
                 )
         return celtypes.MapType(fields)
-
-
-def _rule_error(reason: str | None, path: str, type_name: str, detail: str) -> _FieldError:
-    """fieldErrorForReason."""
-    if reason == "FieldValueForbidden":
-        return _forbidden(path, detail)
-    if reason == "FieldValueRequired":
-        return _required(path, detail)
-    if reason == "FieldValueDuplicate":
-        return _duplicate(path, type_name)
-    return _invalid(path, type_name, detail)
 
 
 # ---------------------------------------------------------------------------------------------------------
