@@ -746,7 +746,7 @@ def test_kubernetes_cel_extensions_can_be_false(expression: str) -> None:
 @pytest.mark.parametrize(
     ("expression", "message"),
     [
-        ("self.zz", "no such key: zz"),
+        ("self.zz", "no such member in mapping: 'zz'"),
         ("self.l[7]", "index out of bounds: 7"),
         ("self.s.matches('[')", "error parsing regexp: missing ]: ["),
     ],

@@ -129,10 +129,6 @@ def values_equal(left: Any, right: Any) -> bool:
         return False
 
 
-def _error(message: str) -> CELEvalError:
-    return CELEvalError(message)
-
-
 def _propagating(function: Callable[..., Any]) -> Callable[..., Any]:
     """Return the first error argument unchanged, as CEL functions do (cel-python checks only some paths)."""
 
@@ -161,16 +157,7 @@ def compile_re2(pattern: str) -> Any:
         raise ValueError(text.decode() if isinstance(text, bytes) else str(text)) from None
 
 
-@functools.lru_cache(maxsize=1024)
-def _regex(pattern: str) -> Any:
-    try:
-        return compile_re2(pattern)
-    except ValueError as error:
-        raise _RegexError(f"error parsing regexp: {error}") from None
-
-
-class _RegexError(Exception):
-    pass
+_regex = functools.lru_cache(maxsize=1024)(compile_re2)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -186,17 +173,6 @@ def _comparison(compare: Callable[[Any, Any], bool]) -> Callable[[Any, Any], Any
         return celtypes.BoolType(compare(left, right))
 
     return operator
-
-
-def _logical(operator: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
-    """&& and || as in cel-go: when both sides fail, the left error is the result (not 'no such overload')."""
-
-    def combine(left: Any, right: Any) -> Any:
-        if isinstance(left, CELEvalError) and isinstance(right, CELEvalError):
-            return left
-        return operator(left, right)
-
-    return combine
 
 
 @_propagating
@@ -233,13 +209,13 @@ def _index(container: Any, key: Any) -> Any:
     if isinstance(container, list):
         _require(isinstance(key, (celtypes.IntType, celtypes.UintType)))
         if not 0 <= key < len(container):
-            return _error(f"index out of bounds: {int(key)}")
+            return CELEvalError(f"index out of bounds: {int(key)}")
         return container[key]
     _require(isinstance(container, Mapping))
     try:
         return container[key]
     except (TypeError, KeyError):  # an unhashable or invalid key is simply absent
-        return _error(f"no such key: {key}")
+        return CELEvalError(f"no such key: {key}")
 
 
 @_propagating
@@ -247,8 +223,8 @@ def _matches(text: Any, pattern: Any) -> Any:
     _require(isinstance(text, str) and isinstance(pattern, str))
     try:
         return celtypes.BoolType(_regex(pattern).search(text) is not None)
-    except _RegexError as error:
-        return _error(str(error))
+    except ValueError as error:
+        return CELEvalError(f"error parsing regexp: {error}")
 
 
 @_propagating
@@ -270,8 +246,6 @@ _EXTENSIONS: dict[str, Callable[..., Any]] = {
     "_==_": _equal,
     "_!=_": _not_equal,
     "_in_": _in,
-    "_&&_": _logical(celtypes.logical_and),
-    "_||_": _logical(celtypes.logical_or),
     # standard functions cel-python gets slightly wrong for Kubernetes
     "string": _to_string,
     "_[_]": _index,
@@ -308,9 +282,8 @@ _FUNCTION_NAMES = supported_functions()
 
 @dataclass(frozen=True, slots=True)
 class FieldSelection:
-    """`self.spec.replicas` in an expression: the variable, the selected names, and where the first one is."""
+    """`self.spec.replicas` in an expression: the selected names, and where the first one is."""
 
-    variable: str
     names: tuple[str, ...]
     line: int
     column: int
@@ -320,7 +293,6 @@ class FieldSelection:
 class CelProgram:
     """A compiled expression, ready to evaluate many times (and from several threads)."""
 
-    source: str
     runner: Any  # celpy.Runner
     variables: frozenset[str]
     selections: tuple[FieldSelection, ...]
@@ -331,7 +303,7 @@ class CelProgram:
         return "oldSelf" in self.variables
 
     def evaluate(self, variables: Mapping[str, Any]) -> Any:
-        """The expression's value; raise CelEvaluationError with kube-apiserver's wording on failure."""
+        """The expression's value; raise CelEvaluationError with cel-python's text on failure."""
         try:
             value = self.runner.evaluate(dict(variables))
         except CELEvalError as error:
@@ -339,7 +311,7 @@ class CelProgram:
         except Exception as error:  # a bug here or in cel-python: still a field error, never a crash
             raise CelEvaluationError(f"internal error: {type(error).__name__}: {error}") from None
         if isinstance(value, CELEvalError):
-            raise CelEvaluationError(describe_error(value))
+            raise CelEvaluationError(str(value.args[0]) if value.args else "evaluation error")
         return value
 
 
@@ -354,7 +326,6 @@ def compile_cel(source: str, variables: Iterable[str] = ("self", "oldSelf")) -> 
     checker.check(tree, frozenset())
     runner = _ENVIRONMENT.program(tree, functions=_FUNCTIONS)
     return CelProgram(
-        source,
         runner,
         frozenset(checker.used_variables),
         tuple(checker.selections),
@@ -439,23 +410,15 @@ class _Checker:
             names.reverse()
             first = names[0]
             line, column = getattr(first, "line", 1) or 1, getattr(first, "column", 1) or 1
-            selection = FieldSelection(str(current.children[0]), tuple(str(n) for n in names), line, column)
-            self.selections.append(selection)
+            self.selections.append(FieldSelection(tuple(str(n) for n in names), line, column))
 
 
 _PASS_THROUGH = frozenset(
     {
-        "expr",
-        "conditionalor",
-        "conditionaland",
-        "relation",
-        "addition",
-        "multiplication",
-        "unary",
-        "member",
-        "primary",
+        "expr", "conditionalor", "conditionaland", "relation", "addition", "multiplication", "unary",
+        "member", "primary",
     }
-)
+)  # fmt: skip
 
 
 def _essential(node: Any) -> Any:
@@ -472,16 +435,3 @@ def _plain_identifier(node: Any) -> str | None:
     if isinstance(essential, lark.Tree) and essential.data == "ident":
         return str(essential.children[0])
     return None
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Error text
-# ---------------------------------------------------------------------------------------------------------
-
-
-def describe_error(error: CELEvalError) -> str:
-    """The text of a runtime failure (cel-python's, except a missing key, worded as cel-go words it)."""
-    message = str(error.args[0]) if error.args else "evaluation error"
-    if message.startswith("no such member in mapping: "):
-        return "no such key: " + message.removeprefix("no such member in mapping: ").strip("'\"")
-    return message
