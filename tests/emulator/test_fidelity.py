@@ -348,6 +348,21 @@ def test_errors_are_kubernetes_status_objects_without_tracebacks(
     assert "Traceback" not in rsp.text
 
 
+STRATEGIC = "application/strategic-merge-patch+json"
+
+
+def test_a_strategic_merge_patch_with_directives_is_refused_not_merged(http: Http) -> None:
+    http("POST", CONFIGMAPS_PATH, configmap("c1") | {"data": {"a": "one", "b": "two"}})
+    plain = http("PATCH", f"{CONFIGMAPS_PATH}/c1", {"data": {"a": "three"}}, content_type=STRATEGIC)
+    assert plain.json()["data"] == {"a": "three", "b": "two"}
+
+    directive = {"data": {"$patch": "replace", "a": "four"}}
+    refused = http("PATCH", f"{CONFIGMAPS_PATH}/c1", directive, content_type=STRATEGIC)
+    assert (refused.status_code, refused.json()["reason"]) == (415, "UnsupportedMediaType")
+    assert "strategic merge patches only without directives" in refused.json()["message"]
+    assert http("GET", f"{CONFIGMAPS_PATH}/c1").json()["data"] == {"a": "three", "b": "two"}
+
+
 def test_an_unexpected_failure_is_a_500_status_without_a_traceback(
     http: Http, monkeypatch: pytest.MonkeyPatch
 ) -> None:

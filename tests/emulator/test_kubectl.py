@@ -153,6 +153,24 @@ def test_kubectl_manages_core_resources(emulator: EmulatorServer, kubectl: Kubec
     assert emulator.get("v1/configmaps", "default", "c1") is None
 
 
+def test_kubectl_apply_updates_an_existing_secret_and_configmap(
+    emulator: EmulatorServer, kubectl: Kubectl
+) -> None:
+    # Re-applying a built-in object sends a strategic merge patch: without directives it is a merge patch.
+    secret = "apiVersion: v1\nkind: Secret\nmetadata: {{name: s1}}\nstringData: {{token: {}}}\n"
+    configmap = "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c1}}\ndata: {{a: {}}}\n"
+    for value in ("one", "two"):
+        kubectl(
+            "apply",
+            "--validate=false",
+            "-f",
+            "-",
+            stdin=secret.format(value) + "---\n" + configmap.format(value),
+        )
+    assert kubectl("get", "secret", "s1", "-o", "jsonpath={.stringData.token}").stdout == "two"
+    assert kubectl("get", "cm", "c1", "-o", "jsonpath={.data.a}").stdout == "two"
+
+
 @pytest.mark.skipif(
     not list((REPO / "crds").glob("*.yaml")), reason="the project's CRDs are not generated yet"
 )

@@ -1,4 +1,5 @@
-"""The patch formats the operator, Kopf and kubectl send: JSON merge patch and JSON patch (no strategic merge)."""
+"""The patch formats the operator, Kopf and kubectl send: JSON merge patch, JSON patch, and strategic merge
+patch without directives (what `kubectl apply` sends for a changed Secret or ConfigMap)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,25 @@ def merge_patch(target: Any, patch: Any) -> Any:
         else:
             result[key] = merge_patch(result.get(key), value)
     return result
+
+
+def strategic_merge_patch(target: Any, patch: Any) -> Any:
+    """A strategic merge patch without `$` directives, applied as the JSON merge patch it then is: kubectl apply
+    marks lists it merges by key with `$setElementOrder`, so the lists left are replaced in both formats.
+    One with directives is refused (415) rather than merged differently."""
+    if _has_directive(patch):
+        message = (
+            "the kubetune API emulator applies strategic merge patches only without directives "
+            "($patch, $setElementOrder, $retainKeys, $deleteFromPrimitiveList); send a JSON merge patch"
+        )
+        raise PatchError(message, 415)
+    return merge_patch(target, patch)
+
+
+def _has_directive(value: Any) -> bool:
+    if isinstance(value, list):
+        return any(_has_directive(item) for item in value)
+    return isinstance(value, dict) and any(k.startswith("$") or _has_directive(v) for k, v in value.items())
 
 
 def json_patch(target: Any, operations: Any) -> Any:

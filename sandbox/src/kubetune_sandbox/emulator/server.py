@@ -298,14 +298,16 @@ class ApiEmulator(kmock.KubernetesEmulator):
         return self._present(target, stored)
 
     def patch_object(self, target: Target, content_type: str, patch: Any) -> Obj:
-        """A JSON merge patch or a JSON patch (what the operator, Kopf and kubectl send); no PUT, no
-        strategic merge, no server-side apply."""
+        """A JSON merge patch, a JSON patch or, for built-in kinds, a strategic merge patch without directives
+        (what the operator, Kopf and kubectl send); no PUT, no server-side apply."""
         apply: Callable[[Any, Any], Any]
         match content_type:
             case "application/merge-patch+json" | "application/json" | "":
                 apply = patching.merge_patch
             case "application/json-patch+json":
                 apply = patching.json_patch
+            case "application/strategic-merge-patch+json" if target.storage not in self._custom:
+                apply = patching.strategic_merge_patch  # custom resources: 415, as kube-apiserver answers
             case _:
                 message = f"{content_type} patches are not supported by the kubetune API emulator"
                 raise ApiError(415, "UnsupportedMediaType", message)
@@ -315,7 +317,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
         try:
             patched = apply(self._present(target, old), patch)
         except patching.PatchError as error:
-            reason = "BadRequest" if error.code == 400 else "Invalid"
+            reason = {400: "BadRequest", 415: "UnsupportedMediaType"}.get(error.code, "Invalid")
             raise ApiError(error.code, reason, str(error)) from None
         new = self._check_body(target, patched)
         if new["metadata"].get("name", target.name) != target.name:
@@ -467,35 +469,12 @@ class ApiEmulator(kmock.KubernetesEmulator):
             return _json_response(internal.status(), 500)
 
     async def _record(self, raw_request: aiohttp.web.BaseRequest) -> kmock.Request:
-        """Parse the request as kmock would (for reactions and `emulator.requests`) and log it, bounded."""
+        """Parse the request for reactions (matched by method and path) and log it, bounded."""
         body = await raw_request.read()
         try:
             data = json.loads(body) if body else None
         except ValueError:
             data = None
-        k8s: dict[str, Any] = {}
-        try:
-            target = self._resolve(raw_request.path)
-        except ApiError:
-            pass  # not a resource URL
-        else:
-            method = raw_request.method.upper()
-            watching = raw_request.query.get("watch") in ("true", "1")
-            unnamed = {"GET": "WATCH" if watching else "LIST", "POST": "CREATE", "DELETE": "DELETE"}
-            named = {
-                "GET": "WATCH" if watching else "FETCH",
-                "PATCH": "UPDATE",
-                "PUT": "UPDATE",
-                "DELETE": "DELETE",
-            }
-            action = (unnamed if target.name is None else named).get(method)
-            k8s = {
-                "resource": kmock.resource(target.group, target.version, target.plural),
-                "namespace": target.namespace,
-                "name": target.name,
-                "subresource": target.subresource,
-                "action": kmock.action(action) if action else None,
-            }
         request = kmock.Request(
             id=len(self._requests),
             raw_request=raw_request,
@@ -503,11 +482,8 @@ class ApiEmulator(kmock.KubernetesEmulator):
             url=raw_request.url,
             params=dict(raw_request.query),
             headers=dict(raw_request.headers),
-            cookies=dict(raw_request.cookies),
             body=body,
-            text=body.decode(errors="replace"),
             data=data,
-            **k8s,
         )
         if len(self._requests) >= 2 * _REQUEST_LOG_LIMIT:
             del self._requests[:-_REQUEST_LOG_LIMIT]
