@@ -348,6 +348,16 @@ def test_errors_are_kubernetes_status_objects_without_tracebacks(
     assert "Traceback" not in rsp.text
 
 
+def test_a_crd_with_a_printer_column_path_beyond_dotted_fields_is_refused(http: Http) -> None:
+    crd = json.loads(json.dumps(WIDGET_CRD))
+    crd["spec"]["versions"][0]["additionalPrinterColumns"][0]["jsonPath"] = (
+        '.status.conditions[?(@.type=="Ready")]'
+    )
+    refused = http("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
+    assert refused.status_code == 422
+    assert "additionalPrinterColumns[0].jsonPath: Forbidden" in refused.json()["message"]
+
+
 STRATEGIC = "application/strategic-merge-patch+json"
 
 

@@ -387,6 +387,13 @@ class ApiEmulator(kmock.KubernetesEmulator):
             causes.append(
                 ("metadata.name", f'Invalid value: "{crd["metadata"]["name"]}": must be {expected}')
             )
+        for i, version in enumerate(versions):
+            for j, column in enumerate(version.get("additionalPrinterColumns") or []):
+                if not tables.plain_path(column.get("jsonPath")):
+                    message = (
+                        "Forbidden: the kubetune API emulator serves only .a.b paths (no indices or filters)"
+                    )
+                    causes.append((f"spec.versions[{i}].additionalPrinterColumns[{j}].jsonPath", message))
         if old is not None and old.get("spec", {}).get("scope") != spec.get("scope"):
             causes.append(("spec.scope", "Invalid value: field is immutable"))
         if causes:

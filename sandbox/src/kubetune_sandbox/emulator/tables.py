@@ -16,7 +16,14 @@ _NAME_COLUMN = {
     "priority": 0,
 }
 _AGE_COLUMN = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
-_STEP = re.compile(r"\.([A-Za-z0-9_$-]+)|\[(\d+)\]|\[\?\(@\.([A-Za-z0-9_.-]+)\s*==\s*(['\"])(.*?)\4\)\]")
+
+
+_PLAIN_PATH = re.compile(r"(\.[A-Za-z0-9_-]+)+")
+
+
+def plain_path(path: Any) -> bool:
+    """Whether a printer column's path is `.a.b`, all evaluate() serves (a CRD with another is refused)."""
+    return isinstance(path, str) and _PLAIN_PATH.fullmatch(path) is not None
 
 
 def wants_table(accept: str) -> bool:
@@ -29,22 +36,12 @@ def columns_for(printer_columns: Iterable[Mapping[str, Any]] | None) -> list[Map
 
 
 def evaluate(obj: Any, path: str) -> Any:
-    """A small JSONPath subset: `.a.b`, `[0]` and `[?(@.type=="Ready")]`; None when absent."""
-    nodes: list[Any] = [obj]
-    for match in _STEP.finditer(path):
-        key, index, filter_key, _, filter_value = match.groups()
-        found: list[Any] = []
-        for node in nodes:
-            if key is not None and isinstance(node, Mapping) and key in node:
-                found.append(node[key])
-            elif index is not None and isinstance(node, list) and int(index) < len(node):
-                found.append(node[int(index)])
-            elif filter_key is not None and isinstance(node, list):
-                found += [item for item in node if str(evaluate(item, "." + filter_key)) == filter_value]
-        nodes = found
-    if not nodes:
-        return None
-    return nodes[0] if len(nodes) == 1 else nodes
+    """A printer column's JSONPath, which in our CRDs is a plain `.a.b`; None when absent."""
+    for key in path.removeprefix(".").split("."):
+        if not isinstance(obj, Mapping) or key not in obj:
+            return None
+        obj = obj[key]
+    return obj
 
 
 def _age(timestamp: Any) -> str | None:
