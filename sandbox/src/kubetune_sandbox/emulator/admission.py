@@ -34,6 +34,7 @@ from kubetune_sandbox.emulator.cel import (
     compile_re2,
     format_go_float,
 )
+from kubetune_sandbox.emulator.resources import DNS_SUBDOMAIN, DNS_SUBDOMAIN_MESSAGE
 
 __all__ = ["AdmissionError", "CRDAdmission", "FieldCause"]
 
@@ -669,14 +670,6 @@ class _SchemaValidator:
 # Other structural checks: the name, list sets and maps
 # ---------------------------------------------------------------------------------------------------------
 
-_DNS1123_LABEL = "[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-_DNS1123_SUBDOMAIN = rf"{_DNS1123_LABEL}(\.{_DNS1123_LABEL})*"
-_DNS1123_SUBDOMAIN_MESSAGE = (
-    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must "
-    f"start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is "
-    f"'{_DNS1123_SUBDOMAIN}')"
-)
-
 
 def _validate_name(meta: Mapping[str, Any], old_meta: Mapping[str, Any] | None) -> list[_FieldError]:
     """ValidateObjectMeta's name rules (labels, annotations and finalizers are not validated)."""
@@ -686,12 +679,9 @@ def _validate_name(meta: Mapping[str, Any], old_meta: Mapping[str, Any] | None) 
         return [] if same else [_invalid("metadata.name", name, "field is immutable")]
     if not name:
         return [_required("metadata.name", "name or generateName is required")]
-    errors = (
-        [_invalid("metadata.name", name, "must be no more than 253 characters")] if len(name) > 253 else []
-    )
-    if not re.fullmatch(_DNS1123_SUBDOMAIN, name):
-        errors.append(_invalid("metadata.name", name, _DNS1123_SUBDOMAIN_MESSAGE))
-    return errors
+    if not DNS_SUBDOMAIN.fullmatch(name) or len(name) > 253:
+        return [_invalid("metadata.name", name, DNS_SUBDOMAIN_MESSAGE)]
+    return []
 
 
 def _validate_lists(value: Any, s: _Schema | None, path: str | None) -> list[_FieldError]:

@@ -40,7 +40,11 @@ SERVER_METADATA = ("uid", "creationTimestamp", "deletionTimestamp", "deletionGra
                     "resourceVersion")  # fmt: skip
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_DNS_SUBDOMAIN = re.compile(rf"{_DNS_LABEL.pattern}(\.{_DNS_LABEL.pattern})*")
+DNS_SUBDOMAIN = re.compile(rf"{_DNS_LABEL.pattern}(\.{_DNS_LABEL.pattern})*")
+DNS_SUBDOMAIN_MESSAGE = (
+    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', start and "
+    "end with an alphanumeric character, and be at most 253 long"
+)
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,7 @@ def metadata_causes(target: Target, meta: Mapping[str, Any]) -> list[tuple[str, 
     name = str(meta.get("name", ""))
     label_only = target.storage in _LABEL_NAMED
     limit = 63 if label_only else 253
-    if len(name) <= limit and (_DNS_LABEL if label_only else _DNS_SUBDOMAIN).fullmatch(name):
+    if len(name) <= limit and (_DNS_LABEL if label_only else DNS_SUBDOMAIN).fullmatch(name):
         return []
     kind, characters = ("RFC 1123 label", "'-'") if label_only else ("RFC 1123 subdomain", "'-' or '.'")
     message = (
