@@ -116,6 +116,21 @@ def test_trainer_image_matches_the_pods_the_operator_renders() -> None:
     assert 'ENTRYPOINT ["kubetune-trainer"]' in final.lines
 
 
+def test_trainer_image_venv_is_where_the_operator_starts_its_python() -> None:
+    # Multi-GPU pods run TRAINER_PYTHON by absolute path (kubetune.render.finetunejob): the Dockerfile must
+    # build the venv that holds kubetune_trainer there, copy it to the same place and put it first on PATH.
+    from kubetune.api.trainer_config import TRAINER_PYTHON, TRAINER_VENV
+
+    assert f"{TRAINER_VENV}/bin/python" == TRAINER_PYTHON
+    _, stages = parse(TRAINER)
+    build, final = " ".join(stages[0].lines), stages[-1]
+    assert f"python -m venv --system-site-packages {TRAINER_VENV} " in build
+    assert f'{TRAINER_PYTHON} -c "import torch, transformers, peft, kubetune_trainer' in build
+    assert f"COPY --from=build {TRAINER_VENV} {TRAINER_VENV}" in final.lines
+    env = next(line for line in final.lines if line.startswith("ENV "))
+    assert f"PATH={TRAINER_VENV}/bin:$PATH" in env.split()
+
+
 def test_trainer_base_image_and_constraints_agree_on_torch() -> None:
     args, stages = parse(TRAINER)
     pins = locks.parse_pins(locks.TRAINER_CONSTRAINTS.read_text())

@@ -13,7 +13,12 @@ import pytest
 import yaml
 
 from kubetune.api.common import ResourceIdentity
-from kubetune.api.finetunejob import FineTuneJobSpec
+from kubetune.api.finetunejob import (
+    DEFAULT_CHECKPOINT_GRACE_SECONDS,
+    DEFAULT_EPHEMERAL_STORAGE,
+    FineTuneJobSpec,
+)
+from kubetune.api.trainer_config import TRAINER_PYTHON
 from kubetune.render import finetunejob as render
 from kubetune.render.pod import OperatorDefaults
 from tests.api.conftest import load_example
@@ -120,11 +125,94 @@ def test_credentials_come_only_from_the_secret_reference() -> None:
         assert not any("SECRET" in e["name"] or "KEY" in e["name"] for e in container["env"])
 
 
-def test_several_gpus_on_one_node_use_torchrun_standalone() -> None:
-    spec = _spec("lora-basic").model_copy(update={"resources": _spec("full-multinode").resources})
-    spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"nodes": 1, "gpus": 4})})
-    command = _children(spec)[2]["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert command[:3] == ["torchrun", "--nproc-per-node=4", "--standalone"]
+def _with_resources(example: str, **resources: Any) -> FineTuneJobSpec:
+    spec = _spec(example)
+    return spec.model_copy(update={"resources": spec.resources.model_copy(update=resources)})
+
+
+def _pod(child: dict[str, Any]) -> dict[str, Any]:
+    pod = pod_spec_of(child)
+    assert pod is not None
+    return pod
+
+
+def test_several_gpus_on_one_node_launch_torch_distributed_with_the_image_venvs_python() -> None:
+    # Not the base image's `torchrun`: its Python cannot import kubetune_trainer from the image's venv.
+    command = _pod(_children(_with_resources("lora-basic", gpus=4))[2])["containers"][0]["command"]
+    assert command[:4] == [TRAINER_PYTHON, "-m", "kubetune_trainer", "launch"]
+    assert command[0] == "/opt/kubetune/bin/python"
+    assert "--nproc-per-node=4" in command and "--standalone" in command
+    assert command[-5:] == [
+        "-m",
+        "kubetune_trainer",
+        "train",
+        "--config",
+        "/etc/kubetune/trainer-config.json",
+    ]
+
+
+def test_one_gpu_runs_the_stage_without_a_launcher() -> None:
+    command = _pod(_children(_spec("lora-basic"))[2])["containers"][0]["command"]
+    assert command[:2] == ["kubetune-trainer", "train"]
+
+
+def test_training_pods_get_the_checkpoint_grace_period_and_torch_waits_for_the_workers() -> None:
+    spec = _with_resources("lora-basic", gpus=4)
+    spec = spec.model_copy(
+        update={"checkpoint": spec.checkpoint.model_copy(update={"grace_period_seconds": 900})}
+    )
+    train = _pod(_children(spec)[2])
+    assert train["terminationGracePeriodSeconds"] == 900
+    # torch.distributed SIGKILLs its workers after --shutdown-timeout (30 s by default): a margin less.
+    assert (
+        f"--shutdown-timeout={900 - render.LAUNCHER_SHUTDOWN_MARGIN_SECONDS}"
+        in train["containers"][0]["command"]
+    )
+    default = _pod(_children(_spec("lora-basic"))[2])
+    assert default["terminationGracePeriodSeconds"] == DEFAULT_CHECKPOINT_GRACE_SECONDS > 30
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_no_pod_is_best_effort_or_unbounded_on_disk(example: str) -> None:
+    for child in _children(_spec(example)):
+        pod = pod_spec_of(child)
+        if pod is None:
+            continue
+        requests = pod["containers"][0]["resources"]["requests"]
+        assert {"cpu", "memory", "ephemeral-storage"} <= set(requests), child["metadata"]["name"]
+        for volume in pod["volumes"]:
+            if "emptyDir" in volume:
+                assert volume["emptyDir"].get("sizeLimit"), (child["metadata"]["name"], volume["name"])
+
+
+def test_training_requests_derive_from_gpus_unless_declared() -> None:
+    derived = _pod(_children(_with_resources("lora-basic", gpus=2))[2])["containers"][0]["resources"]
+    assert derived["requests"]["cpu"] == "8" and derived["requests"]["memory"] == "64Gi"
+    assert "memory" not in derived["limits"]  # a derived request is no cap
+    assert derived["requests"]["ephemeral-storage"] == DEFAULT_EPHEMERAL_STORAGE
+    declared = _with_resources("lora-basic", cpu="3", memory="40Gi", ephemeral_storage="500Gi")
+    pod = _pod(_children(declared)[2])
+    resources = pod["containers"][0]["resources"]
+    assert resources["requests"] == {
+        "cpu": "3", "memory": "40Gi", "ephemeral-storage": "500Gi", "nvidia.com/gpu": "1"
+    }  # fmt: skip
+    assert resources["limits"]["memory"] == "40Gi"
+    cache = next(v for v in pod["volumes"] if v["name"] == "cache")
+    assert cache["emptyDir"] == {"sizeLimit": "500Gi"}
+
+
+def test_every_pod_gets_the_service_account_and_pull_secrets() -> None:
+    defaults = OperatorDefaults(service_account_name="trainer", image_pull_secrets=("registry", "mirror"))
+    spec = _spec("lora-basic")
+    pods = [
+        _pod(render.validation_job(OWNER, spec, defaults, "d")),
+        _pod(render.training_job(OWNER, spec, defaults, "d")),
+        _pod(render.finishing_job(OWNER, spec, defaults, "d")),
+    ]
+    for pod in pods:
+        assert pod["serviceAccountName"] == "trainer"
+        assert pod["imagePullSecrets"] == [{"name": "registry"}, {"name": "mirror"}]
+    assert "imagePullSecrets" not in _pod(_children(spec)[1])
 
 
 def test_multinode_is_an_indexed_job_with_rendezvous_service() -> None:

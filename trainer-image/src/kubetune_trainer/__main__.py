@@ -188,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if argv[:1] == ["fetch"]:
         return _fetch(argv[1:])
+    if argv[:1] == ["launch"]:
+        from kubetune_trainer.launch import launch
+
+        return launch(argv[1:])
     if argv[:1] == ["bench"] and "--config" not in argv:
         return _bench(argv[1:])
     parser = argparse.ArgumentParser(prog="kubetune-trainer", description=__doc__.split("\n\n")[0])

@@ -37,6 +37,11 @@ ColumnRole = Literal[
 
 IMMUTABLE = "self == oldSelf"
 DEFAULT_WARMUP_RATIO = 0.03
+# Training pods' requests when spec.resources leaves them out: never BestEffort, never unbounded disk.
+CPU_PER_GPU, CPU_WITHOUT_GPU = 4, 2
+MEMORY_GIB_PER_GPU, MEMORY_GIB_WITHOUT_GPU = 32, 8
+DEFAULT_EPHEMERAL_STORAGE = "100Gi"
+DEFAULT_CHECKPOINT_GRACE_SECONDS = 600
 
 
 def _absent(data: dict[str, Any], field: str) -> bool:
@@ -210,8 +215,24 @@ class Resources(ApiModel):
         default=None, description="nvidia.com/gpu.product node label value"
     )
     nodes: Annotated[int, Field(ge=1, le=64)] = 1
-    cpu: Quantity | None = None
-    memory: Quantity | None = None
+    cpu: Quantity | None = Field(
+        default=None,
+        description=f"CPU request per training pod; {CPU_PER_GPU} per GPU ({CPU_WITHOUT_GPU} without a GPU) when unset",
+    )
+    memory: Quantity | None = Field(
+        default=None,
+        description=(
+            f"Memory request and limit per training pod; when unset, {MEMORY_GIB_PER_GPU}Gi per GPU"
+            f" ({MEMORY_GIB_WITHOUT_GPU}Gi without a GPU) is requested and no limit is set"
+        ),
+    )
+    ephemeral_storage: Quantity = Field(
+        default=DEFAULT_EPHEMERAL_STORAGE,
+        description=(
+            "Node disk per training pod for the model cache, checkpoints and outputs: the pod's"
+            " ephemeral-storage request and the sizeLimit of each of its scratch volumes (cache, work, tmp)"
+        ),
+    )
 
     model_config = ConfigDict(
         json_schema_extra=rules(
@@ -234,6 +255,13 @@ class Scheduling(ApiModel):
 class Checkpoint(ApiModel):
     every_steps: Annotated[int, Field(ge=1, le=1_000_000)] = 500
     keep_last: Annotated[int, Field(ge=1, le=100)] = 3
+    grace_period_seconds: Annotated[int, Field(ge=30, le=24 * 3600)] = Field(
+        default=DEFAULT_CHECKPOINT_GRACE_SECONDS,
+        description=(
+            "Seconds a training pod has after SIGTERM (Kueue preemption, suspend, node drain) to write and"
+            " upload a last checkpoint before it is killed: the pod's terminationGracePeriodSeconds"
+        ),
+    )
 
 
 # bnb-nf4: a bitsandbytes 4-bit model loadable with from_pretrained. GGUF formats need llama.cpp's converter,

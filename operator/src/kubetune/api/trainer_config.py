@@ -18,6 +18,11 @@ from kubetune.api.finetunejob import TrainerSpec
 from kubetune.api.trainer_contract import DEFAULT_METRICS_PORT, MAX_METRICS_PORT, MIN_METRICS_PORT
 
 CONFIG_FILE_NAME = "trainer-config.json"
+# The trainer image's virtualenv, which holds kubetune_trainer (trainer-image/Dockerfile creates it there;
+# tests/chart/test_images.py checks the two agree). Multi-process pods start its interpreter by absolute
+# path, so torch.distributed's workers import kubetune_trainer whatever the base image's PATH holds.
+TRAINER_VENV = "/opt/kubetune"
+TRAINER_PYTHON = f"{TRAINER_VENV}/bin/python"
 Stage = Literal["validate", "train", "evaluate", "export", "all", "bench"]
 
 

@@ -13,8 +13,14 @@ import json
 from typing import Literal
 
 from kubetune.api.common import ResourceIdentity
-from kubetune.api.finetunejob import FineTuneJobSpec
-from kubetune.api.trainer_config import CONFIG_FILE_NAME, TrainerConfig
+from kubetune.api.finetunejob import (
+    CPU_PER_GPU,
+    CPU_WITHOUT_GPU,
+    MEMORY_GIB_PER_GPU,
+    MEMORY_GIB_WITHOUT_GPU,
+    FineTuneJobSpec,
+)
+from kubetune.api.trainer_config import CONFIG_FILE_NAME, TRAINER_PYTHON, TrainerConfig
 from kubetune.render.pod import (
     CONFIG_MOUNT,
     GPU_PRODUCT_LABEL,
@@ -31,6 +37,7 @@ from kubetune.render.pod import (
     pod_security_context,
     scratch_volumes,
     storage_env_from,
+    workload_identity,
 )
 
 Stage = Literal["validate", "train", "finish"]
@@ -44,8 +51,12 @@ QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 RENDEZVOUS_PORT = 29500
 INDEX_FIELD = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
-# Exit code the trainer uses for bad input (dataset, config): retrying cannot help.
+# Exit code the trainer uses for bad input (dataset, config): retrying cannot help. Multi-process pods keep
+# it: `kubetune_trainer launch` exits with the first failed worker's code, where torchrun would exit 1.
 EXIT_INVALID_INPUT = 2
+# Seconds of the grace period left to the launcher after torch.distributed stops waiting for its workers
+# (it SIGKILLs them then), so the pod still exits with their code before the kubelet's SIGKILL.
+LAUNCHER_SHUTDOWN_MARGIN_SECONDS = 15
 
 
 def child_name(owner_name: str, stage: Stage | Literal["config"]) -> str:
@@ -115,9 +126,13 @@ def _trainer_container(
     return container
 
 
-def _pod_spec(owner: ResourceIdentity, containers: list[Manifest], volumes: list[Manifest]) -> Manifest:
+def _pod_spec(
+    owner: ResourceIdentity, defaults: OperatorDefaults, containers: list[Manifest], volumes: list[Manifest]
+) -> Manifest:
+    """Every pod of a job: the ServiceAccount (cloud identity) and pull secrets too, validation included."""
     return {
         "restartPolicy": "Never",
+        **workload_identity(defaults),
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": pod_security_context(),
@@ -172,15 +187,16 @@ def validation_job(
     owner: ResourceIdentity, spec: FineTuneJobSpec, defaults: OperatorDefaults, config_digest: str
 ) -> Manifest:
     """CPU only: no GPU is asked for until the dataset has passed."""
-    volumes, mounts = scratch_volumes(shm_size=None)
-    resources = gpu_resources(0, defaults.validation_cpu, defaults.validation_memory)
+    disk = defaults.validation_ephemeral_storage
+    volumes, mounts = scratch_volumes(shm_size=None, size_limit=disk)
+    resources = gpu_resources(0, defaults.validation_cpu, defaults.validation_memory, ephemeral_storage=disk)
     container = _trainer_container(
         _stage_command("validate"), spec, defaults, resources=resources, mounts=mounts
     )
     job = _job(
         owner,
         "validate",
-        _pod_spec(owner, [container], volumes),
+        _pod_spec(owner, defaults, [container], volumes),
         config_digest=config_digest,
         backoff_limit=2,
     )
@@ -193,13 +209,19 @@ def _gpu_pod_spec(
 ) -> Manifest:
     resources_spec = spec.resources
     gpus = resources_spec.gpus
-    volumes, mounts = scratch_volumes(shm_size=defaults.shm_size if gpus else None)
-    resources = gpu_resources(gpus, resources_spec.cpu, resources_spec.memory)
+    disk = resources_spec.ephemeral_storage
+    volumes, mounts = scratch_volumes(shm_size=defaults.shm_size if gpus else None, size_limit=disk)
+    cpu, memory = _cpu_and_memory(spec)
+    resources = gpu_resources(
+        gpus, cpu, memory, memory_limit=resources_spec.memory is not None, ephemeral_storage=disk
+    )
     container = _trainer_container(command, spec, defaults, resources=resources, mounts=mounts)
     # The same port as the TrainerConfig's metrics_port (config_map), and where the operator scrapes.
     metrics = {"name": "metrics", "containerPort": defaults.trainer_metrics_port, "protocol": "TCP"}
     container["ports"] = [metrics]
-    pod = _pod_spec(owner, [container], volumes)
+    pod = _pod_spec(owner, defaults, [container], volumes)
+    # Long enough for the trainer's SIGTERM checkpoint (preemption, suspend, drain), not Kubernetes' 30 s.
+    pod["terminationGracePeriodSeconds"] = spec.checkpoint.grace_period_seconds
     scheduling = spec.scheduling
     node_selector = dict(scheduling.node_selector or {})
     if resources_spec.gpu_product:
@@ -211,16 +233,34 @@ def _gpu_pod_spec(
         pod["tolerations"] = tolerations
     if scheduling.priority_class_name:
         pod["priorityClassName"] = scheduling.priority_class_name
-    if defaults.service_account_name:
-        pod["serviceAccountName"] = defaults.service_account_name
     return pod
+
+
+def _cpu_and_memory(spec: FineTuneJobSpec) -> tuple[str, str]:
+    """The declared requests, else ones derived from the GPU count: a GPU pod is never BestEffort."""
+    resources = spec.resources
+    gpus = resources.gpus
+    cpu = resources.cpu or str(CPU_PER_GPU * gpus if gpus else CPU_WITHOUT_GPU)
+    memory = resources.memory or f"{MEMORY_GIB_PER_GPU * gpus if gpus else MEMORY_GIB_WITHOUT_GPU}Gi"
+    return cpu, memory
 
 
 def _train_command(owner: ResourceIdentity, spec: FineTuneJobSpec) -> list[str]:
     resources = spec.resources
     if resources.gpus <= 1 and resources.nodes == 1:
         return _stage_command("train")
-    launcher = ["torchrun", f"--nproc-per-node={max(resources.gpus, 1)}"]
+    # The image venv's interpreter runs torch.distributed.run in-process (kubetune_trainer launch): its
+    # workers then import kubetune_trainer, keep the trainer's exit code (2 = bad input) and get the grace
+    # period, less a margin, to finish their SIGTERM checkpoint (torchrun's default is 30 s).
+    shutdown = max(spec.checkpoint.grace_period_seconds - LAUNCHER_SHUTDOWN_MARGIN_SECONDS, 1)
+    launcher = [
+        TRAINER_PYTHON,
+        "-m",
+        "kubetune_trainer",
+        "launch",
+        f"--nproc-per-node={max(resources.gpus, 1)}",
+        f"--shutdown-timeout={shutdown}",
+    ]
     if resources.nodes == 1:
         launcher.append("--standalone")
     else:
@@ -279,6 +319,8 @@ def finishing_job(
         update={"resources": resources.model_copy(update={"gpus": min(resources.gpus, 1), "nodes": 1})}
     )
     pod = _gpu_pod_spec(owner, single, defaults, _stage_command("evaluate,export"))
+    # Nothing to checkpoint: a stopped evaluation restarts from the start.
+    pod.pop("terminationGracePeriodSeconds")
     job = _job(owner, "finish", pod, config_digest=config_digest, backoff_limit=min(spec.backoff_limit, 2))
     job["metadata"]["labels"].update(_kueue_labels(spec))
     if _kueue_labels(spec):

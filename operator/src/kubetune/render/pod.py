@@ -37,7 +37,11 @@ class OperatorDefaults:
     trainer_metrics_port: int = DEFAULT_METRICS_PORT
     validation_cpu: str = "1"
     validation_memory: str = "4Gi"
+    # Node disk of a validation pod (dataset, tokenizer, model config): its request and volumes' sizeLimit.
+    validation_ephemeral_storage: str = "20Gi"
     shm_size: str = "16Gi"
+    # Secrets (in each workload's namespace) to pull private images with, on every pod kubetune renders.
+    image_pull_secrets: tuple[str, ...] = ()
 
 
 def pod_security_context() -> Manifest:
@@ -62,12 +66,18 @@ def container_security_context() -> Manifest:
     }
 
 
-def scratch_volumes(*, shm_size: str | None) -> tuple[list[Manifest], list[Manifest]]:
-    """Writable emptyDirs for a read-only root filesystem: caches, work space, /tmp and (for NCCL) /dev/shm."""
+def scratch_volumes(
+    *, shm_size: str | None, size_limit: str | None = None
+) -> tuple[list[Manifest], list[Manifest]]:
+    """Writable emptyDirs for a read-only root filesystem: caches, work space, /tmp and (for NCCL) /dev/shm.
+
+    `size_limit` caps each disk-backed volume (the kubelet evicts a pod that writes more), so a pod never
+    fills its node's disk; the pod should request as much `ephemeral-storage` (gpu_resources)."""
+    disk: Manifest = {"sizeLimit": size_limit} if size_limit else {}
     volumes: list[Manifest] = [
-        {"name": "cache", "emptyDir": {}},
-        {"name": "work", "emptyDir": {}},
-        {"name": "tmp", "emptyDir": {}},
+        {"name": "cache", "emptyDir": dict(disk)},
+        {"name": "work", "emptyDir": dict(disk)},
+        {"name": "tmp", "emptyDir": dict(disk)},
     ]
     mounts: list[Manifest] = [
         {"name": "cache", "mountPath": CACHE_MOUNT},
@@ -110,14 +120,25 @@ def merge_tolerations(defaults: tuple[Manifest, ...], user: list[Toleration] | N
     return result
 
 
-def gpu_resources(gpus: int, cpu: str | None, memory: str | None) -> Manifest:
+def gpu_resources(
+    gpus: int,
+    cpu: str | None,
+    memory: str | None,
+    *,
+    memory_limit: bool = True,
+    ephemeral_storage: str | None = None,
+) -> Manifest:
+    """Requests (and limits for memory and GPUs); `memory_limit=False` requests memory without capping it."""
     requests: dict[str, str] = {}
     limits: dict[str, str] = {}
     if cpu:
         requests["cpu"] = cpu
     if memory:
         requests["memory"] = memory
-        limits["memory"] = memory
+        if memory_limit:
+            limits["memory"] = memory
+    if ephemeral_storage:
+        requests["ephemeral-storage"] = ephemeral_storage
     if gpus:
         requests[GPU_RESOURCE] = str(gpus)
         limits[GPU_RESOURCE] = str(gpus)
@@ -127,6 +148,23 @@ def gpu_resources(gpus: int, cpu: str | None, memory: str | None) -> Manifest:
     if limits:
         result["limits"] = limits
     return result
+
+
+def image_pull_secrets(defaults: OperatorDefaults) -> list[Manifest]:
+    """The platform's pull secrets, for `imagePullSecrets` on every pod kubetune renders."""
+    return [{"name": name} for name in defaults.image_pull_secrets]
+
+
+def workload_identity(defaults: OperatorDefaults) -> Manifest:
+    """What every workload pod gets to reach registries and clouds: the ServiceAccount (IRSA, Workload
+    Identity) and the pull secrets. Merge it into a pod spec."""
+    identity: Manifest = {}
+    if defaults.service_account_name:
+        identity["serviceAccountName"] = defaults.service_account_name
+    secrets = image_pull_secrets(defaults)
+    if secrets:
+        identity["imagePullSecrets"] = secrets
+    return identity
 
 
 def owner_reference(owner: ResourceIdentity, kind: str) -> Manifest:
