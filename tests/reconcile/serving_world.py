@@ -25,6 +25,7 @@ class ServingWorld:
     pods: list[dict[str, Any]] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     minute: int = 0
+    defaults: ServingDefaults = field(default_factory=ServingDefaults)
 
     def observed(self) -> ServingObserved:
         deployments = {}
@@ -42,12 +43,20 @@ class ServingWorld:
             has_autoscaler=any(
                 kind in ("HorizontalPodAutoscaler", "ScaledObject") for kind, _ in self.objects
             ),
+            autoscaler_target=next(
+                (
+                    obj["spec"]["scaleTargetRef"]["name"]
+                    for (kind, _), obj in self.objects.items()
+                    if kind in ("HorizontalPodAutoscaler", "ScaledObject")
+                ),
+                None,
+            ),
             bench_jobs=jobs,
         )
 
     def step(self, minutes: int = 1) -> Outcome:
         self.minute += minutes
-        outcome = reconcile_deployment(copy.deepcopy(self.resource), self.observed(), ServingDefaults())
+        outcome = reconcile_deployment(copy.deepcopy(self.resource), self.observed(), self.defaults)
         for action in outcome.actions:
             if isinstance(action, Create):
                 key = (action.manifest["kind"], action.manifest["metadata"]["name"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kubetune.reconcile.modeldeployment import AVAILABLE, GATE_PASSED, PROGRESSING, ROLLED_BACK
+from kubetune.render.modeldeployment import ServingDefaults
 from tests.api.conftest import load_example, with_changes
 from tests.reconcile.serving_world import ServingWorld, passed_job
 
@@ -74,7 +75,10 @@ def test_first_revision_rolls_out_directly_and_records_a_benchmark() -> None:
     assert world.condition(AVAILABLE)["status"] == "True"
     deployment = world.deployment(1)
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert "adapter=/models/adapters/adapter" in container["args"]
+    args = container["args"]
+    assert args[args.index("--lora-modules") + 1] == "support-bot=/models/adapters/adapter"
+    assert args[args.index("--served-model-name") + 1] == "support-bot-base"
+    assert args[args.index("--max-lora-rank") + 1] == "16"  # the job's spec.lora.r (its default here)
     best = "s3://a/c/step-100/"  # spec.source.checkpoint: best = lowest eval loss
     assert best in deployment["spec"]["template"]["spec"]["initContainers"][0]["command"]
     assert deployment["metadata"]["annotations"]["lineage.kubetune.dev/dataset-sha256"] == "ab" * 32
@@ -95,7 +99,7 @@ def test_healthy_canary_promotes_through_every_step() -> None:
         world.step(minutes=5)  # past intervalSeconds
     world.make_ready()
     world.step()
-    assert weights == [10, 50, 100]
+    assert weights == [33, 50, 100]  # 2 replicas: 10% is 1 canary pod beside 2 stable ones
     assert world.status["stableRevision"] == 2
     assert ("Deployment", "support-bot-r1") not in world.objects
     assert world.deployment(2)["spec"]["replicas"] == 2
@@ -103,12 +107,28 @@ def test_healthy_canary_promotes_through_every_step() -> None:
     assert "Promoted" in [e.reason for e in world.events]
 
 
-def test_canary_replica_split_follows_the_weight() -> None:
-    world = _world(job=passed_job({"perplexity": "3.9"}), **{"spec.replicas": 4})
+def test_stable_keeps_every_replica_until_the_canary_is_ready() -> None:
+    world = _world(
+        job=passed_job({"perplexity": "3.9"}), **{"spec.replicas": 4, "spec.rollout.steps": [50, 100]}
+    )
     _ready_first_revision(world)
     _new_revision(world)
-    assert world.deployment(1)["spec"]["replicas"] == 3
-    assert world.deployment(2)["spec"]["replicas"] == 1
+    assert world.deployment(1)["spec"]["replicas"] == 4  # the canary is not ready yet
+    assert world.deployment(2)["spec"]["replicas"] == 2
+    world.step()
+    assert world.deployment(1)["spec"]["replicas"] == 4
+    world.make_ready()
+    world.step()
+    assert world.deployment(1)["spec"]["replicas"] == 2  # now the canary takes its share
+    assert world.status["canaryWeight"] == 50
+
+
+def test_status_and_condition_say_the_effective_weight() -> None:
+    world = _world(job=passed_job({"perplexity": "3.9"}))
+    _ready_first_revision(world)
+    _new_revision(world)
+    assert world.status["canaryWeight"] == 33
+    assert "at 10%, effectively 33% by replicas" in world.condition(PROGRESSING)["message"]
 
 
 @pytest.mark.parametrize(
@@ -140,8 +160,21 @@ def test_canary_never_ready_rolls_back_after_the_deadline() -> None:
     world = _world(job=passed_job({"perplexity": "3.9"}))
     _ready_first_revision(world)
     _new_revision(world)
-    world.step(minutes=11)
+    world.step(minutes=11)  # a big model may still be downloading: 600 s is no longer the deadline
+    assert world.status["phase"] == "Progressing"
+    world.step(minutes=20)  # past the default spec.rollout.progressDeadlineSeconds (1800)
     assert world.condition(ROLLED_BACK)["reason"] == "CanaryNotReady"
+    assert "spec.rollout.progressDeadlineSeconds 1800" in world.condition(ROLLED_BACK)["message"]
+
+
+def test_progress_deadline_is_the_spec_field() -> None:
+    world = _world(job=passed_job({"perplexity": "3.9"}), **{"spec.rollout.progressDeadlineSeconds": 3600})
+    world.step()
+    world.step(minutes=45)
+    assert world.status["phase"] == "Deploying"
+    world.step(minutes=20)
+    assert world.status["phase"] == "Failed"
+    assert "progressDeadlineSeconds 3600" in world.condition(AVAILABLE)["message"]
 
 
 def test_pause_holds_and_abort_rolls_back() -> None:
@@ -166,9 +199,9 @@ def test_model_uri_source_serves_several_adapters_without_a_gate() -> None:
     assert world.condition(GATE_PASSED)["status"] == "True"
     container = world.objects[("Deployment", "shared-base-r1")]["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert (
-        env["LORA_ADAPTERS"]
-        == "summarizer=/models/adapters/summarizer,classifier=/models/adapters/classifier"
+    assert env["LORA_ADAPTERS"] == (
+        "shared-base=/models/adapters/summarizer,"
+        "summarizer=/models/adapters/summarizer,classifier=/models/adapters/classifier"
     )
     assert container["args"][:2] == ["--model-id", "/models/base"]
 
@@ -234,3 +267,81 @@ def test_benchmark_on_demand_through_the_annotation() -> None:
     assert world.status["benchmark"]["trigger"] == "2026-11-29T12:00"
     world.step()
     assert len(world.bench_jobs()) == 2
+
+
+def test_the_benchmark_and_the_canary_analysis_ask_for_the_adapter() -> None:
+    world = _world(job=passed_job({"perplexity": "3.9"}))
+    _ready_first_revision(world)
+    _new_revision(world)
+    world.make_ready()
+    world.step()
+    for name in ("support-bot-bench-r1", "support-bot-bench-r2-s0"):
+        command = world.objects[("Job", name)]["spec"]["template"]["spec"]["containers"][0]["command"]
+        assert command[command.index("--model") + 1] == "support-bot"  # the adapter's name, not the base's
+
+
+def test_lora_rank_comes_from_the_source_job() -> None:
+    job = passed_job({"perplexity": "3.9"})
+    job["spec"]["lora"] = {"r": 128, "alpha": 256}
+    world = _world(job=job)
+    world.step()
+    args = world.deployment(1)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--max-lora-rank") + 1] == "128"
+
+
+def test_autoscaler_follows_the_stable_revision_after_promotion() -> None:
+    world = _world(
+        job=passed_job({"perplexity": "3.9"}),
+        **{"spec.autoscaling": {"minReplicas": 1, "maxReplicas": 8, "metric": "vllm:num_requests_waiting"}},
+    )
+    _ready_first_revision(world)
+    hpa = world.objects[("HorizontalPodAutoscaler", "support-bot")]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "support-bot-r1"
+    _new_revision(world)
+    for step in range(3):
+        world.step()
+        world.make_ready()
+        world.step()
+        world.finish_bench(f"support-bot-bench-r2-s{step}", HEALTHY)
+        world.step(minutes=5)
+    world.step()
+    assert world.status["stableRevision"] == 2 and ("Deployment", "support-bot-r1") not in world.objects
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "support-bot-r2"
+
+
+def test_keda_queries_the_configured_prometheus() -> None:
+    world = _world(
+        job=passed_job({"perplexity": "3.9"}),
+        **{"spec.autoscaling": {"minReplicas": 1, "maxReplicas": 8, "engine": "keda"}},
+    )
+    world.defaults = ServingDefaults(prometheus_url="http://thanos.observability.svc:9090")
+    _ready_first_revision(world)
+    (trigger,) = world.objects[("ScaledObject", "support-bot")]["spec"]["triggers"]
+    assert trigger["metadata"]["serverAddress"] == "http://thanos.observability.svc:9090"
+    assert 'modeldeployment="support-bot"' in trigger["metadata"]["query"]
+
+
+def test_job_storage_secret_is_inherited() -> None:
+    job = passed_job({"perplexity": "3.9"})
+    job["spec"]["storageSecretRef"] = {"name": "job-credentials"}
+    world = _world(job=job, **{"spec.storageSecretRef": None})
+    world.step()
+    fetch = world.deployment(1)["spec"]["template"]["spec"]["initContainers"][0]
+    assert fetch["envFrom"] == [{"secretRef": {"name": "job-credentials"}}]
+
+
+def test_no_credentials_anywhere_is_said_before_any_pod_starts() -> None:
+    world = _world(job=passed_job({"perplexity": "3.9"}), **{"spec.storageSecretRef": None})
+    world.step()
+    assert world.status["phase"] == "Blocked"
+    available = world.condition(AVAILABLE)
+    assert available["reason"] == "StorageCredentialsMissing"
+    assert (
+        "spec.storageSecretRef" in available["message"] and "FineTuneJob support-bot" in available["message"]
+    )
+    assert not any(kind == "Deployment" for kind, _ in world.objects)
+    # A ServiceAccount the operator names (IRSA, Workload Identity) carries credentials instead.
+    world.defaults = ServingDefaults(service_account_name="kubetune-trainer")
+    world.step()
+    pod = world.deployment(1)["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "kubetune-trainer" and "envFrom" not in pod["initContainers"][0]

@@ -26,6 +26,7 @@ SOURCES = {
             "s3://models/llama-3.1-8b/",
             (render.Adapter("adapter", "s3://artifacts/team-a/support-bot/adapter/"),),
             {"source-job": "support-bot", "dataset-sha256": "ab" * 32},
+            max_lora_rank=16,
         ),
     ),
     "tgi-multi-adapter": (
@@ -84,20 +85,154 @@ def test_vllm_flags_for_adapters_gpus_and_length() -> None:
     args = container["args"]
     assert container["command"] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
     assert args[args.index("--model") + 1] == "/models/base"
-    assert args[args.index("--served-model-name") + 1] == "support-bot"
     assert args[args.index("--tensor-parallel-size") + 1] == "1"
     assert args[args.index("--max-model-len") + 1] == "4096"
-    assert (
-        "--enable-lora" in args
-        and args[args.index("--lora-modules") + 1] == "adapter=/models/adapters/adapter"
-    )
+    assert "--enable-lora" in args
     assert container["readinessProbe"]["httpGet"]["path"] == "/health"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_the_tuned_adapter_answers_to_the_served_model_name_and_the_base_to_name_base() -> None:
+    children = _children("vllm-adapter")
+    args = children[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--served-model-name") + 1] == "support-bot-base"
+    assert args[args.index("--lora-modules") + 1] == "support-bot=/models/adapters/adapter"
+    assert args[args.index("--max-loras") + 1] == "1"
+    bench = children[4]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert (
+        bench[bench.index("--model") + 1] == "support-bot"
+    )  # the benchmark and canary analysis hit the adapter
+
+
+def test_merged_serving_names_the_model_itself() -> None:
+    spec = ModelDeploymentSpec.model_validate(
+        {**load_example("05-serve-canary/modeldeployment.yaml")["spec"], "serve": "merged"}
+    )
+    source = render.ResolvedSource("s3://artifacts/team-a/support-bot/merged/")
+    args = render.vllm_args(spec, "support-bot", source, DEFAULTS)
+    assert args[args.index("--served-model-name") + 1] == "support-bot" and "--enable-lora" not in args
+
+
+def test_model_uri_adapters_keep_their_names_and_the_first_answers_to_the_served_name() -> None:
+    env = _children("tgi-multi-adapter")[0]["spec"]["template"]["spec"]["containers"][0]["env"]
+    adapters = next(e["value"] for e in env if e["name"] == "LORA_ADAPTERS")
+    assert adapters == (
+        "support-bot=/models/adapters/summarizer,"
+        "summarizer=/models/adapters/summarizer,classifier=/models/adapters/classifier"
+    )
+
+
+@pytest.mark.parametrize(
+    ("rank", "flag"), [(None, "64"), (8, "8"), (16, "16"), (100, "128"), (256, "256"), (400, "512")]
+)
+def test_max_lora_rank_comes_from_the_adapter_rank_rounded_up_to_what_vllm_accepts(
+    rank: int | None, flag: str
+) -> None:
+    spec = ModelDeploymentSpec.model_validate(load_example("05-serve-canary/modeldeployment.yaml")["spec"])
+    source = render.ResolvedSource("s3://m/", (render.Adapter("adapter", "s3://a/"),), max_lora_rank=rank)
+    args = render.vllm_args(spec, "support-bot", source, DEFAULTS)
+    assert args[args.index("--max-lora-rank") + 1] == flag
+
+
+def test_pvc_sources_are_mounted_read_only_and_read_in_place() -> None:
+    spec = ModelDeploymentSpec.model_validate(load_example("05-serve-canary/modeldeployment.yaml")["spec"])
+    source = render.ResolvedSource(
+        "pvc://models/llama-3.1-8b/",
+        (render.Adapter("adapter", "s3://artifacts/team-a/support-bot/adapter/"),),
+    )
+    deployment = render.revision_deployment(
+        OWNER, spec, source, revision=1, replicas=1, role="stable", defaults=DEFAULTS
+    )
+    kubernetes_validate.validate(deployment, "1.37.0", strict=True)
+    pod = deployment["spec"]["template"]["spec"]
+    assert {"name": "pvc-0", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}} in pod[
+        "volumes"
+    ]
+    container = pod["containers"][0]
+    assert {"name": "pvc-0", "mountPath": "/mnt/pvc/models", "readOnly": True} in container["volumeMounts"]
+    assert container["args"][container["args"].index("--model") + 1] == "/mnt/pvc/models/llama-3.1-8b"
+    # Only the adapter is fetched; the base model stays on its claim.
+    assert pod["initContainers"][0]["command"] == [
+        "kubetune-trainer", "fetch", "s3://artifacts/team-a/support-bot/adapter/", "/models/adapters/adapter"
+    ]  # fmt: skip
+    everything_on_pvc = render.ResolvedSource(
+        "pvc://models/llama/", (render.Adapter("a", "pvc://adapters/a/"),)
+    )
+    pod = render.revision_deployment(
+        OWNER, spec, everything_on_pvc, revision=1, replicas=1, role="stable", defaults=DEFAULTS
+    )["spec"]["template"]["spec"]
+    assert "initContainers" not in pod
+    assert [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v] == [
+        "adapters", "models"
+    ]  # fmt: skip
+    args = pod["containers"][0]["args"]
+    assert args[args.index("--lora-modules") + 1] == "support-bot=/mnt/pvc/adapters/a"
+
+
+def test_hf_sources_are_fetched_by_the_init_container_with_the_hub_reachable_there_only() -> None:
+    spec = ModelDeploymentSpec.model_validate(load_example("05-serve-canary/modeldeployment.yaml")["spec"])
+    source = render.ResolvedSource(
+        "hf://meta-llama/Llama-3.1-8B-Instruct@main", (render.Adapter("adapter", "s3://a/"),)
+    )
+    pod = render.revision_deployment(
+        OWNER, spec, source, revision=1, replicas=1, role="stable", defaults=DEFAULTS
+    )["spec"]["template"]["spec"]
+    assert pod["initContainers"][0]["command"][2:4] == [
+        "hf://meta-llama/Llama-3.1-8B-Instruct@main",
+        "/models/base",
+    ]
+    runtime_env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    assert runtime_env["HF_HUB_OFFLINE"] == "1"
+
+
+def test_job_credentials_and_service_account_are_inherited() -> None:
+    spec = ModelDeploymentSpec.model_validate(
+        {
+            k: v
+            for k, v in load_example("05-serve-canary/modeldeployment.yaml")["spec"].items()
+            if k != "storageSecretRef"
+        }
+    )
+    source = render.ResolvedSource(
+        "s3://m/", (render.Adapter("adapter", "s3://a/"),), storage_secret="job-secret"
+    )
+    defaults = render.ServingDefaults(service_account_name="kubetune-trainer")
+    pod = render.revision_deployment(
+        OWNER, spec, source, revision=1, replicas=1, role="stable", defaults=defaults
+    )["spec"]["template"]["spec"]
+    assert pod["initContainers"][0]["envFrom"] == [{"secretRef": {"name": "job-secret"}}]
+    assert pod["serviceAccountName"] == "kubetune-trainer"
+    own = spec.model_copy(
+        update={
+            "storage_secret_ref": ModelDeploymentSpec.model_validate(
+                load_example("05-serve-canary/modeldeployment.yaml")["spec"]
+            ).storage_secret_ref
+        }
+    )
+    pod = render.revision_deployment(
+        OWNER, own, source, revision=1, replicas=1, role="stable", defaults=defaults
+    )["spec"]["template"]["spec"]
+    assert pod["initContainers"][0]["envFrom"] == [
+        {"secretRef": {"name": "s3-credentials"}}
+    ]  # the deployment's own wins
+
+
+def test_progress_deadline_is_a_spec_field() -> None:
+    example = load_example("05-serve-canary/modeldeployment.yaml")["spec"]
+    spec = ModelDeploymentSpec.model_validate(
+        {**example, "rollout": {**example["rollout"], "progressDeadlineSeconds": 7200}}
+    )
+    source = render.ResolvedSource("s3://m/")
+    deployment = render.revision_deployment(
+        OWNER, spec, source, revision=1, replicas=1, role="stable", defaults=DEFAULTS
+    )
+    assert deployment["spec"]["progressDeadlineSeconds"] == 7200
 
 
 def test_init_container_fetches_model_and_adapters_with_secret_reference() -> None:
     pod = _children("tgi-multi-adapter")[0]["spec"]["template"]["spec"]
     fetch = pod["initContainers"][0]
+    assert "serviceAccountName" not in pod  # the operator names none by default
     assert fetch["command"][:2] == ["kubetune-trainer", "fetch"]
     assert fetch["command"][2:] == [
         "s3://models/llama-3.1-8b/", "/models/base",
@@ -121,11 +256,24 @@ def test_lineage_reaches_pod_annotations() -> None:
 
 
 @pytest.mark.parametrize(
-    ("total", "weight", "expected"),
-    [(2, 10, (1, 1)), (4, 50, (2, 2)), (10, 10, (9, 1)), (3, 100, (0, 3)), (1, 50, (1, 1))],
+    ("total", "weight", "expected", "effective"),
+    [
+        (2, 10, (2, 1), 33),  # not 1 + 1 (50%): the stable keeps both pods beside one canary
+        (2, 50, (1, 1), 50),
+        (4, 10, (4, 1), 20),
+        (4, 50, (2, 2), 50),
+        (10, 10, (9, 1), 10),
+        (10, 15, (10, 2), 17),  # 2 of 12 is nearer 15% than 1 of 10 or 2 of 10
+        (8, 25, (6, 2), 25),
+        (3, 100, (0, 3), 100),
+        (1, 10, (1, 1), 50),  # one canary pod is the minimum
+    ],
 )
-def test_canary_replica_split(total: int, weight: int, expected: tuple[int, int]) -> None:
-    assert render.canary_replicas(total, weight) == expected
+def test_canary_split_overshoots_no_more_than_one_pod_must(
+    total: int, weight: int, expected: tuple[int, int], effective: int
+) -> None:
+    assert render.canary_split(total, weight) == expected
+    assert render.effective_weight(*expected) == effective
 
 
 def test_autoscaling_targets_the_stable_revision_with_hpa_or_keda() -> None:
@@ -139,4 +287,8 @@ def test_autoscaling_targets_the_stable_revision_with_hpa_or_keda() -> None:
     assert keda["spec"]["scaleTargetRef"] == {"name": "support-bot-r3"}
     (trigger,) = keda["spec"]["triggers"]
     assert trigger["type"] == "prometheus" and trigger["metadata"]["threshold"] == "5"
-    assert trigger["metadata"]["query"].startswith('sum(vllm:num_requests_waiting{namespace="team-a"')
+    # The PodMonitor's label (charts/kubetune/templates/podmonitor.yaml), the stable revision's pods only.
+    assert trigger["metadata"]["query"] == (
+        'sum(vllm:num_requests_waiting{namespace="team-a",modeldeployment="support-bot",revision="3"})'
+    )
+    assert trigger["metadata"]["serverAddress"] == "http://prometheus.monitoring.svc:9090"

@@ -56,3 +56,33 @@ def test_unreachable_endpoint_is_reported_not_raised() -> None:
     summary = run_benchmark("http://127.0.0.1:9/v1", "m", requests=2, concurrency=2, timeout=2)
     assert summary["ok"] is False and summary["reason"] == "EndpointUnavailable"
     assert summary["benchmark"]["errorRate"] == "1"
+
+
+def test_fetch_downloads_hf_repositories_from_the_hub(monkeypatch, tmp_path: Path) -> None:
+    import huggingface_hub
+
+    from kubetune_trainer.__main__ import main
+
+    calls = []
+
+    def snapshot_download(repo_id: str, revision: str | None = None, local_dir: str | None = None) -> str:
+        calls.append((repo_id, revision, local_dir))
+        Path(local_dir or "").mkdir(parents=True, exist_ok=True)
+        (Path(local_dir or "") / "config.json").write_text("{}")
+        return str(local_dir)
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    assert main(["fetch", "hf://meta-llama/Llama-3.1-8B-Instruct@main", str(tmp_path / "base")]) == 0
+    assert calls == [("meta-llama/Llama-3.1-8B-Instruct", "main", str(tmp_path / "base"))]
+    assert (tmp_path / "base" / "config.json").is_file()
+
+
+def test_fetch_of_hf_says_so_when_the_hub_is_switched_off(monkeypatch, tmp_path: Path) -> None:
+    import pytest
+
+    from kubetune_trainer import storage
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(storage.StorageError, match="HF_HUB_OFFLINE"):
+        storage.download_hf("hf://org/model", tmp_path)

@@ -147,7 +147,9 @@ def _fetch(argv: list[str]) -> int:
         return EXIT_INVALID_INPUT
     for source, destination in zip(argv[::2], argv[1::2], strict=True):
         started = time.perf_counter()
-        if source.endswith("/"):
+        if source.startswith("hf://"):
+            storage.download_hf(source, destination)
+        elif source.endswith("/"):
             storage.download_dir(source, destination)
         else:
             storage.download_file(source, Path(destination))

@@ -393,6 +393,24 @@ def upload_dir(local_dir: str | os.PathLike[str], uri_prefix: str) -> list[str]:
     return written
 
 
+def download_hf(uri: str, destination: str | Path) -> Path:
+    """A whole Hugging Face Hub repository `hf://ORG/NAME[@revision]` into a local directory (the serving pods'
+    fetch step: the pod needs the hub reachable, and `HF_TOKEN` for gated models, e.g. from the storage
+    secret). Refuses plainly where the hub is switched off (HF_HUB_OFFLINE)."""
+    if not uri.startswith("hf://") or not uri[len("hf://") :].partition("@")[0].strip("/"):
+        raise StorageError(f"not an hf://ORG/NAME[@revision] URI: {uri}")
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        raise StorageError(f"{uri}: the Hugging Face Hub is switched off here (HF_HUB_OFFLINE)")
+    name, _, revision = uri[len("hf://") :].partition("@")
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = snapshot_download(name.strip("/"), revision=revision or None, local_dir=str(destination))
+    except Exception as error:  # the hub's errors name the repository, never the token
+        raise StorageError(f"{uri}: could not download from the Hugging Face Hub ({error})") from error
+    return Path(path)
+
+
 def download_dir(uri_prefix: str, local_dir: str | os.PathLike[str]) -> Path:
     """Download every object under uri_prefix into local_dir, keeping relative paths; returns local_dir."""
     root = Path(local_dir)

@@ -39,6 +39,11 @@ class Source(ApiModel):
         Annotated[list[ModelUri], Field(max_length=16, json_schema_extra={"x-kubernetes-list-type": "set"})]
         | None
     ) = None
+    max_lora_rank: Annotated[int, Field(ge=1, le=512)] | None = Field(
+        default=None,
+        description="The largest LoRA rank r among spec.source.adapterUris (vLLM's --max-lora-rank; 64 when"
+        " unset). With fineTuneJobRef the operator takes r from the job's spec.lora",
+    )
 
     model_config = ConfigDict(
         json_schema_extra=rules(
@@ -56,6 +61,11 @@ class Source(ApiModel):
                 "spec.source.adapterUris needs spec.source.modelUri",
                 fieldPath=".adapterUris",
             ),
+            cel(
+                "!has(self.maxLoraRank) || has(self.adapterUris)",
+                "spec.source.maxLoraRank needs spec.source.adapterUris",
+                fieldPath=".maxLoraRank",
+            ),
         )
     )
 
@@ -68,6 +78,8 @@ class Source(ApiModel):
             raise ValueError("spec.source.checkpoint needs spec.source.fineTuneJobRef")
         if self.adapter_uris is not None and self.model_uri is None:
             raise ValueError("spec.source.adapterUris needs spec.source.modelUri")
+        if self.max_lora_rank is not None and self.adapter_uris is None:
+            raise ValueError("spec.source.maxLoraRank needs spec.source.adapterUris")
         return self
 
 
@@ -111,6 +123,11 @@ class Rollout(ApiModel):
     analysis: Analysis | None = None
     http_route_ref: LocalObjectReference | None = Field(
         default=None, description="Gateway API HTTPRoute whose backend weights carry the canary split"
+    )
+    progress_deadline_seconds: Annotated[int, Field(ge=60, le=86400)] = Field(
+        default=1800,
+        description="How long a new revision's pods may take to become ready (model download and loading"
+        " included) before it is rolled back",
     )
     paused: bool = False
     abort: bool = Field(default=False, description="Roll back to the stable revision and stop")
@@ -243,7 +260,11 @@ class ModelDeploymentStatus(ApiModel):
     served_model_name: Annotated[str, Field(max_length=128)] | None = None
     revision: int | None = None
     stable_revision: int | None = None
-    canary_weight: Annotated[int, Field(ge=0, le=100)] | None = None
+    canary_weight: Annotated[int, Field(ge=0, le=100)] | None = Field(
+        default=None,
+        description="The canary's effective share of traffic in percent: the step's weight through"
+        " spec.rollout.httpRouteRef, else its share of the serving replicas (at least one pod)",
+    )
     revisions: Annotated[list[RevisionStatus], Field(max_length=20)] | None = None
     benchmark: Benchmark | None = None
     source_job_uid: Annotated[str, Field(max_length=64)] | None = None

@@ -31,6 +31,9 @@ def serving_defaults() -> ServingDefaults:
         fetcher_image=config.defaults.trainer_image,
         image_pull_policy=config.defaults.image_pull_policy,
         gpu_tolerations=config.defaults.gpu_tolerations,
+        service_account_name=config.defaults.service_account_name,
+        image_pull_secrets=config.defaults.image_pull_secrets,
+        prometheus_url=config.prometheus_url,
     )
 
 
@@ -38,6 +41,8 @@ async def observe(client: KubeClient, body: dict[str, Any]) -> ServingObserved:
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     selector = f"{MANAGED_BY}=kubetune,{DEPLOYMENT_LABEL}={name}"
     job_ref = ((body.get("spec") or {}).get("source") or {}).get("fineTuneJobRef") or {}
+    keda = ((body.get("spec") or {}).get("autoscaling") or {}).get("engine") == "keda"
+    scaler = ("keda.sh/v1alpha1", "ScaledObject") if keda else ("autoscaling/v2", "HorizontalPodAutoscaler")
 
     async def source_job() -> dict[str, Any] | None:
         return (
@@ -55,7 +60,7 @@ async def observe(client: KubeClient, body: dict[str, Any]) -> ServingObserved:
     job, pdb, hpa = await asyncio.gather(
         source_job(),
         client.get("policy/v1", "PodDisruptionBudget", namespace, name),
-        client.get("autoscaling/v2", "HorizontalPodAutoscaler", namespace, name),
+        client.get(*scaler, namespace, name),
     )
     return ServingObserved(
         now=now(),
@@ -64,6 +69,7 @@ async def observe(client: KubeClient, body: dict[str, Any]) -> ServingObserved:
         services=frozenset(s["metadata"]["name"] for s in owned(services, body)),
         has_pdb=pdb is not None,
         has_autoscaler=hpa is not None,
+        autoscaler_target=((hpa or {}).get("spec") or {}).get("scaleTargetRef", {}).get("name"),
         bench_jobs={j["metadata"]["name"]: job_view(j, pods) for j in owned(jobs, body)},
     )
 

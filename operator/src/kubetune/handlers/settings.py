@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune.api.trainer_contract import MAX_METRICS_PORT, MIN_METRICS_PORT
-from kubetune.render.modeldeployment import TGI_IMAGE, VLLM_IMAGE
+from kubetune.render.modeldeployment import PROMETHEUS_URL, TGI_IMAGE, VLLM_IMAGE
 from kubetune.render.pod import OperatorDefaults
 
 
@@ -53,6 +53,7 @@ class OperatorConfig:
     namespaces: tuple[str, ...] = ()
     vllm_image: str = VLLM_IMAGE
     tgi_image: str = TGI_IMAGE
+    prometheus_url: str = PROMETHEUS_URL  # what KEDA ScaledObjects query
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
@@ -85,4 +86,5 @@ class OperatorConfig:
             namespaces=tuple(n.strip() for n in namespaces),
             vllm_image=env.get("KUBETUNE_VLLM_IMAGE", cls.vllm_image),
             tgi_image=env.get("KUBETUNE_TGI_IMAGE", cls.tgi_image),
+            prometheus_url=env.get("KUBETUNE_PROMETHEUS_URL") or PROMETHEUS_URL,
         )

@@ -4,7 +4,10 @@ like the FineTuneJob's.
 
 Every spec change that alters the pods is a new revision. The first revision rolls out directly; later ones
 go through `spec.rollout.steps`, each step held until the canary is ready, its benchmark meets
-`spec.rollout.analysis` and `intervalSeconds` have passed. Any failure rolls back to the stable revision.
+`spec.rollout.analysis` and `intervalSeconds` have passed. Any failure rolls back to the stable revision; a
+revision whose pods are not ready within `spec.rollout.progressDeadlineSeconds` of its step's start has failed.
+During a canary step the stable revision keeps all its replicas until the canary's pods are ready, and only
+then gives up the canary's share (render.canary_split).
 """
 
 from __future__ import annotations
@@ -22,7 +25,12 @@ from kubetune.api.timestamps import seconds_between
 from kubetune.reconcile import conditions as c
 from kubetune.reconcile.finetunejob import Action, Create, Delete, Event, Outcome, Patch
 from kubetune.reconcile.observed import JobView
-from kubetune.reconcile.serving_source import GateBlockedError, fingerprint, resolve_source
+from kubetune.reconcile.serving_source import (
+    GateBlockedError,
+    fingerprint,
+    missing_credentials,
+    resolve_source,
+)
 from kubetune.render import modeldeployment as render
 from kubetune.render.pod import Manifest
 
@@ -32,8 +40,6 @@ PROGRESSING = "Progressing"
 ROLLED_BACK = "RolledBack"
 BENCHMARKED = "Benchmarked"
 CONDITION_ORDER = (GATE_PASSED, AVAILABLE, PROGRESSING, ROLLED_BACK, BENCHMARKED)
-# A revision whose pods are not ready after this long has failed its rollout.
-PROGRESS_DEADLINE_SECONDS = 600
 MAX_REVISIONS_IN_STATUS = 10
 # Set or change this annotation (e.g. to a timestamp) to benchmark the stable revision again.
 BENCHMARK_ANNOTATION = "kubetune.dev/benchmark"
@@ -54,6 +60,7 @@ class ServingObserved:
     services: frozenset[str] = frozenset()
     has_pdb: bool = False
     has_autoscaler: bool = False
+    autoscaler_target: str | None = None  # the Deployment the HPA or ScaledObject scales
     bench_jobs: dict[str, JobView] = field(default_factory=dict)
 
 
@@ -170,6 +177,13 @@ def reconcile_deployment(
     status["sourceJobUid"] = source.lineage.get("source-job-uid") or None
     if status["sourceJobUid"] is None:
         status.pop("sourceJobUid")
+    problem = missing_credentials(spec, source, defaults)
+    if problem is not None and status.get("stableRevision") is None:
+        # Said before any pod starts, rather than buried in a fetch container's log.
+        status["phase"] = "Blocked"
+        if draft.condition(AVAILABLE, "False", c.STORAGE_CREDENTIALS_MISSING, problem):
+            draft.event("Warning", c.STORAGE_CREDENTIALS_MISSING, problem)
+        return draft.outcome()
     _ensure_shared_objects(draft)
     latest = _current_revision(draft, fingerprint(spec, source))
     _drive(draft, source, latest)
@@ -362,8 +376,12 @@ def _roll_out_directly(
         _serve_stable(draft, source, revision)
         return
     waited = _seconds_since(latest.get("stepStartedAt"), draft.observed.now)
-    if waited > PROGRESS_DEADLINE_SECONDS:
-        message = f"{ready}/{draft.spec.replicas} pods ready after {int(waited)}s"
+    deadline = (draft.spec.rollout or Rollout()).progress_deadline_seconds
+    if waited > deadline:
+        message = (
+            f"{ready}/{draft.spec.replicas} pods ready after {int(waited)}s"
+            f" (spec.rollout.progressDeadlineSeconds {deadline})"
+        )
         if stable is not None:
             _rollback(draft, latest, c.NOT_READY, message)
         else:
@@ -404,24 +422,30 @@ def _canary_step(
         _rollback(draft, latest, c.ABORTED_BY_USER, "spec.rollout.abort is true")
         return
     weight = rollout.steps[step]
-    stable_replicas, canary_count = render.canary_replicas(max(draft.spec.replicas, 1), weight)
-    _ensure_deployment(draft, source, stable, stable_replicas, "stable")
+    total = max(draft.spec.replicas, 1)
+    stable_replicas, canary_count = render.canary_split(total, weight)
+    view = draft.observed.deployments.get(revision)
+    ready = view.ready if view else 0
+    # The stable keeps every replica until the canary's pods are ready to take their share.
+    _ensure_deployment(draft, source, stable, stable_replicas if ready >= canary_count else total, "stable")
     _ensure_deployment(draft, source, revision, canary_count, "canary")
     for service_revision in (stable, revision):
         if render.revision_name(draft.owner, service_revision) not in draft.observed.services:
             draft.actions.append(Create(render.revision_service(draft.owner, service_revision)))
     if (latest.get("weight") or 0) != weight:
         _route_weights(draft, {stable: 100 - weight, revision: weight})
-    draft.status.update(canaryWeight=weight, phase="Progressing")
-    view = draft.observed.deployments.get(revision)
-    ready = view.ready if view else 0
+    routed = rollout.http_route_ref is not None
+    effective = weight if routed else render.effective_weight(stable_replicas, canary_count)
+    draft.status.update(canaryWeight=effective, phase="Progressing")
     draft.save_revision({**latest, "weight": weight, "readyReplicas": ready})
     latest = {**latest, "weight": weight, "readyReplicas": ready}
+    split = "" if routed or effective == weight else f", effectively {effective}% by replicas"
     draft.condition(
         PROGRESSING,
         "True",
         c.CANARY,
-        f"revision {revision} at {weight}% ({ready}/{canary_count} canary pods ready)",
+        f"revision {revision} at {weight}%{split} ({ready}/{canary_count} canary pods ready,"
+        f" {stable_replicas if ready >= canary_count else total} stable)",
     )
     _keep_serving(draft)
     if rollout.paused:
@@ -433,12 +457,13 @@ def _canary_step(
     draft.requeue_after = 10.0
     waited = _seconds_since(latest.get("stepStartedAt"), draft.observed.now)
     if ready < canary_count:
-        if waited > PROGRESS_DEADLINE_SECONDS:
+        if waited > rollout.progress_deadline_seconds:
             _rollback(
                 draft,
                 latest,
                 c.CANARY_NOT_READY,
-                f"{ready}/{canary_count} canary pods ready after {int(waited)}s at {weight}%",
+                f"{ready}/{canary_count} canary pods ready after {int(waited)}s at {weight}%"
+                f" (spec.rollout.progressDeadlineSeconds {rollout.progress_deadline_seconds})",
             )
         return
     analysis = rollout.analysis or Analysis()
@@ -490,17 +515,7 @@ def _canary_step(
 
 def _serve_stable(draft: _Draft, source: render.ResolvedSource, revision: int) -> None:
     _ensure_deployment(draft, source, revision, draft.spec.replicas, "stable")
-    if draft.spec.autoscaling and not draft.observed.has_autoscaler:
-        if draft.spec.autoscaling.engine == "keda":
-            draft.actions.append(
-                Create(
-                    render.keda_scaled_object(
-                        draft.owner, draft.spec, revision, "http://prometheus-operated.monitoring.svc:9090"
-                    )
-                )
-            )
-        else:
-            draft.actions.append(Create(render.horizontal_pod_autoscaler(draft.owner, draft.spec, revision)))
+    _ensure_autoscaler(draft, revision)
     view = draft.observed.deployments.get(revision)
     ready = view.ready if view else 0
     draft.status.update(stableRevision=revision, canaryWeight=0)
@@ -514,6 +529,26 @@ def _serve_stable(draft: _Draft, source: render.ResolvedSource, revision: int) -
     )
     draft.condition(PROGRESSING, "False", c.ROLLOUT_COMPLETE, f"revision {revision} is stable")
     _benchmark(draft, revision, ready)
+
+
+def _ensure_autoscaler(draft: _Draft, revision: int) -> None:
+    """The HPA or ScaledObject scales the stable revision's Deployment; after a promotion it is pointed at the
+    new one (the old Deployment is deleted)."""
+    scaling = draft.spec.autoscaling
+    if scaling is None:
+        return
+    if scaling.engine == "keda":
+        manifest = render.keda_scaled_object(draft.owner, draft.spec, revision, draft.defaults.prometheus_url)
+        api_version = "keda.sh/v1alpha1"
+    else:
+        manifest = render.horizontal_pod_autoscaler(draft.owner, draft.spec, revision)
+        api_version = "autoscaling/v2"
+    if not draft.observed.has_autoscaler:
+        draft.actions.append(Create(manifest))
+    elif draft.observed.autoscaler_target != render.revision_name(draft.owner, revision):
+        draft.actions.append(
+            Patch(api_version, manifest["kind"], draft.owner.name, {"spec": manifest["spec"]})
+        )
 
 
 def _benchmark(draft: _Draft, revision: int, ready: int) -> None:

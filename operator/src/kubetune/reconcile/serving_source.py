@@ -10,6 +10,7 @@ import json
 import re
 from typing import Any
 
+from kubetune.api.finetunejob import Lora
 from kubetune.api.modeldeployment import ModelDeploymentSpec
 from kubetune.api.trainer_contract import failed_thresholds
 from kubetune.reconcile import conditions as c
@@ -64,7 +65,9 @@ def resolve_source(namespace: str, spec: ModelDeploymentSpec, job: Manifest | No
         taken: set[str] = set()
         adapters = tuple(render.Adapter(_adapter_name(uri, taken), uri) for uri in source.adapter_uris or [])
         lineage = {"base-model": source.model_uri}
-        return render.ResolvedSource(model_uri=source.model_uri, adapters=adapters, lineage=lineage)
+        return render.ResolvedSource(
+            model_uri=source.model_uri, adapters=adapters, lineage=lineage, max_lora_rank=source.max_lora_rank
+        )
     assert source.fine_tune_job_ref is not None
     job_name = source.fine_tune_job_ref.name
     if job is None:
@@ -102,11 +105,19 @@ def resolve_source(namespace: str, spec: ModelDeploymentSpec, job: Manifest | No
         "dataset-sha256": str((status.get("dataset") or {}).get("sha256", "")),
         "base-model": base,
     }
+    # The pods read what the job's pods wrote, with the job's credentials unless the deployment names its own.
+    secret = str((job_spec.get("storageSecretRef") or {}).get("name") or "") or None
+    # vLLM must be told the adapter's rank (--max-lora-rank): the job's spec.lora.r is the adapter's r.
+    rank = int((job_spec.get("lora") or {}).get("r") or Lora().r)
     if source.checkpoint:
         uri = _checkpoint_uri(status, source.checkpoint)
         lineage["adapter"] = uri
         return render.ResolvedSource(
-            model_uri=base, adapters=(render.Adapter("adapter", uri),), lineage=lineage
+            model_uri=base,
+            adapters=(render.Adapter("adapter", uri),),
+            lineage=lineage,
+            max_lora_rank=rank,
+            storage_secret=secret,
         )
     if spec.serve == "merged" or job_spec.get("method") == "full":
         merged = outputs.get("mergedUri")
@@ -116,13 +127,17 @@ def resolve_source(namespace: str, spec: ModelDeploymentSpec, job: Manifest | No
                 f"FineTuneJob {job_name} has no merged model: set spec.output.merge: true on it",
             )
         lineage["merged-model"] = merged
-        return render.ResolvedSource(model_uri=str(merged), lineage=lineage)
+        return render.ResolvedSource(model_uri=str(merged), lineage=lineage, storage_secret=secret)
     adapter = outputs.get("adapterUri")
     if not adapter:
         raise GateBlockedError(c.ADAPTER_MISSING, f"FineTuneJob {job_name} recorded no adapter output")
     lineage["adapter"] = str(adapter)
     return render.ResolvedSource(
-        model_uri=base, adapters=(render.Adapter("adapter", str(adapter)),), lineage=lineage
+        model_uri=base,
+        adapters=(render.Adapter("adapter", str(adapter)),),
+        lineage=lineage,
+        max_lora_rank=rank,
+        storage_secret=secret,
     )
 
 
@@ -133,3 +148,23 @@ def fingerprint(spec: ModelDeploymentSpec, source: render.ResolvedSource) -> str
     )
     text = json.dumps({"spec": pod_inputs, "source": source.fingerprint()}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def missing_credentials(
+    spec: ModelDeploymentSpec, source: render.ResolvedSource, defaults: render.ServingDefaults
+) -> str | None:
+    """Why the pods could not read their s3:// sources, or None: no spec.storageSecretRef, none on the source
+    job and no ServiceAccount (KUBETUNE_TRAINER_SERVICE_ACCOUNT, e.g. with IRSA/Workload Identity) to carry
+    credentials instead."""
+    uris = [uri for uri in source.uris(spec.serve == "merged") if uri.startswith("s3://")]
+    if not uris or render.storage_secret(spec, source) or defaults.service_account_name:
+        return None
+    where = (
+        f"nor on FineTuneJob {spec.source.fine_tune_job_ref.name} (its spec.storageSecretRef)"
+        if spec.source.fine_tune_job_ref
+        else "and the source is a model URI"
+    )
+    return (
+        f"no storage credentials for {uris[0]}: set spec.storageSecretRef (none is set on the deployment {where},"
+        " and the operator names no ServiceAccount for serving pods)"
+    )

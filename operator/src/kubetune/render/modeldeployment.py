@@ -2,18 +2,25 @@
 the Service, a PodDisruptionBudget, an optional HPA or KEDA ScaledObject, and the benchmark Job.
 
 Canary by replica ratio needs no mesh: the Service spreads requests over the ready pods of both revisions,
-so the canary's share of traffic is its share of replicas.
+so the canary's share of traffic is its share of replicas (canary_split).
+
+Names served: with `serve: adapter` the tuned adapter answers to the served model name (spec.servedModelName,
+default the resource's name) and the base model to `<name>-base`; further adapters (spec.source.adapterUris)
+keep their own names. With `serve: merged` the merged model answers to the served model name.
+
+Where the model comes from: `s3://` and `hf://` are copied into the pod by the fetch init container
+(`hf://` needs the Hugging Face Hub reachable from the pod; the runtime itself stays offline);
+`pvc://CLAIM/path` is mounted read-only at /mnt/pvc/CLAIM and the runtime reads it in place.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Literal
 
 from kubetune.api.common import ResourceIdentity, decimal_text
-from kubetune.api.modeldeployment import ModelDeploymentSpec, ServingResources
+from kubetune.api.modeldeployment import ModelDeploymentSpec, Rollout, ServingResources
 from kubetune.render.pod import (
     GPU_PRODUCT_LABEL,
     MANAGED_BY,
@@ -26,6 +33,7 @@ from kubetune.render.pod import (
     owner_reference,
     pod_security_context,
     storage_env_from,
+    workload_identity,
 )
 
 KIND = "ModelDeployment"
@@ -41,6 +49,13 @@ MODEL_DIR = "/models"
 BASE_DIR = f"{MODEL_DIR}/base"
 ADAPTER_DIR = f"{MODEL_DIR}/adapters"
 LINEAGE_PREFIX = "lineage.kubetune.dev/"
+PVC_ROOT = "/mnt/pvc"  # the trainer's storage.DEFAULT_PVC_ROOT
+PROMETHEUS_URL = "http://prometheus-operated.monitoring.svc:9090"
+# The PodMonitor (charts/kubetune/templates/podmonitor.yaml) copies the pod label kubetune.dev/modeldeployment
+# into this Prometheus label.
+PROMETHEUS_DEPLOYMENT_LABEL = "modeldeployment"
+# vLLM accepts only these values for --max-lora-rank (vllm.config.LoRAConfig).
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 
 Role = Literal["stable", "canary"]
 
@@ -52,9 +67,17 @@ class ServingDefaults:
     fetcher_image: str = OperatorDefaults().trainer_image
     image_pull_policy: str = "IfNotPresent"
     gpu_tolerations: tuple[Manifest, ...] = OperatorDefaults().gpu_tolerations
-    max_lora_rank: int = 64
+    max_lora_rank: int = 64  # when neither the source job nor spec.source.maxLoraRank says
+    service_account_name: str = ""  # the trainer pods' ServiceAccount (KUBETUNE_TRAINER_SERVICE_ACCOUNT)
+    image_pull_secrets: tuple[str, ...] = ()
+    prometheus_url: str = PROMETHEUS_URL
     bench_requests: int = 64
     bench_concurrency: int = 8
+
+    def identity(self) -> OperatorDefaults:
+        return OperatorDefaults(
+            service_account_name=self.service_account_name, image_pull_secrets=self.image_pull_secrets
+        )
 
 
 @dataclass(frozen=True)
@@ -70,15 +93,67 @@ class ResolvedSource:
     model_uri: str
     adapters: tuple[Adapter, ...] = ()
     lineage: dict[str, str] = field(default_factory=dict)  # source job uid, dataset sha256, base model, ...
+    max_lora_rank: int | None = None  # the source job's spec.lora.r, or spec.source.maxLoraRank
+    storage_secret: str | None = None  # inherited from the source job's spec.storageSecretRef
 
     def fingerprint(self) -> str:
         return json.dumps(
-            {"model": self.model_uri, "adapters": [(a.name, a.uri) for a in self.adapters]}, sort_keys=True
+            {
+                "model": self.model_uri,
+                "adapters": [(a.name, a.uri) for a in self.adapters],
+                "maxLoraRank": self.max_lora_rank,
+                "storageSecret": self.storage_secret,
+            },
+            sort_keys=True,
         )
+
+    def uris(self, merged: bool) -> list[str]:
+        return [self.model_uri, *([] if merged else [a.uri for a in self.adapters])]
 
 
 def served_model_name(owner: ResourceIdentity, spec: ModelDeploymentSpec) -> str:
     return spec.served_model_name or owner.name
+
+
+def base_model_name(name: str) -> str:
+    return f"{name}-base"
+
+
+def lora_modules(name: str, spec: ModelDeploymentSpec, source: ResolvedSource) -> list[tuple[str, str]]:
+    """(served name, path) of every adapter: the first answers to the served model name; adapters named by
+    spec.source.adapterUris also answer to their own names (the first one under both)."""
+    if not source.adapters:
+        return []
+    modules = [(name, _adapter_path(source.adapters[0]))]
+    if spec.source.model_uri:
+        modules += [(adapter.name, _adapter_path(adapter)) for adapter in source.adapters]
+    return modules
+
+
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest --max-lora-rank vLLM accepts that holds an adapter of rank r."""
+    return next((allowed for allowed in VLLM_LORA_RANKS if allowed >= rank), VLLM_LORA_RANKS[-1])
+
+
+def pvc_path(uri: str) -> str | None:
+    """Where a pvc://CLAIM/path URI is mounted in serving pods; None for other schemes."""
+    if not uri.startswith("pvc://"):
+        return None
+    claim, _, rest = uri[len("pvc://") :].partition("/")
+    return f"{PVC_ROOT}/{claim}/{rest}".rstrip("/")
+
+
+def storage_secret(spec: ModelDeploymentSpec, source: ResolvedSource) -> str | None:
+    """The deployment's own spec.storageSecretRef, else the source job's."""
+    return spec.storage_secret_ref.name if spec.storage_secret_ref else source.storage_secret
+
+
+def _model_path(source: ResolvedSource) -> str:
+    return pvc_path(source.model_uri) or BASE_DIR
+
+
+def _adapter_path(adapter: Adapter) -> str:
+    return pvc_path(adapter.uri) or f"{ADAPTER_DIR}/{adapter.name}"
 
 
 def revision_name(owner: ResourceIdentity, revision: int) -> str:
@@ -102,37 +177,55 @@ def _metadata(owner: ResourceIdentity, name: str, extra_labels: dict[str, str] |
     }
 
 
-def _fetch_command(source: ResolvedSource, merged: bool) -> list[str]:
-    """The init step: copy the model (and adapters) from storage into the shared volume."""
-    pairs = [source.model_uri, BASE_DIR]
+def _fetch_command(source: ResolvedSource, merged: bool) -> list[str] | None:
+    """The init step: copy the model (and adapters) from storage into the shared volume; pvc:// stays in place.
+    None when there is nothing to copy."""
+    pairs = [] if pvc_path(source.model_uri) else [source.model_uri, BASE_DIR]
     if not merged:
         for adapter in source.adapters:
-            pairs += [adapter.uri, f"{ADAPTER_DIR}/{adapter.name}"]
-    return ["kubetune-trainer", "fetch", *pairs]
+            if not pvc_path(adapter.uri):
+                pairs += [adapter.uri, f"{ADAPTER_DIR}/{adapter.name}"]
+    return ["kubetune-trainer", "fetch", *pairs] if pairs else None
+
+
+def _pvc_volumes(source: ResolvedSource, merged: bool) -> tuple[list[Manifest], list[Manifest]]:
+    """(volumes, runtime volume mounts): each claim a source names, read-only at /mnt/pvc/CLAIM."""
+    claims = sorted({uri[len("pvc://") :].partition("/")[0] for uri in source.uris(merged) if pvc_path(uri)})
+    volumes = [
+        {"name": f"pvc-{index}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        for index, claim in enumerate(claims)
+    ]
+    mounts = [
+        {"name": f"pvc-{index}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True}
+        for index, claim in enumerate(claims)
+    ]
+    return volumes, mounts
 
 
 def vllm_args(
     spec: ModelDeploymentSpec, name: str, source: ResolvedSource, defaults: ServingDefaults
 ) -> list[str]:
     resources = spec.resources or ServingResources()
+    adapters = spec.serve == "adapter" and bool(source.adapters)
     args = [
-        "--model", BASE_DIR,
-        "--served-model-name", name,
+        "--model", _model_path(source),
+        "--served-model-name", base_model_name(name) if adapters else name,
         "--host", "0.0.0.0",
         "--port", str(SERVING_PORT),
         "--tensor-parallel-size", str(max(resources.gpus, 1)),
     ]  # fmt: skip
     if spec.max_model_len:
         args += ["--max-model-len", str(spec.max_model_len)]
-    if spec.serve == "adapter" and source.adapters:
+    if adapters:
+        modules = lora_modules(name, spec, source)
         args += [
             "--enable-lora",
             "--max-lora-rank",
-            str(defaults.max_lora_rank),
+            str(vllm_lora_rank(source.max_lora_rank or defaults.max_lora_rank)),
             "--max-loras",
-            str(len(source.adapters)),
+            str(len(modules)),
         ]
-        args += ["--lora-modules", *(f"{a.name}={ADAPTER_DIR}/{a.name}" for a in source.adapters)]
+        args += ["--lora-modules", *(f"{served}={path}" for served, path in modules)]
     return args
 
 
@@ -155,13 +248,13 @@ def _runtime_container(
     else:
         image = defaults.tgi_image
         command = ["text-generation-launcher"]
-        args = ["--model-id", BASE_DIR, "--port", str(SERVING_PORT), "--hostname", "0.0.0.0"]
+        args = ["--model-id", _model_path(source), "--port", str(SERVING_PORT), "--hostname", "0.0.0.0"]
         if resources.gpus > 1:
             args += ["--num-shard", str(resources.gpus)]
         if spec.max_model_len:
             args += ["--max-total-tokens", str(spec.max_model_len)]
         if spec.serve == "adapter" and source.adapters:
-            adapters = ",".join(f"{a.name}={ADAPTER_DIR}/{a.name}" for a in source.adapters)
+            adapters = ",".join(f"{served}={path}" for served, path in lora_modules(name, spec, source))
             env.append({"name": "LORA_ADAPTERS", "value": adapters})
         env.append({"name": "HUGGINGFACE_HUB_CACHE", "value": "/cache/huggingface"})
     return {
@@ -182,6 +275,7 @@ def _runtime_container(
             {"name": "cache", "mountPath": "/cache"},
             {"name": "tmp", "mountPath": "/tmp"},
             {"name": "dshm", "mountPath": "/dev/shm"},
+            *_pvc_volumes(source, spec.serve == "merged")[1],
         ],
     }
 
@@ -199,31 +293,40 @@ def revision_deployment(
     name = served_model_name(owner, spec)
     labels = {**selector_labels(owner), REVISION_LABEL: str(revision)}
     lineage = {f"{LINEAGE_PREFIX}{key}": value for key, value in sorted(source.lineage.items())}
-    fetch: Manifest = {
-        "name": "fetch-model",
-        "image": defaults.fetcher_image,
-        "imagePullPolicy": defaults.image_pull_policy,
-        "command": _fetch_command(source, spec.serve == "merged"),
-        "env": [{"name": "HOME", "value": "/tmp"}],
-        "securityContext": container_security_context(),
-        "volumeMounts": [{"name": "models", "mountPath": MODEL_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
-    }
-    secret = spec.storage_secret_ref.name if spec.storage_secret_ref else None
-    if secret:
-        fetch["envFrom"] = storage_env_from(secret)
+    merged = spec.serve == "merged"
     pod: Manifest = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": pod_security_context(),
-        "initContainers": [fetch],
-        "containers": [_runtime_container(spec, name, source, defaults)],
-        "volumes": [
-            {"name": "models", "emptyDir": {}},
-            {"name": "cache", "emptyDir": {}},
-            {"name": "tmp", "emptyDir": {}},
-            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}},
-        ],
     }
+    command = _fetch_command(source, merged)
+    if command is not None:
+        fetch: Manifest = {
+            "name": "fetch-model",
+            "image": defaults.fetcher_image,
+            "imagePullPolicy": defaults.image_pull_policy,
+            "command": command,
+            "env": [{"name": "HOME", "value": "/tmp"}, {"name": "HF_HOME", "value": "/tmp/huggingface"}],
+            "securityContext": container_security_context(),
+            "volumeMounts": [
+                {"name": "models", "mountPath": MODEL_DIR},
+                {"name": "tmp", "mountPath": "/tmp"},
+            ],
+        }
+        secret = storage_secret(spec, source)
+        if secret:
+            fetch["envFrom"] = storage_env_from(secret)
+        pod["initContainers"] = [fetch]
+    pod["containers"] = [_runtime_container(spec, name, source, defaults)]
+    pod["volumes"] = [
+        {"name": "models", "emptyDir": {}},
+        {"name": "cache", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}},
+        *_pvc_volumes(source, merged)[0],
+    ]
+    # The training pods' identity: their ServiceAccount (IRSA, Workload Identity) and image pull secrets.
+    pod.update(workload_identity(defaults.identity()))
     resources = spec.resources or ServingResources()
     scheduling = spec.scheduling
     node_selector = dict(scheduling.node_selector or {}) if scheduling else {}
@@ -249,6 +352,7 @@ def revision_deployment(
         "spec": {
             "replicas": replicas,
             "revisionHistoryLimit": 2,
+            "progressDeadlineSeconds": (spec.rollout or Rollout()).progress_deadline_seconds,
             "selector": {"matchLabels": labels},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {"metadata": {"labels": labels, "annotations": lineage}, "spec": pod},
@@ -332,7 +436,9 @@ def keda_scaled_object(
 ) -> Manifest:
     scaling = spec.autoscaling
     assert scaling is not None
-    query = f'sum({scaling.metric}{{namespace="{owner.namespace}",{DEPLOYMENT_LABEL.replace(".", "_").replace("/", "_")}="{owner.name}"}})'
+    # Only the stable revision's pods: a canary's queue must not scale the stable Deployment.
+    labels = f'namespace="{owner.namespace}",{PROMETHEUS_DEPLOYMENT_LABEL}="{owner.name}",revision="{stable_revision}"'
+    query = f"sum({scaling.metric}{{{labels}}})"
     return {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",
@@ -355,12 +461,28 @@ def keda_scaled_object(
     }
 
 
-def canary_replicas(total: int, weight: int) -> tuple[int, int]:
-    """(stable, canary) replica counts for a traffic weight; the canary gets at least one pod."""
+def canary_split(total: int, weight: int) -> tuple[int, int]:
+    """(stable, canary) replica counts for a canary step of `weight` percent, once the canary is ready.
+
+    The canary gets at least one pod and at most `total`; the stable keeps `total - canary` pods, or all
+    `total` (a surge of `canary` pods) when that brings the canary's share closer to the weight: with 2
+    replicas the 10% step is 1 canary beside 2 stable pods (33%), not 1 beside 1 (50%). Ties go to fewer pods.
+    """
     if weight >= 100:
         return 0, total
-    canary = max(1, math.ceil(total * weight / 100))
-    return max(total - canary, 1), canary
+    total = max(total, 1)
+    candidates = [
+        (stable, canary)
+        for canary in range(1, total + 1)
+        for stable in {total - canary, total}
+        if stable >= 1
+    ]
+    return min(candidates, key=lambda pair: (abs(pair[1] / sum(pair) - weight / 100), sum(pair), -pair[0]))
+
+
+def effective_weight(stable: int, canary: int) -> int:
+    """The canary's share of traffic, in percent, when traffic follows the replica ratio."""
+    return round(100 * canary / (stable + canary)) if stable + canary else 0
 
 
 def benchmark_job(
