@@ -1,11 +1,14 @@
 """Fixtures: the API emulator with the sandbox's controllers and kubelet, and a test image mapping.
 
 Test pods use the image `test/sh`, which runs its command as a host program (`sh -c ...`), so every
-controller is exercised against the emulator in well under a second per test.
+controller is exercised against the emulator in well under a second per test; `test/venv` is laid out like
+the trainer image (a venv at /opt/kubetune, first on PATH).
 """
 
 from __future__ import annotations
 
+import shutil
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -14,12 +17,26 @@ from typing import Any
 
 import pytest
 
+from kubetune.api.trainer_config import TRAINER_VENV
 from kubetune_sandbox.cluster.controllers import DeploymentController, JobController
-from kubetune_sandbox.cluster.images import ImageMap
+from kubetune_sandbox.cluster.images import ImageMap, LocalImage
 from kubetune_sandbox.cluster.kubelet import Kubelet
 from kubetune_sandbox.cluster.services import ServiceProxy
 
 SH_IMAGE = "test/sh"
+VENV_IMAGE = "test/venv"
+
+
+def venv_image(root: Path) -> LocalImage:
+    """An image laid out like the trainer's: a venv at TRAINER_VENV (here `root`, which uses this venv's
+    interpreter and libraries) first on PATH. Its own directory, not this venv's: a process that runs from it
+    ran what the pod said, never a substitute the sandbox picked."""
+    prefix = Path(sys.prefix)
+    (root / "bin").mkdir()
+    (root / "bin" / "python").symlink_to(sys.executable)
+    (root / "lib").symlink_to(prefix / "lib")
+    shutil.copy(prefix / "pyvenv.cfg", root / "pyvenv.cfg")
+    return LocalImage(paths={TRAINER_VENV: str(root)}, path=(f"{TRAINER_VENV}/bin",))
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +50,9 @@ def server() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def cluster(server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The emulator with the sandbox's Job/Deployment controllers, Service proxy and kubelet running."""
-    images = ImageMap(extra={SH_IMAGE: lambda argv: argv})
+    images = ImageMap(
+        extra={SH_IMAGE: LocalImage(), VENV_IMAGE: venv_image(tmp_path_factory.mktemp("image"))}
+    )
     kubelet = Kubelet(
         server, tmp_path_factory.mktemp("kubelet"), images, poll_seconds=0.1, default_grace_seconds=5
     )

