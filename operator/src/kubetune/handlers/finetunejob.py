@@ -54,7 +54,8 @@ async def observe(client: KubeClient, body: dict[str, Any]) -> Observed:
     live = None
     train = views.get("train")
     if RUNTIME.config.scrape_progress and train is not None:
-        running = train.newest_pod("Running")
+        # Only rank 0 serves metrics: on a multi-node job, completion index 0, not the newest pod.
+        running = train.metrics_pod()
         if running is not None and running.ip:
             samples = await scrape_trainer(running.ip, RUNTIME.config.defaults.trainer_metrics_port)
             live = progress_from_samples(samples) if samples else None

@@ -8,6 +8,8 @@ from typing import Any
 
 from kubetune.render.finetunejob import CONFIG_HASH_ANNOTATION, STAGE_LABEL, Stage
 
+# Set by the Job controller on the pods of an Indexed Job (annotation; also a label since Kubernetes 1.28).
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 _IMAGE_PULL_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 _CONFIG_ERROR_REASONS = {"CreateContainerConfigError", "CreateContainerError"}
 
@@ -24,6 +26,7 @@ class PodView:
     waiting_reason: str | None = None
     waiting_message: str | None = None
     unschedulable_message: str | None = None
+    completion_index: int | None = None  # an Indexed Job's pod: its node rank
 
     @property
     def image_pull_failed(self) -> bool:
@@ -53,6 +56,14 @@ class JobView:
     def newest_pod(self, phase: str | None = None) -> PodView | None:
         pods = [p for p in self.pods if phase is None or p.phase == phase]
         return max(pods, key=lambda p: (p.created, p.name)) if pods else None
+
+    def metrics_pod(self) -> PodView | None:
+        """The running pod whose trainer serves progress: rank 0's, which is completion index 0 of a multi-node
+        (Indexed) Job, whatever pod was created last; the newest running pod of any other Job."""
+        running = [p for p in self.pods if p.phase == "Running" and p.ip]
+        if any(p.completion_index is not None for p in running):
+            running = [p for p in running if p.completion_index == 0]
+        return max(running, key=lambda p: (p.created, p.name)) if running else None
 
     def summary(self) -> dict[str, Any] | None:
         """The termination message of the newest finished pod (succeeded first)."""
@@ -100,6 +111,10 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         (c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"), {}
     )
     unschedulable = scheduled.get("message") if scheduled.get("reason") == "Unschedulable" else None
+    metadata = pod["metadata"]
+    index = (metadata.get("annotations") or {}).get(COMPLETION_INDEX) or (metadata.get("labels") or {}).get(
+        COMPLETION_INDEX
+    )
     return PodView(
         name=pod["metadata"]["name"],
         phase=status.get("phase", "Pending"),
@@ -111,6 +126,7 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         waiting_reason=waiting.get("reason"),
         waiting_message=waiting.get("message"),
         unschedulable_message=unschedulable,
+        completion_index=int(index) if index is not None and str(index).isdigit() else None,
     )
 
 
