@@ -109,7 +109,8 @@ def test_canary_promotes_through_every_step_and_a_bad_one_rolls_back(api: Api, o
     _first_revision_ready(api, "canary")
 
     api.patch(MD, "canary", {"spec": {"maxModelLen": 8192}})
-    for step, weight in enumerate([10, 50, 100]):
+    # status.canaryWeight is the effective share: at the 10% step, 1 canary pod beside 4 stable ones is 20%.
+    for step, weight in enumerate([20, 50, 100]):
         api.wait_for(f"step {weight}%", lambda w=weight: api.status("canary", MD).get("canaryWeight") == w)
         _ready(api, "canary", 2)
         _bench(api, f"canary-bench-r2-s{step}", HEALTHY)
