@@ -198,6 +198,8 @@ def test_namespaced_mode_has_a_role_per_namespace_and_only_cluster_reads_cluster
     assert len(operator_cluster_roles) == 1
     cluster_resources = {res for rule in operator_cluster_roles[0]["rules"] for res in rule["resources"]}
     assert cluster_resources == {"customresourcedefinitions", "namespaces"}
+    for resource in ("finetunejobs/finalizers", "modeldeployments/finalizers"):
+        assert _verbs(roles[:1], "kubetune.dev", resource) == {"update"}, resource
     for rule in operator_cluster_roles[0]["rules"]:
         assert set(rule["verbs"]) <= {"get", "list", "watch"}
     container = one(documents, "Deployment")["spec"]["template"]["spec"]["containers"][0]
@@ -290,6 +292,17 @@ def test_custom_images_reach_the_operator_and_its_defaults() -> None:
     assert env["HTTPS_PROXY"] == "http://proxy:3128"
     assert json.loads(env["KUBETUNE_GPU_TOLERATIONS"])[1]["value"] == "h100"
     assert "--no-json-logs" in container["args"] and "--verbose" in container["args"]
+
+
+def test_workload_pull_secrets_reach_the_operators_defaults() -> None:
+    from kubetune.handlers.settings import OperatorConfig
+
+    values = {"defaults": {"imagePullSecrets": [{"name": "regcred"}, {"name": "mirror"}]}}
+    env = env_of(one(manifests(values), "Deployment")["spec"]["template"]["spec"]["containers"][0])
+    assert OperatorConfig.from_env(env).defaults.image_pull_secrets == ("regcred", "mirror")
+    assert OperatorConfig.from_env({}).defaults.image_pull_secrets == ()
+    with pytest.raises(ValueError, match="not a Secret name"):
+        OperatorConfig.from_env({"KUBETUNE_IMAGE_PULL_SECRETS": '[{"name": "Not_A_Name"}]'})
 
 
 def test_existing_service_account_without_rbac() -> None:
@@ -479,6 +492,9 @@ def test_rbac_grants_what_the_operator_does_and_no_more() -> None:
         ("kubetune.dev", "finetunejobs"): {"get", "list", "watch", "patch", "update"},
         ("kubetune.dev", "modeldeployments"): {"get", "list", "watch", "patch", "update"},
         ("kubetune.dev", "finetunejobs/status"): {"get", "patch", "update"},
+        # blockOwnerDeletion on children needs it where OwnerReferencesPermissionEnforcement runs (OpenShift)
+        ("kubetune.dev", "finetunejobs/finalizers"): {"update"},
+        ("kubetune.dev", "modeldeployments/finalizers"): {"update"},
         ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
         ("", "pods"): {"get", "list", "watch"},
         ("", "configmaps"): {"get", "list", "watch", "create", "patch", "delete"},

@@ -94,6 +94,11 @@ docs/security.md explains each one; tests/chart checks there are no wildcards an
 - apiGroups: ["kubetune.dev"]
   resources: ["finetunejobs/status", "modeldeployments/status"]
   verbs: ["get", "patch", "update"]
+# Children carry ownerReferences with blockOwnerDeletion: true, which needs update on the owner's
+# finalizers subresource where the OwnerReferencesPermissionEnforcement admission plugin runs (OpenShift).
+- apiGroups: ["kubetune.dev"]
+  resources: ["finetunejobs/finalizers", "modeldeployments/finalizers"]
+  verbs: ["update"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]

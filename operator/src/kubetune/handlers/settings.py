@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubetune.api.common import DNS_SUBDOMAIN_PATTERN
 from kubetune.api.trainer_contract import MAX_METRICS_PORT, MIN_METRICS_PORT
 from kubetune.render.modeldeployment import PROMETHEUS_URL, TGI_IMAGE, VLLM_IMAGE
 from kubetune.render.pod import OperatorDefaults
@@ -44,6 +46,15 @@ def _json_list(
     return tuple(value)
 
 
+def _secret_names(env: dict[str, str], name: str) -> tuple[str, ...]:
+    """`[{"name": "regcred"}, ...]` (the chart's toJson of a LocalObjectReference list) -> the names."""
+    names = tuple(str(item.get("name", "")) for item in _json_list(env, name, ()))
+    for secret in names:
+        if not re.fullmatch(DNS_SUBDOMAIN_PATTERN, secret) or len(secret) > 253:
+            raise ConfigError(f"{name}: {secret!r} is not a Secret name")
+    return names
+
+
 @dataclass(frozen=True)
 class OperatorConfig:
     defaults: OperatorDefaults = field(default_factory=OperatorDefaults)
@@ -64,6 +75,7 @@ class OperatorConfig:
             image_pull_policy=env.get("KUBETUNE_IMAGE_PULL_POLICY", base.image_pull_policy),
             gpu_tolerations=_json_list(env, "KUBETUNE_GPU_TOLERATIONS", base.gpu_tolerations),
             service_account_name=env.get("KUBETUNE_TRAINER_SERVICE_ACCOUNT", base.service_account_name),
+            image_pull_secrets=_secret_names(env, "KUBETUNE_IMAGE_PULL_SECRETS"),
             # One setting for both ends: rendered into trainer pods and their config, and scraped there.
             trainer_metrics_port=_int(
                 env,
