@@ -35,6 +35,7 @@ from kubetune_sandbox.emulator.cel import (
     format_go_float,
 )
 from kubetune_sandbox.emulator.resources import DNS_SUBDOMAIN, DNS_SUBDOMAIN_MESSAGE
+from kubetune_sandbox.emulator.store import ApiError, Obj, aggregate
 
 __all__ = ["AdmissionError", "CRDAdmission", "FieldCause"]
 
@@ -193,79 +194,36 @@ class AdmissionError(Exception):
     """A custom resource refused by admission; `causes` lists every problem found."""
 
     def __init__(
-        self,
-        causes: Sequence[FieldCause],
-        *,
-        decoding_error: str | None = None,
-        version: str = "",
+        self, causes: Sequence[FieldCause], *, decoding_error: str | None = None, version: str = ""
     ) -> None:
         self.causes = list(causes)
         # Set when the body could not be decoded (unknown fields under Strict, malformed metadata):
         # kube-apiserver answers those with 400 BadRequest before validating anything.
         self.decoding_error = decoding_error
         self.version = version
-        super().__init__(self.summary())
+        self.code = 422 if decoding_error is None else 400
+        super().__init__(decoding_error or aggregate(cause.message for cause in self.causes))
 
-    @property
-    def bad_request(self) -> bool:
-        """Refused while decoding: 400 BadRequest rather than 422 Invalid."""
-        return self.decoding_error is not None
-
-    @property
-    def code(self) -> int:
-        return 400 if self.bad_request else 422
-
-    def summary(self) -> str:
-        if self.decoding_error is not None:
-            return self.decoding_error
-        return _aggregate(cause.message for cause in self.causes)
-
-    def to_status(
+    def to_error(
         self, *, kind: str, group: str, name: str, patched: Mapping[str, Any] | None = None
-    ) -> dict[str, Any]:
-        """The Status kube-apiserver answers with. For a PATCH pass the patched object: strict decoding
+    ) -> ApiError:
+        """The error kube-apiserver answers with. For a PATCH pass the patched object: strict decoding
         errors of patches come back as 422 Invalid on the field "patch" instead of 400 BadRequest."""
-        if self.decoding_error is not None:
-            if patched is not None:
-                patch_error = _invalid("patch", _json(patched), self.decoding_error)
-                return _invalid_status("", "", "", [patch_error.cause()])
-            message = f"{kind} in version {_quote(self.version)} cannot be handled as a {kind}: {self.decoding_error}"
-            return {
-                "kind": "Status",
-                "apiVersion": "v1",
-                "metadata": {},
-                "status": "Failure",
-                "message": message,
-                "reason": "BadRequest",
-                "code": 400,
-            }
-        return _invalid_status(kind, group, name, self.causes)
+        if self.decoding_error is None:
+            causes = [{"reason": c.reason, "message": c.detail, "field": c.field} for c in self.causes]
+            return ApiError.invalid(kind, group, name, causes)
+        if patched is not None:
+            cause = _invalid("patch", _json(patched), self.decoding_error)
+            return ApiError.invalid(
+                "", "", "", [{"reason": cause.reason, "message": cause.body(), "field": "patch"}]
+            )
+        message = (
+            f"{kind} in version {_quote(self.version)} cannot be handled as a {kind}: {self.decoding_error}"
+        )
+        return ApiError(400, "BadRequest", message)
 
-
-def _aggregate(messages: Iterable[str]) -> str:
-    """Messages joined as Kubernetes' aggregate error prints them: one message, or '[first, second]', no repeats."""
-    unique = list(dict.fromkeys(messages))
-    return unique[0] if len(unique) == 1 else "[" + ", ".join(unique) + "]"
-
-
-def _invalid_status(kind: str, group: str, name: str, causes: Sequence[FieldCause]) -> dict[str, Any]:
-    """errors.NewInvalid: the causes carry their messages without the field prefix."""
-    qualified_kind = f"{kind}.{group}" if group else kind
-    return {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": f"{qualified_kind} {_quote(name)} is invalid: {_aggregate(c.message for c in causes)}",
-        "reason": "Invalid",
-        "details": {
-            "name": name,
-            "group": group,
-            "kind": kind,
-            "causes": [{"reason": c.reason, "message": c.detail, "field": c.field} for c in causes],
-        },
-        "code": 422,
-    }
+    def to_status(self, *, kind: str, group: str, name: str, patched: Mapping[str, Any] | None = None) -> Obj:
+        return self.to_error(kind=kind, group=group, name=name, patched=patched).status()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1056,7 +1014,6 @@ class CRDAdmission:
         self.name: str = crd.get("metadata", {}).get("name", "")
         self.group: str = spec["group"]
         self.kind: str = spec["names"]["kind"]
-        self.namespaced: bool = spec.get("scope", "Namespaced") == "Namespaced"
         errors: list[str] = []
         if spec.get("preserveUnknownFields"):
             errors.append(_forbidden("spec.preserveUnknownFields", _UNSUPPORTED_DETAIL).text())
@@ -1067,7 +1024,7 @@ class CRDAdmission:
         if errors:
             raise ValueError(
                 f"CustomResourceDefinition.apiextensions.k8s.io {_quote(self.name)} is invalid: "
-                + _aggregate(errors)
+                + aggregate(errors)
             )
 
     @staticmethod
@@ -1101,11 +1058,7 @@ class CRDAdmission:
         after status (main resource) or everything but status (status writes) has been reset to the stored
         values.
         """
-        if subresource not in (None, "status"):
-            raise ValueError(
-                f"only the main resource and the status subresource are admitted, not {subresource!r}"
-            )
-        served = self._version(version)
+        served = self._versions[version]  # the server serves only these
         work: dict[str, Any] = _copy_json(obj)
         work.setdefault("apiVersion", f"{self.group}/{version}")
         work.setdefault("kind", self.kind)
@@ -1115,16 +1068,10 @@ class CRDAdmission:
             detail = "strict decoding error: " + ", ".join(c.message for c in causes)
             raise AdmissionError(causes, decoding_error=detail, version=version)
         _apply_defaults(work, served.schema)
-        errors = self._validate(work, old, served, version=version, subresource=subresource)
+        errors = self._validate(work, old, served, subresource)
         if errors:
             raise AdmissionError([e.cause() for e in errors], version=version)
         return work
-
-    def _version(self, version: str) -> _Version:
-        try:
-            return self._versions[version]
-        except KeyError:
-            raise ValueError(f"version {version!r} of {self.kind}.{self.group} is not served") from None
 
     def _decode(self, work: dict[str, Any], served: _Version, version: str) -> list[str]:
         """Prune and coerce as the CR codec does; return the unknown fields' paths in kube-apiserver's order."""
@@ -1140,21 +1087,13 @@ class CRDAdmission:
         _prune_nulls(work, served.schema)
         return unknown_meta + sorted(unknown_fields)
 
+    @staticmethod
     def _validate(
-        self,
-        obj: dict[str, Any],
-        old: Mapping[str, Any] | None,
-        served: _Version,
-        *,
-        version: str,
-        subresource: str | None,
+        obj: Obj, old: Mapping[str, Any] | None, served: _Version, subresource: str | None
     ) -> list[_FieldError]:
-        errors = self._validate_type_meta(obj, version)
-        if errors:
-            return errors
-        meta = obj.get("metadata") or {}
-        old_meta = ((old or {}).get("metadata") or {}) if old is not None else None
-        errors.extend(_validate_name(meta, old_meta))
+        # apiVersion and kind need no check: admit() fills them in and the server refuses bodies that differ.
+        old_meta = (old.get("metadata") or {}) if old is not None else None
+        errors = _validate_name(obj.get("metadata") or {}, old_meta)
         schema = served.schema
         if subresource == "status":
             # The status strategy validates only the status against the schema, under the path "status".
@@ -1172,15 +1111,6 @@ class CRDAdmission:
                 validator = _CelValidator()
                 validator.run(served.cel, obj, old, None)
                 errors.extend(validator.errors)
-        return errors
-
-    def _validate_type_meta(self, obj: Mapping[str, Any], version: str) -> list[_FieldError]:
-        errors = []
-        if obj.get("kind") != self.kind:
-            errors.append(_invalid("kind", obj.get("kind"), f"must be {self.kind}"))
-        expected = f"{self.group}/{version}"
-        if obj.get("apiVersion") != expected:
-            errors.append(_invalid("apiVersion", obj.get("apiVersion"), f"must be {expected}"))
         return errors
 
 

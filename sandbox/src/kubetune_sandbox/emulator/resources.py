@@ -76,29 +76,25 @@ class Target:
         """As the API names resources in messages: `pods`, `finetunejobs.kubetune.dev`."""
         return f"{self.plural}.{self.group}" if self.group else self.plural
 
-    def not_found(self, name: str | None = None) -> ApiError:
+    def error(self, code: int, reason: str, message: str, name: str | None = None) -> ApiError:
+        """An error about one object, with the details the API gives (the plural as the kind)."""
         name = name or self.name or ""
-        details = {"name": name, "group": self.group, "kind": self.plural}
-        return ApiError(404, "NotFound", f'{self.qualified} "{name}" not found', details)
+        return ApiError(code, reason, message, {"name": name, "group": self.group, "kind": self.plural})
 
-    def conflict(self, name: str) -> ApiError:
+    def not_found(self) -> ApiError:
+        return self.error(404, "NotFound", f'{self.qualified} "{self.name}" not found')
+
+    def conflict(self) -> ApiError:
         message = (
-            f'Operation cannot be fulfilled on {self.qualified} "{name}": the object has been modified;'
+            f'Operation cannot be fulfilled on {self.qualified} "{self.name}": the object has been modified;'
             " please apply your changes to the latest version and try again"
         )
-        return ApiError(409, "Conflict", message, {"name": name, "group": self.group, "kind": self.plural})
+        return self.error(409, "Conflict", message)
 
     def invalid(self, name: str, causes: list[tuple[str, str]]) -> ApiError:
         """422 Invalid, with one cause per (field, message) as the API reports them."""
-        kind = f"{self.kind}.{self.group}" if self.group else self.kind
-        text = ", ".join(f"{field}: {message}" for field, message in causes)
-        details = {
-            "name": name,
-            "group": self.group,
-            "kind": self.kind,
-            "causes": [{"reason": "FieldValueInvalid", "message": m, "field": f} for f, m in causes],
-        }
-        return ApiError(422, "Invalid", f'{kind} "{name}" is invalid: {text}', details)
+        details = [{"reason": "FieldValueInvalid", "message": m, "field": f} for f, m in causes]
+        return ApiError.invalid(self.kind, self.group, name, details)
 
 
 def bad_request(message: str) -> ApiError:

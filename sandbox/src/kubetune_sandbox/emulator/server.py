@@ -21,7 +21,7 @@ import random
 import re
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
@@ -72,6 +72,28 @@ def _json_response(
 ) -> aiohttp.web.Response:
     body = json.dumps(payload, separators=(",", ":"))
     return aiohttp.web.Response(text=body, status=status, content_type="application/json", headers=headers)
+
+
+def _client_gone(request: kmock.Request) -> bool:
+    transport = request._raw_request.transport if request._raw_request is not None else None
+    return transport is None or transport.is_closing()
+
+
+async def _stream(
+    request: kmock.Request,
+    content_type: str,
+    produce: Callable[[aiohttp.web.StreamResponse], Awaitable[None]],
+) -> aiohttp.web.StreamResponse:
+    """A streamed answer (a watch, a followed log) that ends quietly when the client disconnects."""
+    assert request._raw_request is not None  # kmock keeps the aiohttp request; needed for streaming
+    response = aiohttp.web.StreamResponse(headers={"Content-Type": content_type})
+    try:
+        await response.prepare(request._raw_request)
+        await produce(response)
+        await response.write_eof()
+    except (ConnectionError, aiohttp.ClientConnectionResetError):
+        pass  # the client disconnected
+    return response
 
 
 @attrs.define(kw_only=True)
@@ -214,10 +236,9 @@ class ApiEmulator(kmock.KubernetesEmulator):
             subresource = "status" if target.subresource == "status" else None
             return admission.admit(obj, old, version=target.version, subresource=subresource)
         except AdmissionError as error:
-            name = obj["metadata"].get("name", "")
             patched = obj if is_patch else None  # a patch's unknown fields are reported on "patch"
-            status = error.to_status(kind=target.kind, group=target.group, name=name, patched=patched)
-            raise ApiError.from_status(status) from None
+            name = obj["metadata"].get("name", "")
+            raise error.to_error(kind=target.kind, group=target.group, name=name, patched=patched) from None
 
     def _check_body(self, target: Target, body: Any) -> Obj:
         if not isinstance(body, dict):
@@ -229,12 +250,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
         if not isinstance(body.get("metadata", {}), dict):
             raise bad_request("metadata must be an object")
         identity = {"apiVersion": target.api_version, "kind": target.kind}
-        return (
-            identity
-            | copy.deepcopy(body)
-            | identity
-            | {"metadata": copy.deepcopy(body.get("metadata") or {})}
-        )
+        return copy.deepcopy(identity | body | identity | {"metadata": body.get("metadata") or {}})
 
     def _check_namespace(self, target: Target) -> None:
         if not target.info.namespaced:
@@ -242,8 +258,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
         if target.namespace is None:
             raise not_found_path()
         if self.store.get(NAMESPACES, None, target.namespace) is None:
-            details = {"name": target.namespace, "kind": "namespaces"}
-            raise ApiError(404, "NotFound", f'namespaces "{target.namespace}" not found', details)
+            raise self.target("v1/namespaces", name=target.namespace).not_found()
 
     def create_object(self, target: Target, body: Any) -> Obj:
         if target.name is not None:
@@ -285,8 +300,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
         if target.storage == CRDS:
             obj, admission = self._prepare_crd(target, obj, old)
         if old is None and self.store.get(target.storage, target.namespace, name) is not None:
-            details = {"name": name, "group": target.group, "kind": target.plural}
-            raise ApiError(409, "AlreadyExists", f'{target.qualified} "{name}" already exists', details)
+            raise target.error(409, "AlreadyExists", f'{target.qualified} "{name}" already exists')
         if old is not None:
             with_status = "status" in target.info.subresources
             if _generation_relevant(obj, with_status) != _generation_relevant(old, with_status):
@@ -327,7 +341,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
             raise bad_request(f"{message} ({target.name})")
         version = new["metadata"].get("resourceVersion")  # optimistic concurrency, when the patch sets one
         if version and version != old["metadata"]["resourceVersion"]:
-            raise target.conflict(target.name or "")
+            raise target.conflict()
         if target.subresource == "status":
             # The status subresource changes only the status; everything else stays as stored.
             status = new.get("status")
@@ -356,7 +370,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
         preconditions = delete_options.get("preconditions") or {}
         for field in ("uid", "resourceVersion"):
             if preconditions.get(field) and preconditions[field] != obj["metadata"].get(field):
-                raise target.conflict(target.name or "")
+                raise target.conflict()
         policy = delete_options.get("propagationPolicy")
         if policy not in (None, "Background") or delete_options.get("orphanDependents"):
             raise bad_request(f"propagationPolicy {policy} is not supported by the kubetune API emulator")
@@ -401,8 +415,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
         try:
             admission = CRDAdmission(crd)
         except ValueError as error:  # schemas or CEL rules the API would refuse; the message says which
-            details = {"name": crd["metadata"]["name"], "group": target.group, "kind": target.kind}
-            raise ApiError(422, "Invalid", str(error), details) from None
+            raise target.error(422, "Invalid", str(error), crd["metadata"]["name"]) from None
         kind = names["kind"]
         accepted = {"singular": kind.lower(), "listKind": f"{kind}List"} | names
         conditions = copy.deepcopy((old or {}).get("status", {}).get("conditions")) or [
@@ -613,58 +626,32 @@ class ApiEmulator(kmock.KubernetesEmulator):
             text = b"".join(lines[len(lines) - tail :]) if tail else b""
         if params.get("follow") not in ("true", "1"):
             return aiohttp.web.Response(body=text, content_type="text/plain", charset="utf-8")
-        return await self._follow_log(request, target, container, path, start=text, offset=offset)
-
-    async def _follow_log(
-        self,
-        request: kmock.Request,
-        target: Target,
-        container: str,
-        path: Path,
-        *,
-        start: bytes,
-        offset: int,
-    ) -> aiohttp.web.StreamResponse:
-        """Stream the log as it grows, until the container terminates, the pod goes or the client leaves."""
-        assert request._raw_request is not None  # kmock keeps the aiohttp request; needed for streaming
-        raw_request = request._raw_request
-        response = aiohttp.web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
-
-        def more() -> bytes:
-            nonlocal offset
-            with path.open("rb") as handle:
-                handle.seek(offset)
-                chunk = handle.read()
-                offset = handle.tell()
-            return chunk
 
         def finished() -> bool:
-            pod = self.store.get(target.storage, target.namespace, target.name or "")
-            if pod is None:
-                return True
-            _, status = self._log_container(pod, target.name or "", container)
-            return "terminated" in (status.get("state") or {})
+            pod = self.store.get(target.storage, target.namespace, name)
+            return pod is None or "terminated" in (
+                self._log_container(pod, name, container)[1].get("state") or {}
+            )
 
-        try:
-            await response.prepare(raw_request)
-            if start:
-                await response.write(start)
+        async def follow(response: aiohttp.web.StreamResponse) -> None:
+            """Stream the log as it grows, until the container terminates, the pod goes or the client leaves."""
+            nonlocal offset
+            if text:
+                await response.write(text)
             while not self._closing:
                 done = finished()  # read before the last chunk: nothing written before the end is lost
-                chunk = more()
+                with path.open("rb") as handle:
+                    handle.seek(offset)
+                    chunk = handle.read()
+                    offset = handle.tell()
                 if chunk:
                     await response.write(chunk)
-                elif done:
+                elif done or _client_gone(request):
                     break
                 else:
-                    transport = raw_request.transport
-                    if transport is None or transport.is_closing():
-                        break  # the client went away
                     await asyncio.sleep(_LOG_FOLLOW_POLL_SECONDS)
-            await response.write_eof()
-        except (ConnectionError, aiohttp.ClientConnectionResetError):
-            pass  # the client disconnected
-        return response
+
+        return await _stream(request, "text/plain; charset=utf-8", follow)
 
     # Watching.
 
@@ -702,29 +689,26 @@ class ApiEmulator(kmock.KubernetesEmulator):
             except ApiError as error:
                 expired = error
 
-        assert request._raw_request is not None  # kmock keeps the aiohttp request; needed for streaming
-        raw_request = request._raw_request
-        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
         loop = asyncio.get_running_loop()
         ends_at = None if timeout is None else loop.time() + timeout
         first = True
 
-        async def send(type_: str, obj: Obj) -> None:
-            nonlocal first
-            if as_table and type_ in ("ADDED", "MODIFIED", "DELETED"):
-                obj = self._table(target, [self._present(target, obj)], params, first)
-                first = False
-            elif type_ != "ERROR":
-                obj = self._present(target, obj)
-            await response.write(
-                json.dumps({"type": type_, "object": obj}, separators=(",", ":")).encode() + b"\n"
-            )
+        async def watch(response: aiohttp.web.StreamResponse) -> None:
+            nonlocal first, last
 
-        try:
-            await response.prepare(raw_request)
+            async def send(type_: str, obj: Obj) -> None:
+                nonlocal first
+                if as_table and type_ in ("ADDED", "MODIFIED", "DELETED"):
+                    obj = self._table(target, [self._present(target, obj)], params, first)
+                    first = False
+                elif type_ != "ERROR":
+                    obj = self._present(target, obj)
+                await response.write(
+                    json.dumps({"type": type_, "object": obj}, separators=(",", ":")).encode() + b"\n"
+                )
+
             if expired is not None:
-                await send("ERROR", expired.status())
-                return response
+                return await send("ERROR", expired.status())
             for type_, obj in backlog:
                 await send(type_, obj)
             if initial_events:
@@ -743,24 +727,21 @@ class ApiEmulator(kmock.KubernetesEmulator):
                 try:
                     event = await asyncio.wait_for(queue.get(), wait)
                 except TimeoutError:
-                    transport = raw_request.transport
-                    if transport is None or transport.is_closing():
-                        break  # the client went away
+                    if _client_gone(request):
+                        break
                     continue
                 if event is None:
                     break
-                if event.revision <= last:
-                    continue
-                last = event.revision
-                for type_, obj in self._translate(event, target, matches):
-                    await send(type_, obj)
-            await response.write_eof()
-        except (ConnectionError, aiohttp.ClientConnectionResetError):
-            pass  # the client disconnected
+                if event.revision > last:
+                    last = event.revision
+                    for type_, obj in self._translate(event, target, matches):
+                        await send(type_, obj)
+
+        try:
+            return await _stream(request, "application/json", watch)
         finally:
             unsubscribe()
             self._watch_queues.discard(queue)
-        return response
 
     @staticmethod
     def _translate(
@@ -882,17 +863,13 @@ class EmulatorServer:
     def kubeconfig(self, path: str | Path) -> Path:
         """Write a kubeconfig (no TLS, no auth) for kubectl and the Python client; returns its path."""
         path = Path(path)
+        context = {"cluster": "emulator", "user": "emulator", "namespace": "default"}
         config = {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
             "users": [{"name": "emulator", "user": {}}],
-            "contexts": [
-                {
-                    "name": "emulator",
-                    "context": {"cluster": "emulator", "user": "emulator", "namespace": "default"},
-                }
-            ],
+            "contexts": [{"name": "emulator", "context": context}],
             "current-context": "emulator",
             "preferences": {},
         }
@@ -913,18 +890,19 @@ class EmulatorServer:
         # A copy: the results are the store's own dicts.
         return copy.deepcopy(asyncio.run_coroutine_threadsafe(call(), self._loop).result(timeout=30))
 
-    def get(
-        self, resource: str, namespace: str | None, name: str, *, subresource: str | None = None
-    ) -> Obj | None:
-        emulator = self.emulator
+    def _unless_missing(self, operation: Callable[[], Obj]) -> Obj | None:
         try:
-            return self._on_loop(
-                lambda: emulator.get_object(emulator.target(resource, namespace, name, subresource))
-            )
+            return self._on_loop(operation)
         except ApiError as error:
             if error.code == 404:
                 return None
             raise
+
+    def get(
+        self, resource: str, namespace: str | None, name: str, *, subresource: str | None = None
+    ) -> Obj | None:
+        em = self.emulator  # the target is resolved on the loop too: CRDs change what is served
+        return self._unless_missing(lambda: em.get_object(em.target(resource, namespace, name, subresource)))
 
     def list(
         self,
@@ -935,17 +913,14 @@ class EmulatorServer:
         field_selector: str | None = None,
     ) -> list[Obj]:
         params = {"labelSelector": label_selector or "", "fieldSelector": field_selector or ""}
-        return self._on_loop(
-            lambda: self.emulator.list_objects(self.emulator.target(resource, namespace), params)
-        )
+        em = self.emulator
+        return self._on_loop(lambda: em.list_objects(em.target(resource, namespace), params))
 
     def create(self, resource: str, body: Mapping[str, Any], namespace: str | None = None) -> Obj:
         """Create in `namespace`, or else the body's; returns the stored object."""
         body = copy.deepcopy(dict(body))
-        namespace = namespace or body.get("metadata", {}).get("namespace")
-        return self._on_loop(
-            lambda: self.emulator.create_object(self.emulator.target(resource, namespace), body)
-        )
+        em, namespace = self.emulator, namespace or body.get("metadata", {}).get("namespace")
+        return self._on_loop(lambda: em.create_object(em.target(resource, namespace), body))
 
     def patch(
         self,
@@ -958,12 +933,10 @@ class EmulatorServer:
         patch_type: str = "application/merge-patch+json",
     ) -> Obj:
         patch = copy.deepcopy(patch)
-
-        def operation() -> Obj:
-            target = self.emulator.target(resource, namespace, name, subresource)
-            return self.emulator.patch_object(target, patch_type, patch)
-
-        return self._on_loop(operation)
+        em = self.emulator
+        return self._on_loop(
+            lambda: em.patch_object(em.target(resource, namespace, name, subresource), patch_type, patch)
+        )
 
     def delete(
         self, resource: str, namespace: str | None, name: str, *, propagation_policy: str | None = None
@@ -971,11 +944,5 @@ class EmulatorServer:
         """Delete (in the background: the only policy served); returns the object as of the deletion, or
         None if there was none."""
         options = {"propagationPolicy": propagation_policy} if propagation_policy else {}
-        try:
-            return self._on_loop(
-                lambda: self.emulator.delete_object(self.emulator.target(resource, namespace, name), options)
-            )
-        except ApiError as error:
-            if error.code == 404:
-                return None
-            raise
+        em = self.emulator
+        return self._unless_missing(lambda: em.delete_object(em.target(resource, namespace, name), options))

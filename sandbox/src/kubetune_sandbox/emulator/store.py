@@ -13,7 +13,8 @@ from __future__ import annotations
 import collections
 import copy
 import datetime
-from collections.abc import Callable, Iterator, Mapping
+import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,12 @@ def now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def aggregate(messages: Iterable[str]) -> str:
+    """Messages joined as Kubernetes' aggregate error prints them: one message, or '[first, second]', no repeats."""
+    unique = list(dict.fromkeys(messages))
+    return unique[0] if len(unique) == 1 else "[" + ", ".join(unique) + "]"
+
+
 class ApiError(Exception):
     """An error the API answers with a `Status` object."""
 
@@ -34,8 +41,12 @@ class ApiError(Exception):
         self.code, self.reason, self.message, self.details = code, reason, message, details
 
     @classmethod
-    def from_status(cls, status: Mapping[str, Any]) -> ApiError:
-        return cls(status["code"], status.get("reason", ""), status.get("message", ""), status.get("details"))
+    def invalid(cls, kind: str, group: str, name: str, causes: list[Obj]) -> ApiError:
+        """errors.NewInvalid, the one place 422 Invalid is worded; causes are {reason, message, field} dicts."""
+        qualified = f"{kind}.{group}" if group else kind
+        text = aggregate(f"{c['field']}: {c['message']}" for c in causes)
+        details = {"name": name, "group": group, "kind": kind, "causes": causes}
+        return cls(422, "Invalid", f"{qualified} {json.dumps(name)} is invalid: {text}", details)
 
     def status(self) -> Obj:
         status: Obj = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure"}
@@ -73,11 +84,6 @@ class Store:
     def objects(self, resource: GroupResource, namespace: str | None = None) -> list[Obj]:
         objects = self._objects[resource]
         return [objects[key] for key in sorted(objects) if namespace is None or key[0] == namespace]
-
-    def _all(self) -> Iterator[tuple[GroupResource, Obj]]:
-        for resource, objects in list(self._objects.items()):
-            for obj in list(objects.values()):
-                yield resource, obj
 
     # Watching.
 
@@ -155,7 +161,10 @@ class Store:
         changed = True
         while changed:
             changed = False
-            for resource, obj in self._all():
+            everything = [
+                (resource, obj) for resource, objs in self._objects.items() for obj in objs.values()
+            ]
+            for resource, obj in everything:
                 meta = obj["metadata"]
                 key = (meta.get("namespace", ""), meta["name"])
                 owners = meta.get("ownerReferences") or []
