@@ -60,7 +60,7 @@ def _rendered_command(base: Path, adapter: Path, port: int, python: Path) -> lis
     )  # fmt: skip
     owner = ResourceIdentity(name="tiny", namespace="default", uid="uid")
     source = render.ResolvedSource(
-        model_uri="s3://models/tiny/", adapters=(render.Adapter("support", "s3://a/"),)
+        model_uri="s3://models/tiny/", adapters=(render.Adapter("support", "s3://a/"),), max_lora_rank=8
     )
     deployment = render.revision_deployment(
         owner, spec, source, revision=1, replicas=1, role="stable", defaults=render.ServingDefaults()
@@ -136,8 +136,10 @@ def test_rendered_vllm_command_serves_chat_and_metrics(model_and_adapter, tmp_pa
         else:
             pytest.fail("vLLM did not become healthy:\n" + (tmp_path / "vllm.log").read_text()[-4000:])
         models = {m["id"] for m in requests.get(f"{url}/v1/models", timeout=10).json()["data"]}
-        assert {"tiny", "support"} <= models  # the served model name and the LoRA module
-        for model in ("tiny", "support"):
+        # The adapter answers to the served model name (and, named by adapterUris, to its own); the base
+        # to NAME-base. --max-lora-rank 8 (the adapter's r) is accepted by vLLM.
+        assert {"tiny", "support", "tiny-base"} <= models
+        for model in ("tiny", "support", "tiny-base"):
             reply = requests.post(
                 f"{url}/v1/chat/completions",
                 json={

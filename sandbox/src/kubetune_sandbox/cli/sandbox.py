@@ -248,7 +248,9 @@ def run_quickstart(args: argparse.Namespace) -> int:
             deployment = _wait_deployment(server, namespace, deployment_name, args.serving_timeout)
             endpoint = resolve_endpoint(deployment["status"]["endpoint"], server)
             names = _served_names(endpoint)
-            model = "adapter" if "adapter" in names else names[0]  # the tuned adapter, when served separately
+            # status.servedModelName is the tuned adapter (the base answers to NAME-base).
+            served = deployment["status"].get("servedModelName")
+            model = served if served in names else names[0]
             question = "What is the capital of France?"
             answer = chat(endpoint, model, question)
             print(f"  endpoint {deployment['status']['endpoint']} (here {endpoint}), model {model!r}")
