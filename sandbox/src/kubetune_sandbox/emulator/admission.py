@@ -266,7 +266,7 @@ class _Schema:
     additional_properties: _Schema | None = None
     items: _Schema | None = None
     list_type: str = ""  # "" means atomic
-    list_map_keys: tuple[str, ...] = ()
+    list_map_key: str = ""
     raw_rules: tuple[_RawRule, ...] = ()
     defaults_below: bool = False  # this node or one below declares a default
     lists_below: bool = False  # a set or map list sits at or below this node
@@ -321,13 +321,14 @@ def _compile_schema(raw: Mapping[str, Any], crd_path: str, errors: list[str]) ->
             _not_supported(f"{crd_path}.x-kubernetes-list-type", list_type, ["atomic", "set", "map"]).text()
         )
     s.list_type = "" if list_type in (None, "atomic") else str(list_type)
-    s.list_map_keys = tuple(raw.get("x-kubernetes-list-map-keys", ()))
-    if s.list_type == "map" and not s.list_map_keys:
-        errors.append(
-            _required(
-                f"{crd_path}.x-kubernetes-list-map-keys", "must not be empty if x-kubernetes-list-type is map"
-            ).text()
-        )
+    map_keys = list(raw.get("x-kubernetes-list-map-keys", ()))
+    s.list_map_key = str(map_keys[0]) if map_keys else ""
+    if s.list_type == "map" and not map_keys:
+        detail = "must not be empty if x-kubernetes-list-type is map"
+        errors.append(_required(f"{crd_path}.x-kubernetes-list-map-keys", detail).text())
+    elif len(map_keys) > 1:  # our map lists are keyed by one field
+        detail = "more than one key is not supported by the kubetune API emulator"
+        errors.append(_forbidden(f"{crd_path}.x-kubernetes-list-map-keys", detail).text())
     s.raw_rules = tuple(_raw_rules(raw.get("x-kubernetes-validations") or (), crd_path))
     for rule in s.raw_rules:
         for name in _UNSUPPORTED_RULE_FIELDS:
@@ -408,15 +409,6 @@ def _json_kind(value: Any) -> str:
 _META_FIELDS = frozenset({"apiVersion", "kind", "metadata"})
 
 
-class _DecodeError(Exception):
-    """The body cannot be decoded at all; kube-apiserver answers 400 BadRequest."""
-
-    def __init__(self, field_path: str, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.field_path = field_path
-        self.reason = reason
-
-
 def _prune(value: Any, s: _Schema | None, path: str, unknown: list[str], resource_root: bool = False) -> None:
     """Drop fields the schema does not declare, recording their paths (pruning.PruneWithOptions)."""
     if isinstance(value, dict):
@@ -484,11 +476,17 @@ _OBJECT_META_TYPES: dict[str, type | tuple[type, ...]] = {
 }  # fmt: skip
 
 
-def _decode_object_meta(raw: Any, unknown: list[str]) -> dict[str, Any]:
+def _undecodable(path: str, message: str, version: str) -> AdmissionError:
+    """A body kube-apiserver cannot decode at all: 400 BadRequest."""
+    cause = FieldCause(path, "FieldValueTypeInvalid", message)
+    return AdmissionError([cause], decoding_error=message, version=version)
+
+
+def _decode_object_meta(raw: Any, unknown: list[str], version: str) -> dict[str, Any]:
     """metadata as the API decodes it into ObjectMeta: an object of the right field types (else 400), unknown
     fields dropped and recorded, empty ones omitted. Nested values (labels, owner references) are not checked."""
     if not isinstance(raw, Mapping):
-        raise _DecodeError("metadata", "FieldValueTypeInvalid", "metadata must be an object")
+        raise _undecodable("metadata", "metadata must be an object", version)
     meta = {}
     for key, value in raw.items():
         expected = _OBJECT_META_TYPES.get(key)
@@ -497,9 +495,7 @@ def _decode_object_meta(raw: Any, unknown: list[str]) -> dict[str, Any]:
         elif value in (None, "", 0, [], {}):
             continue  # omitted, as omitempty writes it
         elif not isinstance(value, expected) or isinstance(value, bool):
-            raise _DecodeError(
-                f"metadata.{key}", "FieldValueTypeInvalid", f"metadata.{key} has the wrong type"
-            )
+            raise _undecodable(f"metadata.{key}", f"metadata.{key} has the wrong type", version)
         else:
             meta[key] = _copy_json(value)
     return meta
@@ -679,21 +675,9 @@ def _validate_map_list(items: list[Any], s: _Schema, path: str | None) -> list[_
     for i, item in enumerate(items):
         if item is not None and not isinstance(item, Mapping):
             return [_invalid(_index(path, i), item, "must be an object for an array of list-type map")]
-    keys: list[Any] = []
-    for item in items:
-        present = item or {}
-        if len(s.list_map_keys) == 1:
-            keys.append(present.get(s.list_map_keys[0], _OMIT))
-        else:
-            keys.append({k: present[k] for k in s.list_map_keys if k in present})
-    errors = []
-    for i in _repeated(keys):
-        if len(s.list_map_keys) == 1:
-            shown = {} if keys[i] is _OMIT else {s.list_map_keys[0]: keys[i]}
-        else:
-            shown = keys[i]
-        errors.append(_duplicate(_index(path, i), shown))
-    return errors
+    keys = [(item or {}).get(s.list_map_key, _OMIT) for item in items]
+    shown = [{} if key is _OMIT else {s.list_map_key: key} for key in keys]
+    return [_duplicate(_index(path, i), shown[i]) for i in _repeated(keys)]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1077,12 +1061,8 @@ class CRDAdmission:
         """Prune and coerce as the CR codec does; return the unknown fields' paths in kube-apiserver's order."""
         unknown_meta: list[str] = []
         unknown_fields: list[str] = []
-        try:
-            if "metadata" in work and work["metadata"] is not None:
-                work["metadata"] = _decode_object_meta(work["metadata"], unknown_meta)
-        except _DecodeError as error:
-            cause = FieldCause(error.field_path, error.reason, str(error))
-            raise AdmissionError([cause], decoding_error=str(error), version=version) from None
+        if work.get("metadata") is not None:
+            work["metadata"] = _decode_object_meta(work["metadata"], unknown_meta, version)
         _prune(work, served.schema, "", unknown_fields, resource_root=True)
         _prune_nulls(work, served.schema)
         return unknown_meta + sorted(unknown_fields)

@@ -366,14 +366,12 @@ class ApiEmulator(kmock.KubernetesEmulator):
     def delete_object(self, target: Target, delete_options: Mapping[str, Any] | None = None) -> Obj:
         """Delete in the background (the only policy the operator and kubectl use); the answer is the object."""
         delete_options = delete_options or {}
-        obj = self._existing(target)
-        preconditions = delete_options.get("preconditions") or {}
-        for field in ("uid", "resourceVersion"):
-            if preconditions.get(field) and preconditions[field] != obj["metadata"].get(field):
-                raise target.conflict()
+        self._existing(target)  # 404 before 400
         policy = delete_options.get("propagationPolicy")
         if policy not in (None, "Background") or delete_options.get("orphanDependents"):
             raise bad_request(f"propagationPolicy {policy} is not supported by the kubetune API emulator")
+        if delete_options.get("preconditions"):
+            raise bad_request("delete preconditions are not supported by the kubetune API emulator")
         if target.storage in (NAMESPACES, CRDS):
             message = f"deleting {target.plural} is not supported by the kubetune API emulator"
             raise ApiError(405, "MethodNotAllowed", message)
@@ -525,8 +523,6 @@ class ApiEmulator(kmock.KubernetesEmulator):
         headers = {key.lower(): value for key, value in request.headers.items()}
         content_type = headers.get("content-type", "").split(";")[0].strip()
         accept = headers.get("accept", "")
-        if path.rstrip("/") in ("/healthz", "/livez", "/readyz"):
-            return aiohttp.web.Response(text="ok")
         if method == "GET" and (document := discovery.document(self.resources, path)) is not None:
             return _json_response(document)
         if method == "GET" and (log_path := _POD_LOG_PATH.fullmatch(path)) is not None:
