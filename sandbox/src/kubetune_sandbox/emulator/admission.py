@@ -39,10 +39,7 @@ from kubetune_sandbox.emulator.store import ApiError, Obj, aggregate
 
 __all__ = ["AdmissionError", "CRDAdmission", "FieldCause"]
 
-# ---------------------------------------------------------------------------------------------------------
-# Field errors, worded as k8s.io/apimachinery/pkg/util/validation/field prints them
-# ---------------------------------------------------------------------------------------------------------
-
+# -------------------------- Field errors, worded as k8s.io/apimachinery/pkg/util/validation/field prints them
 _OMIT = object()  # a field error without a value ("Too many: must have at most 3 items")
 _NIL_PATH = "<nil>"  # how Go prints a nil *field.Path: errors about the whole object carry it
 
@@ -170,11 +167,7 @@ def _shown(path: str | None) -> str:
     return _NIL_PATH if path is None else path
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Public results
-# ---------------------------------------------------------------------------------------------------------
-
-
+# --------------------------------------------------------------------------------------------- Public results
 @dataclass(frozen=True)
 class FieldCause:
     """One reason a custom resource was refused, as a Kubernetes StatusCause carries it."""
@@ -226,11 +219,7 @@ class AdmissionError(Exception):
         return self.to_error(kind=kind, group=group, name=name, patched=patched).status()
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Structural schemas
-# ---------------------------------------------------------------------------------------------------------
-
-
+# ----------------------------------------------------------------------------------------- Structural schemas
 @dataclass(frozen=True, slots=True)
 class _RawRule:
     rule: str
@@ -372,11 +361,7 @@ _METADATA_SCHEMA = _Schema(
 )
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Small JSON helpers
-# ---------------------------------------------------------------------------------------------------------
-
-
+# ----------------------------------------------------------------------------------------- Small JSON helpers
 def _copy_json(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: _copy_json(v) for k, v in value.items()}
@@ -402,10 +387,7 @@ def _json_kind(value: Any) -> str:
     return "array"
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Decoding: pruning, ObjectMeta coercion, defaulting
-# ---------------------------------------------------------------------------------------------------------
-
+# --------------------------------------------------------- Decoding: pruning, ObjectMeta coercion, defaulting
 _META_FIELDS = frozenset({"apiVersion", "kind", "metadata"})
 
 
@@ -501,11 +483,7 @@ def _decode_object_meta(raw: Any, unknown: list[str], version: str) -> dict[str,
     return meta
 
 
-# ---------------------------------------------------------------------------------------------------------
-# OpenAPI schema validation (kube-openapi's validator and the apiextensions error translation)
-# ---------------------------------------------------------------------------------------------------------
-
-
+# --------------- OpenAPI schema validation (kube-openapi's validator and the apiextensions error translation)
 class _SchemaValidator:
     """kube-openapi's SchemaValidator walk, producing apiextensions' field errors.
 
@@ -620,11 +598,7 @@ class _SchemaValidator:
         return errors
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Other structural checks: the name, list sets and maps
-# ---------------------------------------------------------------------------------------------------------
-
-
+# ------------------------------------------------------ Other structural checks: the name, list sets and maps
 def _validate_name(meta: Mapping[str, Any], old_meta: Mapping[str, Any] | None) -> list[_FieldError]:
     """ValidateObjectMeta's name rules (labels, annotations and finalizers are not validated)."""
     name = meta.get("name", "")
@@ -680,11 +654,7 @@ def _validate_map_list(items: list[Any], s: _Schema, path: str | None) -> list[_
     return [_duplicate(_index(path, i), shown[i]) for i in _repeated(keys)]
 
 
-# ---------------------------------------------------------------------------------------------------------
-# CEL validation rules
-# ---------------------------------------------------------------------------------------------------------
-
-
+# --------------------------------------------------------------------------------------- CEL validation rules
 @dataclass(eq=False, slots=True)
 class _Rule:
     program: CelProgram
@@ -973,11 +943,7 @@ class _CelValidator:
         return celtypes.MapType(fields)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# The engine
-# ---------------------------------------------------------------------------------------------------------
-
-
+# ------------------------------------------------------------------------------------------------- The engine
 @dataclass(eq=False, slots=True)
 class _Version:
     name: str

@@ -50,11 +50,7 @@ class CelEvaluationError(Exception):
     """The expression failed at runtime; `str(error)` is the text kube-apiserver puts in the field error."""
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Go-compatible number formatting (used in messages and by string(double))
-# ---------------------------------------------------------------------------------------------------------
-
-
+# ----------------------------------- Go-compatible number formatting (used in messages and by string(double))
 def format_go_float(value: float) -> str:
     """Format a float as Go's `%v` does (`strconv.FormatFloat(f, 'g', -1, 64)`: 1e+06, 123456, 1e-05)."""
     value = float(value)  # celtypes.DoubleType refuses comparisons with plain numbers
@@ -80,11 +76,7 @@ def format_go_float(value: float) -> str:
     return f"{prefix}{digits[:decimal_point]}.{digits[decimal_point:]}"
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Values Kubernetes' CEL has and cel-python lacks
-# ---------------------------------------------------------------------------------------------------------
-
-
+# ------------------------------------------------------------ Values Kubernetes' CEL has and cel-python lacks
 class SetList(celtypes.ListType):
     """A list with `x-kubernetes-list-type: set`: equality ignores order, as in Kubernetes."""
 
@@ -103,11 +95,7 @@ class SetList(celtypes.ListType):
     __hash__ = None  # type: ignore[assignment]
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Helpers for the function library
-# ---------------------------------------------------------------------------------------------------------
-
-
+# --------------------------------------------------------------------------- Helpers for the function library
 def _is_number(value: Any) -> bool:
     return isinstance(value, (celtypes.IntType, celtypes.UintType, celtypes.DoubleType))
 
@@ -160,11 +148,7 @@ def compile_re2(pattern: str) -> Any:
 _regex = functools.lru_cache(maxsize=1024)(compile_re2)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Operators: cross-type numeric comparisons and heterogeneous equality (Kubernetes enables both)
-# ---------------------------------------------------------------------------------------------------------
-
-
+# ------------- Operators: cross-type numeric comparisons and heterogeneous equality (Kubernetes enables both)
 def _comparison(compare: Callable[[Any, Any], bool]) -> Callable[[Any, Any], Any]:
     @_propagating
     def operator(left: Any, right: Any) -> Any:
@@ -233,10 +217,7 @@ def _size(value: Any) -> Any:
     return celtypes.IntType(len(value))
 
 
-# ---------------------------------------------------------------------------------------------------------
-# The function table handed to cel-python
-# ---------------------------------------------------------------------------------------------------------
-
+# -------------------------------------------------------------------- The function table handed to cel-python
 _EXTENSIONS: dict[str, Callable[..., Any]] = {
     # operators
     "_<_": _comparison(lambda a, b: a < b),
@@ -254,10 +235,7 @@ _EXTENSIONS: dict[str, Callable[..., Any]] = {
 }
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Compiling and evaluating
-# ---------------------------------------------------------------------------------------------------------
-#
+# ----------------------------------------------------------------------------------- Compiling and evaluating
 # cel-python parses and evaluates (its interpreter, with the functions above in place of its own; a new
 # evaluator per call, so programs are thread-safe). Compiling also walks the parse tree to do what cel-go's
 # checker does when a CRD is written: unknown functions and variables are errors, and the `self.a.b`
