@@ -44,26 +44,19 @@ _OMIT = object()  # a field error without a value ("Too many: must have at most 
 _NIL_PATH = "<nil>"  # how Go prints a nil *field.Path: errors about the whole object carry it
 
 _ERROR_LABELS = {
-    "FieldValueRequired": "Required value",
-    "FieldValueDuplicate": "Duplicate value",
-    "FieldValueInvalid": "Invalid value",
-    "FieldValueNotSupported": "Unsupported value",
-    "FieldValueForbidden": "Forbidden",
-    "FieldValueTooLong": "Too long",
-    "FieldValueTooMany": "Too many",
+    "FieldValueRequired": "Required value", "FieldValueDuplicate": "Duplicate value",
+    "FieldValueInvalid": "Invalid value", "FieldValueNotSupported": "Unsupported value",
+    "FieldValueForbidden": "Forbidden", "FieldValueTooLong": "Too long", "FieldValueTooMany": "Too many",
     "FieldValueTypeInvalid": "Invalid value",
-}
+}  # fmt: skip
 _VALUELESS_ERRORS = frozenset({"FieldValueRequired", "FieldValueForbidden", "FieldValueTooLong"})
 # OpenAPI errors that keep CEL rules from running (customresource strategy's hasBlockingErr).
 _BLOCKING_ERRORS = frozenset(
     {
-        "FieldValueNotSupported",
-        "FieldValueRequired",
-        "FieldValueTooLong",
-        "FieldValueTooMany",
+        "FieldValueNotSupported", "FieldValueRequired", "FieldValueTooLong", "FieldValueTooMany",
         "FieldValueTypeInvalid",
     }
-)
+)  # fmt: skip
 
 
 def _quote(text: str) -> str:
@@ -126,10 +119,6 @@ def _forbidden(path: str, detail: str) -> _FieldError:
 
 def _duplicate(path: str, value: Any) -> _FieldError:
     return _FieldError("FieldValueDuplicate", path, value)
-
-
-def _type_invalid(path: str, value: Any, detail: str) -> _FieldError:
-    return _FieldError("FieldValueTypeInvalid", path, value, detail)
 
 
 def _too_long(path: str, max_length: int) -> _FieldError:
@@ -259,7 +248,7 @@ class _Schema:
     raw_rules: tuple[_RawRule, ...] = ()
     defaults_below: bool = False  # this node or one below declares a default
     lists_below: bool = False  # a set or map list sits at or below this node
-    cel_names: dict[str, str] | None = None  # escaped CEL field name → property name
+    cel_names: dict[str, str] = field(default_factory=dict)  # escaped CEL field name → property name
 
 
 def _compile_schema(raw: Mapping[str, Any], crd_path: str, errors: list[str]) -> _Schema:
@@ -327,6 +316,7 @@ def _compile_schema(raw: Mapping[str, Any], crd_path: str, errors: list[str]) ->
     present = [c for c in children if c is not None]
     s.defaults_below = s.has_default or any(c.defaults_below for c in present)
     s.lists_below = bool(s.list_type) or any(c.lists_below for c in present)
+    s.cel_names = {escaped: name for name in s.properties if (escaped := _escape_cel_name(name)) is not None}
     return s
 
 
@@ -358,6 +348,7 @@ _METADATA_SCHEMA = _Schema(
     crd_path="",
     type="object",
     properties={"name": _STRING_SCHEMA, "generateName": _STRING_SCHEMA},
+    cel_names={"name": "name", "generateName": "generateName"},
 )
 
 
@@ -526,7 +517,7 @@ class _SchemaValidator:
         if not s.type or kind == s.type or float_int or (kind == "integer" and s.type == "number"):
             return None
         detail = f"{path} in body must be of type {s.type}: {_quote(kind)}"
-        return _type_invalid(self._field(path), kind, detail)
+        return _FieldError("FieldValueTypeInvalid", self._field(path), kind, detail)
 
     def _check_string(self, s: _Schema, data: str, path: str) -> list[_FieldError]:
         # go-openapi stops at the first failing string constraint.
@@ -700,17 +691,6 @@ def _escape_cel_name(name: str) -> str | None:
     return re.sub(r"__|[-./]", lambda m: _CEL_ESCAPES[m.group(0)], name)
 
 
-def _cel_names(s: _Schema) -> dict[str, str]:
-    if s.cel_names is None:
-        names = {}
-        for name in s.properties:
-            escaped = _escape_cel_name(name)
-            if escaped is not None:
-                names[escaped] = name
-        s.cel_names = names
-    return s.cel_names
-
-
 def _cel_type_name(s: _Schema) -> str:
     if s.type == "object":
         return "map" if s.additional_properties is not None and not s.properties else "object"
@@ -799,7 +779,7 @@ def _check_selection(s: _Schema, resource_root: bool, names: Sequence[str], line
             current, root = _METADATA_SCHEMA, False
             continue
         if current.type == "object" and (current.properties or current.additional_properties is None):
-            prop_name = _cel_names(current).get(name)
+            prop_name = current.cel_names.get(name)
             if prop_name is None:
                 raise CelCompileError(f"ERROR: <input>:{line}:{column}: undefined field '{name}'")
             current, root = current.properties[prop_name], False
@@ -829,11 +809,10 @@ def _normalise_field_path(path: str, s: _Schema) -> str:
 
 
 class _CelValidator:
-    """Runs the rule tree over an object (cel.Validator.Validate), with oldSelf and ratcheting on updates."""
+    """Runs the rule tree over an object (cel.Validator.Validate), with oldSelf on updates."""
 
     def __init__(self) -> None:
         self.errors: list[_FieldError] = []
-        self._converted: dict[tuple[int, int, bool], Any] = {}
 
     def run(self, node: _CelNode, value: Any, old: Any, path: str | None) -> None:
         if value is None:
@@ -882,20 +861,12 @@ class _CelValidator:
                 self.errors.append(_invalid(target, node.schema.type, detail))
 
     def _to_cel(self, value: Any, s: _Schema, resource_root: bool = False) -> Any:
-        """A JSON value as CEL sees it under schema `s` (UnstructuredToVal), memoised per object."""
-        memo_key = (id(value), id(s), resource_root)
-        if memo_key in self._converted:
-            return self._converted[memo_key][1]
-        converted = self._convert(value, s, resource_root)
-        self._converted[memo_key] = (value, converted)  # keep `value` alive so its id stays unique
-        return converted
-
-    def _convert(self, value: Any, s: _Schema, resource_root: bool) -> Any:
+        """A JSON value as CEL sees it under schema `s` (UnstructuredToVal)."""
         if value is None:
             return None
         if s.type == "object" and isinstance(value, Mapping):
             if resource_root or s.properties:
-                return self._convert_object(value, s, resource_root)
+                return self._to_cel_object(value, s, resource_root)
             if s.additional_properties is not None:
                 extra = s.additional_properties
                 return celtypes.MapType(
@@ -919,10 +890,9 @@ class _CelValidator:
             return celtypes.BoolType(value)
         return None  # a value of the wrong type: the schema walk reported it, and rules did not run
 
-    def _convert_object(self, value: Mapping[str, Any], s: _Schema, resource_root: bool) -> Any:
+    def _to_cel_object(self, value: Mapping[str, Any], s: _Schema, resource_root: bool) -> Any:
         fields: dict[Any, Any] = {}
-        names = _cel_names(s)
-        for escaped, name in names.items():
+        for escaped, name in s.cel_names.items():
             if name in value:
                 prop = s.properties[name]
                 fields[celtypes.StringType(escaped)] = self._to_cel(value[name], prop)

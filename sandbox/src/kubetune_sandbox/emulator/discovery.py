@@ -13,14 +13,9 @@ from kubetune_sandbox.emulator.store import Obj
 SUBRESOURCE_VERBS = ("get", "patch")
 
 VERSION_INFO = {
-    "major": "1",
-    "minor": "32",
-    "gitVersion": "v1.32.0-kubetune-emulator",
-    "gitTreeState": "clean",
-    "goVersion": "go1.23.0",
-    "compiler": "gc",
-    "platform": "linux/amd64",
-}
+    "major": "1", "minor": "32", "gitVersion": "v1.32.0-kubetune-emulator", "gitTreeState": "clean",
+    "goVersion": "go1.23.0", "compiler": "gc", "platform": "linux/amd64",
+}  # fmt: skip
 
 
 def _version_priority(version: str) -> tuple[int, int, int]:

@@ -384,21 +384,17 @@ class ApiEmulator(kmock.KubernetesEmulator):
         spec = crd.get("spec") or {}
         names = spec.get("names") or {}
         versions = spec.get("versions") or []
-        causes = [(f"spec.{field}", "Required value") for field in ("group",) if not spec.get(field)]
-        causes += [
-            (f"spec.names.{field}", "Required value") for field in ("plural", "kind") if not names.get(field)
-        ]
+        required = {"spec.group": spec.get("group"), "spec.names.plural": names.get("plural")}
+        required["spec.names.kind"] = names.get("kind")
+        causes = [(field, "Required value") for field, value in required.items() if not value]
         if spec.get("scope") not in ("Namespaced", "Cluster"):
             causes.append(("spec.scope", 'Unsupported value: must be "Namespaced" or "Cluster"'))
         if sum(1 for v in versions if v.get("storage")) != 1:
-            causes.append(
-                ("spec.versions", "Invalid value: must have exactly one version marked as storage version")
-            )
-        expected = f"{names.get('plural')}.{spec.get('group')}"
-        if crd["metadata"]["name"] != expected:
-            causes.append(
-                ("metadata.name", f'Invalid value: "{crd["metadata"]["name"]}": must be {expected}')
-            )
+            message = "Invalid value: must have exactly one version marked as storage version"
+            causes.append(("spec.versions", message))
+        name, expected = crd["metadata"]["name"], f"{names.get('plural')}.{spec.get('group')}"
+        if name != expected:
+            causes.append(("metadata.name", f'Invalid value: "{name}": must be {expected}'))
         for i, version in enumerate(versions):
             for j, column in enumerate(version.get("additionalPrinterColumns") or []):
                 if not tables.plain_path(column.get("jsonPath")):
@@ -409,11 +405,11 @@ class ApiEmulator(kmock.KubernetesEmulator):
         if old is not None and old.get("spec", {}).get("scope") != spec.get("scope"):
             causes.append(("spec.scope", "Invalid value: field is immutable"))
         if causes:
-            raise target.invalid(crd["metadata"]["name"], causes)
+            raise target.invalid(name, causes)
         try:
             admission = CRDAdmission(crd)
         except ValueError as error:  # schemas or CEL rules the API would refuse; the message says which
-            raise target.error(422, "Invalid", str(error), crd["metadata"]["name"]) from None
+            raise target.error(422, "Invalid", str(error), name) from None
         kind = names["kind"]
         accepted = {"singular": kind.lower(), "listKind": f"{kind}List"} | names
         conditions = copy.deepcopy((old or {}).get("status", {}).get("conditions")) or [
@@ -511,12 +507,9 @@ class ApiEmulator(kmock.KubernetesEmulator):
     async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
         # For failures in a test's reaction: a Status, but never a traceback.
         logger.error("A reaction in the API emulator failed: %r", exc)
-        error = (
-            exc
-            if isinstance(exc, ApiError)
-            else ApiError(500, "InternalError", f"internal error: {type(exc).__name__}")
-        )
-        return _json_response(error.status(), error.code)
+        if not isinstance(exc, ApiError):
+            exc = ApiError(500, "InternalError", f"internal error: {type(exc).__name__}")
+        return _json_response(exc.status(), exc.code)
 
     async def _serve(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         path, method, params = request.url.path, request.method.value.upper(), dict(request.params)

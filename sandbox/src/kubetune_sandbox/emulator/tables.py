@@ -9,12 +9,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 _NAME_COLUMN = {
-    "name": "Name",
-    "type": "string",
-    "format": "name",
-    "description": "Name must be unique within a namespace.",
+    "name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.",
     "priority": 0,
-}
+}  # fmt: skip
 _AGE_COLUMN = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
 
 
