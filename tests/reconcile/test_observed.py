@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from kubetune.reconcile.observed import COMPLETION_INDEX, job_view
@@ -45,3 +46,15 @@ def test_a_single_pod_job_scrapes_its_newest_running_pod() -> None:
         _pod("bot-train-b", "2026-01-01T00:01:00Z"),
     ]
     assert job_view(JOB, pods).metrics_pod().name == "bot-train-b"  # type: ignore[union-attr]
+
+
+def test_a_multinode_jobs_summary_is_rank_0s_which_holds_the_outputs() -> None:
+    rank_0 = _pod("bot-train-0-abc", "2026-01-01T00:00:00Z", index=0, phase="Succeeded")
+    rank_1 = _pod("bot-train-1-def", "2026-01-01T00:00:01Z", index=1, phase="Succeeded")
+    for pod, message in ((rank_0, {"stage": "train", "outputs": {"adapterUri": "s3://a/"}}),
+                         (rank_1, {"stage": "train"})):  # fmt: skip
+        pod["status"]["containerStatuses"] = [
+            {"name": "trainer", "state": {"terminated": {"exitCode": 0, "message": json.dumps(message)}}}
+        ]
+    summary = job_view(JOB, [rank_0, rank_1]).summary()
+    assert summary is not None and summary["outputs"] == {"adapterUri": "s3://a/"}

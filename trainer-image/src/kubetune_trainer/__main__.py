@@ -60,13 +60,26 @@ def compact_summary(summary: dict[str, Any], limit: int = TERMINATION_LIMIT) -> 
     return text
 
 
+# Set by `kubetune-trainer launch` for its workers: each writes its summary to DIR/LOCAL_RANK.json, and the
+# launcher writes the one that tells the pod's outcome (rank 0's, or the failed worker's) as the message.
+RANK_SUMMARIES_ENV = "KUBETUNE_RANK_SUMMARIES"
+
+
+def termination_path() -> Path:
+    """Where this process writes its summary: the termination log, or its rank's file under the launcher."""
+    ranks, local_rank = os.environ.get(RANK_SUMMARIES_ENV), os.environ.get("LOCAL_RANK")
+    if ranks and local_rank is not None:
+        return Path(ranks) / f"{local_rank}.json"
+    return Path(os.environ.get("KUBETUNE_TERMINATION_LOG", TERMINATION_LOG_DEFAULT))
+
+
 def write_termination_message(summary: dict[str, Any]) -> None:
     from kubetune.api.trainer_contract import summary_problems
 
     # A summary that departs from the contract is still written (the operator reads what it can), but said.
     for problem in summary_problems(summary):
         log.warning("summary does not fit the trainer contract (kubetune.api.trainer_contract): %s", problem)
-    path = Path(os.environ.get("KUBETUNE_TERMINATION_LOG", TERMINATION_LOG_DEFAULT))
+    path = termination_path()
     text = compact_summary(summary)
     try:
         path.write_text(text, encoding="utf-8")

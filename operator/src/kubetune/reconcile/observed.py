@@ -66,11 +66,14 @@ class JobView:
         return max(running, key=lambda p: (p.created, p.name)) if running else None
 
     def summary(self) -> dict[str, Any] | None:
-        """The termination message of the newest finished pod (succeeded first)."""
-        for phase in ("Succeeded", "Failed"):
-            pod = self.newest_pod(phase)
-            if pod is not None and pod.summary is not None:
-                return pod.summary
+        """The termination message of the newest finished pod (succeeded first); of a multi-node Job that
+        succeeded, rank 0's (completion index 0), which alone holds the outputs and the checkpoints."""
+        succeeded = [p for p in self.pods if p.phase == "Succeeded" and p.summary is not None]
+        failed = [p for p in self.pods if p.phase == "Failed" and p.summary is not None]
+        rank_0 = [p for p in succeeded if p.completion_index == 0]
+        for candidates in (rank_0, succeeded, failed):
+            if candidates:
+                return max(candidates, key=lambda p: (p.created, p.name)).summary
         return None
 
 
