@@ -235,7 +235,6 @@ class _Schema:
     min_length: int | None = None
     pattern: str | None = None
     pattern_regex: Any = None
-    pattern_error: str = ""
     max_items: int | None = None
     min_items: int | None = None
     max_properties: int | None = None
@@ -284,7 +283,8 @@ def _compile_schema(raw: Mapping[str, Any], crd_path: str, errors: list[str]) ->
         try:
             s.pattern_regex = compile_re2(s.pattern)
         except ValueError as error:
-            s.pattern_error = str(error)
+            detail = f"must be a valid regular expression: {error}"
+            errors.append(_invalid(f"{crd_path}.pattern", s.pattern, detail).text())
     s.required = tuple(raw.get("required", ()))
     for name, child in (raw.get("properties") or {}).items():
         s.properties[name] = _compile_schema(child, f"{crd_path}.properties[{name}]", errors)
@@ -524,19 +524,10 @@ class _SchemaValidator:
         if s.max_length is not None and len(data) > s.max_length:
             return [_too_long(self._field(path), s.max_length)]
         if s.min_length is not None and len(data) < s.min_length:
-            return [
-                _invalid(
-                    self._field(path), data, f"{path} in body should be at least {s.min_length} chars long"
-                )
-            ]
-        if s.pattern is not None:
-            if s.pattern_error:
-                detail = (
-                    f"{path} in body should match '{s.pattern}, but pattern is invalid: {s.pattern_error}'"
-                )
-                return [_invalid(self._field(path), data, detail)]
-            if s.pattern_regex.search(data) is None:
-                return [_invalid(self._field(path), data, f"{path} in body should match '{s.pattern}'")]
+            detail = f"{path} in body should be at least {s.min_length} chars long"
+            return [_invalid(self._field(path), data, detail)]
+        if s.pattern is not None and s.pattern_regex.search(data) is None:
+            return [_invalid(self._field(path), data, f"{path} in body should match '{s.pattern}'")]
         return []
 
     def _check_number(self, s: _Schema, data: int | float, path: str) -> list[_FieldError]:
@@ -937,6 +928,10 @@ class CRDAdmission:
         errors: list[str] = []
         if spec.get("preserveUnknownFields"):
             errors.append(_forbidden("spec.preserveUnknownFields", _UNSUPPORTED_DETAIL).text())
+        if len(spec.get("versions", [])) > 1:  # ours have one; discovery then needs no version priorities
+            errors.append(
+                _forbidden("spec.versions", "more than one version is " + _UNSUPPORTED_DETAIL).text()
+            )
         self._versions: dict[str, _Version] = {}
         for i, version in enumerate(spec.get("versions", [])):
             if version.get("served", True):

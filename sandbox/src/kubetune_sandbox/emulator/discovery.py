@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 
 import kmock
 
@@ -18,15 +17,6 @@ VERSION_INFO = {
 }  # fmt: skip
 
 
-def _version_priority(version: str) -> tuple[int, int, int]:
-    """Kubernetes orders versions GA > beta > alpha > others, then by the numbers in them."""
-    match = re.fullmatch(r"v(\d+)(?:(alpha|beta)(\d+))?", version)
-    if not match:
-        return (0, 0, 0)
-    stability = {"alpha": 1, "beta": 2}.get(match[2] or "", 3)
-    return (stability, int(match[1]), int(match[3] or 0))
-
-
 def served(resources: kmock.ResourcesArray) -> list[kmock.resource]:
     return list(iter(resources))  # kmock yields parsed keys (its Mapping type says otherwise)
 
@@ -35,7 +25,7 @@ def _groups(resources: kmock.ResourcesArray) -> dict[str, list[str]]:
     versions: dict[str, set[str]] = {}
     for resource in served(resources):
         versions.setdefault(resource.group or "", set()).add(resource.version or "")
-    return {group: sorted(vs, key=_version_priority, reverse=True) for group, vs in versions.items()}
+    return {group: sorted(vs) for group, vs in versions.items()}  # one version each: built-ins and our CRDs
 
 
 def _group_document(group: str, versions: list[str]) -> Obj:
