@@ -305,6 +305,16 @@ def test_workload_pull_secrets_reach_the_operators_defaults() -> None:
         OperatorConfig.from_env({"KUBETUNE_IMAGE_PULL_SECRETS": '[{"name": "Not_A_Name"}]'})
 
 
+def test_validation_pods_disk_is_a_chart_value() -> None:
+    from kubetune.handlers.settings import OperatorConfig
+
+    values = {"defaults": {"trainer": {"validationEphemeralStorage": "64Gi"}}}
+    env = env_of(one(manifests(values), "Deployment")["spec"]["template"]["spec"]["containers"][0])
+    assert OperatorConfig.from_env(env).defaults.validation_ephemeral_storage == "64Gi"
+    with pytest.raises(ValueError, match="not a quantity"):
+        OperatorConfig.from_env({"KUBETUNE_VALIDATION_EPHEMERAL_STORAGE": "lots"})
+
+
 def test_existing_service_account_without_rbac() -> None:
     documents = manifests(VALUE_SETS["existing-service-account"])
     assert of_kind(documents, "ServiceAccount") == []

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubetune.api.common import DNS_SUBDOMAIN_PATTERN
+from kubetune.api.common import DNS_SUBDOMAIN_PATTERN, QUANTITY_PATTERN
 from kubetune.api.trainer_contract import MAX_METRICS_PORT, MIN_METRICS_PORT
 from kubetune.render.modeldeployment import PROMETHEUS_URL, TGI_IMAGE, VLLM_IMAGE
 from kubetune.render.pod import OperatorDefaults
@@ -76,6 +76,9 @@ class OperatorConfig:
             gpu_tolerations=_json_list(env, "KUBETUNE_GPU_TOLERATIONS", base.gpu_tolerations),
             service_account_name=env.get("KUBETUNE_TRAINER_SERVICE_ACCOUNT", base.service_account_name),
             image_pull_secrets=_secret_names(env, "KUBETUNE_IMAGE_PULL_SECRETS"),
+            validation_ephemeral_storage=env.get(
+                "KUBETUNE_VALIDATION_EPHEMERAL_STORAGE", base.validation_ephemeral_storage
+            ),
             # One setting for both ends: rendered into trainer pods and their config, and scraped there.
             trainer_metrics_port=_int(
                 env,
@@ -85,6 +88,10 @@ class OperatorConfig:
                 high=MAX_METRICS_PORT,
             ),
         )
+        if not re.fullmatch(QUANTITY_PATTERN, defaults.validation_ephemeral_storage):
+            raise ConfigError(
+                f"KUBETUNE_VALIDATION_EPHEMERAL_STORAGE={defaults.validation_ephemeral_storage!r} is not a quantity"
+            )
         if defaults.image_pull_policy not in ("Always", "IfNotPresent", "Never"):
             raise ConfigError(
                 f"KUBETUNE_IMAGE_PULL_POLICY={defaults.image_pull_policy!r} is not a pull policy"
