@@ -41,16 +41,9 @@ def _resource_list(registry: kmock.ResourcesArray, group: str, version: str) -> 
         info = registry[resource]
         kind = info.kind or str(resource.plural).capitalize()
         common = {"namespaced": bool(info.namespaced), "kind": kind}
-        resources.append(
-            common
-            | {
-                "name": resource.plural,
-                "singularName": info.singular or kind.lower(),
-                "verbs": sorted(info.verbs),
-                "shortNames": sorted(info.shortnames),
-                "categories": sorted(info.categories),
-            }
-        )
+        names = {"name": resource.plural, "singularName": info.singular or kind.lower()}
+        lists = {"verbs": info.verbs, "shortNames": info.shortnames, "categories": info.categories}
+        resources.append(common | names | {key: sorted(values) for key, values in lists.items()})
         for subresource in sorted(info.subresources):
             entry = common | {"name": f"{resource.plural}/{subresource}", "singularName": ""}
             resources.append(entry | {"verbs": list(SUBRESOURCE_VERBS)})

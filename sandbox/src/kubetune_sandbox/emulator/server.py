@@ -24,7 +24,6 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 import aiohttp.web
@@ -67,11 +66,9 @@ def _generation_relevant(obj: Obj, status_is_subresource: bool) -> Obj:
     return {key: value for key, value in obj.items() if key not in exempt}
 
 
-def _json_response(
-    payload: Any, status: int = 200, headers: Mapping[str, str] | None = None
-) -> aiohttp.web.Response:
+def _json_response(payload: Any, status: int = 200) -> aiohttp.web.Response:
     body = json.dumps(payload, separators=(",", ":"))
-    return aiohttp.web.Response(text=body, status=status, content_type="application/json", headers=headers)
+    return aiohttp.web.Response(text=body, status=status, content_type="application/json")
 
 
 def _client_gone(request: kmock.Request) -> bool:
@@ -217,10 +214,6 @@ class ApiEmulator(kmock.KubernetesEmulator):
             "metadata": metadata,
             "items": items,
         }
-
-    def _printer_columns(self, target: Target) -> list[Mapping[str, Any]]:
-        version = self._crd_versions.get((target.group, target.version, target.plural), {})
-        return tables.columns_for(version.get("additionalPrinterColumns"))
 
     # Writing.
 
@@ -562,9 +555,10 @@ class ApiEmulator(kmock.KubernetesEmulator):
     def _table(
         self, target: Target, objects: list[Obj], params: Mapping[str, str], first: bool = True
     ) -> Obj:
+        version = self._crd_versions.get((target.group, target.version, target.plural), {})
         return tables.to_table(
             objects,
-            self._printer_columns(target),
+            tables.columns_for(version.get("additionalPrinterColumns")),
             resource_version=str(self.store.revision),
             include_object=params.get("includeObject", "Metadata"),
             with_definitions=first,
@@ -789,9 +783,7 @@ class EmulatorServer:
         self.start()
         return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     def start(self) -> None:

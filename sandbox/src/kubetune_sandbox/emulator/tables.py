@@ -72,15 +72,10 @@ def to_table(
     include_object: str = "Metadata",
     with_definitions: bool = True,
 ) -> dict[str, Any]:
-    definitions = [_NAME_COLUMN] + [
-        {
-            "name": column["name"],
-            "type": column.get("type", "string"),
-            "format": column.get("format", ""),
-            "description": column.get("description", ""),
-            "priority": column.get("priority", 0),
-        }
-        for column in columns
+    defaults = {"type": "string", "format": "", "description": "", "priority": 0}
+    definitions = [_NAME_COLUMN]
+    definitions += [
+        {"name": c["name"]} | {key: c.get(key, value) for key, value in defaults.items()} for c in columns
     ]
     rows = []
     for obj in objects:
