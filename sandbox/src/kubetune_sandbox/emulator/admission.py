@@ -122,10 +122,8 @@ def _duplicate(path: str, value: Any) -> _FieldError:
 
 
 def _too_long(path: str, max_length: int) -> _FieldError:
-    unit = "byte" if max_length == 1 else "bytes"
-    return _FieldError(
-        "FieldValueTooLong", path, "<value omitted>", f"may not be more than {max_length} {unit}"
-    )
+    detail = f"may not be more than {max_length} {'byte' if max_length == 1 else 'bytes'}"
+    return _FieldError("FieldValueTooLong", path, "<value omitted>", detail)
 
 
 def _too_many(path: str, actual: int, maximum: int) -> _FieldError:
@@ -922,7 +920,6 @@ class CRDAdmission:
 
     def __init__(self, crd: Mapping[str, Any]) -> None:
         spec = crd["spec"]
-        self.name: str = crd.get("metadata", {}).get("name", "")
         self.group: str = spec["group"]
         self.kind: str = spec["names"]["kind"]
         errors: list[str] = []
@@ -937,9 +934,9 @@ class CRDAdmission:
             if version.get("served", True):
                 self._versions[version["name"]] = self._compile_version(version, i, errors)
         if errors:
+            name = _quote(crd.get("metadata", {}).get("name", ""))
             raise ValueError(
-                f"CustomResourceDefinition.apiextensions.k8s.io {_quote(self.name)} is invalid: "
-                + aggregate(errors)
+                f"CustomResourceDefinition.apiextensions.k8s.io {name} is invalid: {aggregate(errors)}"
             )
 
     @staticmethod
@@ -951,11 +948,9 @@ class CRDAdmission:
             schema = _compile_schema(raw_schema, crd_path, errors)
             _prune_defaults(schema)
             cel = _CelCompiler(errors).build(schema, schema, True, None)
-        subresources = version.get("subresources") or {}
-        if "scale" in subresources:
-            errors.append(
-                _forbidden(f"spec.versions[{index}].subresources.scale", _UNSUPPORTED_DETAIL).text()
-            )
+        if "scale" in (version.get("subresources") or {}):
+            scale = f"spec.versions[{index}].subresources.scale"
+            errors.append(_forbidden(scale, _UNSUPPORTED_DETAIL).text())
         return _Version(version["name"], schema, cel)
 
     def admit(

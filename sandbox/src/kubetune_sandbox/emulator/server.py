@@ -245,14 +245,6 @@ class ApiEmulator(kmock.KubernetesEmulator):
         identity = {"apiVersion": target.api_version, "kind": target.kind}
         return copy.deepcopy(identity | body | identity | {"metadata": body.get("metadata") or {}})
 
-    def _check_namespace(self, target: Target) -> None:
-        if not target.info.namespaced:
-            return
-        if target.namespace is None:
-            raise not_found_path()
-        if self.store.get(NAMESPACES, None, target.namespace) is None:
-            raise self.target("v1/namespaces", name=target.namespace).not_found()
-
     def create_object(self, target: Target, body: Any) -> Obj:
         if target.name is not None:
             raise method_not_allowed()
@@ -263,10 +255,13 @@ class ApiEmulator(kmock.KubernetesEmulator):
                 raise bad_request(
                     "the namespace of the provided object does not match the namespace sent on the request"
                 )
+            if target.namespace is None:
+                raise not_found_path()
+            if self.store.get(NAMESPACES, None, target.namespace) is None:
+                raise self.target("v1/namespaces", name=target.namespace).not_found()
             meta["namespace"] = target.namespace
         else:
             meta.pop("namespace", None)
-        self._check_namespace(target)
         if not meta.get("name"):  # Kopf posts its Events with a generateName
             if not meta.get("generateName"):
                 raise target.invalid(
@@ -327,11 +322,10 @@ class ApiEmulator(kmock.KubernetesEmulator):
             reason = {400: "BadRequest", 415: "UnsupportedMediaType"}.get(error.code, "Invalid")
             raise ApiError(error.code, reason, str(error)) from None
         new = self._check_body(target, patched)
-        if new["metadata"].get("name", target.name) != target.name:
-            message = (
-                f"the name of the object ({new['metadata'].get('name')}) does not match the name on the URL"
+        if (name := new["metadata"].get("name", target.name)) != target.name:
+            raise bad_request(
+                f"the name of the object ({name}) does not match the name on the URL ({target.name})"
             )
-            raise bad_request(f"{message} ({target.name})")
         version = new["metadata"].get("resourceVersion")  # optimistic concurrency, when the patch sets one
         if version and version != old["metadata"]["resourceVersion"]:
             raise target.conflict()
@@ -470,10 +464,8 @@ class ApiEmulator(kmock.KubernetesEmulator):
             return _json_response(error.status(), error.code)
         except Exception:
             logger.exception("The API emulator failed on %s %s", raw_request.method, raw_request.path_qs)
-            internal = ApiError(
-                500, "InternalError", "an internal error occurred in the API emulator; see its log"
-            )
-            return _json_response(internal.status(), 500)
+            message = "an internal error occurred in the API emulator; see its log"
+            return _json_response(ApiError(500, "InternalError", message).status(), 500)
 
     async def _record(self, raw_request: aiohttp.web.BaseRequest) -> kmock.Request:
         """Parse the request for reactions (matched by method and path) and log it, bounded."""
