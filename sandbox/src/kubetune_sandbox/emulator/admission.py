@@ -905,7 +905,6 @@ class _CelValidator:
 # ------------------------------------------------------------------------------------------------- The engine
 @dataclass(eq=False, slots=True)
 class _Version:
-    name: str
     schema: _Schema | None
     cel: _CelNode | None
 
@@ -951,7 +950,7 @@ class CRDAdmission:
         if "scale" in (version.get("subresources") or {}):
             scale = f"spec.versions[{index}].subresources.scale"
             errors.append(_forbidden(scale, _UNSUPPORTED_DETAIL).text())
-        return _Version(version["name"], schema, cel)
+        return _Version(schema, cel)
 
     def admit(
         self,

@@ -85,6 +85,10 @@ class Store:
         objects = self._objects[resource]
         return [objects[key] for key in sorted(objects) if namespace is None or key[0] == namespace]
 
+    def _all(self) -> list[tuple[GroupResource, Obj]]:
+        """Every stored object, as a list: callers may write while going through it."""
+        return [(resource, obj) for resource, objects in self._objects.items() for obj in objects.values()]
+
     # Watching.
 
     def subscribe(self, callback: Callable[[WatchEvent], None]) -> Callable[[], None]:
@@ -161,10 +165,7 @@ class Store:
         changed = True
         while changed:
             changed = False
-            everything = [
-                (resource, obj) for resource, objs in self._objects.items() for obj in objs.values()
-            ]
-            for resource, obj in everything:
+            for resource, obj in self._all():
                 meta = obj["metadata"]
                 key = (meta.get("namespace", ""), meta["name"])
                 owners = meta.get("ownerReferences") or []
