@@ -7,6 +7,7 @@ import copy
 import pytest
 
 from kubetune.reconcile import conditions as c
+from kubetune.reconcile.progress import progress_changed
 from tests.api.conftest import load_example, with_changes
 from tests.reconcile.world import FINISH_OK, TRAINING_OK, VALIDATION_OK, World
 
@@ -305,3 +306,38 @@ def test_condition_transition_time_moves_only_on_flips() -> None:
     first = world.condition(c.FAILED)["lastTransitionTime"]
     world.step()
     assert world.condition(c.FAILED)["lastTransitionTime"] == first
+
+
+def test_identical_observations_later_leave_the_status_unchanged_and_a_new_step_moves_it() -> None:
+    world = _world()
+    _run_to_training(world)
+    world.add_pod("train", "Running")
+    world.set_job_status("train", active=1)
+    world.live = {"step": 40, "totalSteps": 120, "trainLoss": "1.9", "tokensPerSecond": 850}
+    world.step()
+    before = copy.deepcopy(world.resource["status"])
+
+    outcome = world.step()  # a minute later (the world's clock moved), the trainer reports the same
+    assert outcome.actions == () and outcome.events == ()
+    assert outcome.status == before
+
+    world.live = {**world.live, "step": 41}
+    outcome = world.step()
+    progress = outcome.status["progress"]
+    assert progress["step"] == 41 and progress["updatedAt"] != before["progress"]["updatedAt"]
+    assert {k: v for k, v in outcome.status.items() if k != "progress"} == {
+        k: v for k, v in before.items() if k != "progress"
+    }
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "changed"),
+    [
+        ({"step": 1, "updatedAt": "a"}, {"step": 1, "updatedAt": "b"}, False),
+        ({"step": 1, "updatedAt": "a"}, {"step": 2, "updatedAt": "a"}, True),
+        ({"step": 1}, {"step": 1, "trainLoss": "1.2"}, True),
+        ({}, {}, False),
+    ],
+)
+def test_progress_changed_ignores_only_updated_at(before: dict, after: dict, changed: bool) -> None:
+    assert progress_changed(before, after) is changed

@@ -18,6 +18,7 @@ from kubetune.api.trainer_config import ArtifactLayout
 from kubetune.api.trainer_contract import failed_thresholds
 from kubetune.reconcile import conditions as c
 from kubetune.reconcile.observed import JobView, Observed, PodView
+from kubetune.reconcile.progress import progress_changed
 from kubetune.render import finetunejob as render
 from kubetune.render.pod import Manifest, OperatorDefaults
 
@@ -383,14 +384,15 @@ _PROGRESS_KEYS = ("step", "totalSteps", "epoch", "trainLoss", "evalLoss", "token
 
 
 def _merge_progress(draft: _Draft, progress: dict[str, Any]) -> None:
-    merged = {
-        **(draft.status.get("progress") or {}),
-        **{k: progress[k] for k in _PROGRESS_KEYS if progress.get(k) is not None},
-    }
+    """updatedAt moves only when a value does: unchanged progress leaves the status as it was, so the
+    resync timer's reconcile writes nothing (handlers.reconciler writes only a changed status)."""
+    before = dict(draft.status.get("progress") or {})
+    merged = {**before, **{k: progress[k] for k in _PROGRESS_KEYS if progress.get(k) is not None}}
     step, total = merged.get("step"), merged.get("totalSteps")
     if isinstance(step, int) and isinstance(total, int) and total > 0:
         merged["percent"] = min(100, step * 100 // total)
-    merged["updatedAt"] = draft.observed.now
+    if progress_changed(before, merged) or "updatedAt" not in before:
+        merged["updatedAt"] = draft.observed.now
     draft.status["progress"] = merged
 
 

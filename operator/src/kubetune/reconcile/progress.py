@@ -31,3 +31,10 @@ def progress_from_samples(samples: Mapping[str, float]) -> dict[str, Any]:
             continue
         progress[key] = int(value) if kind == "int" else f"{value:.4g}"
     return progress
+
+
+def progress_changed(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
+    """Whether a user would see different status.progress: any value but the bookkeeping updatedAt."""
+    return {k: v for k, v in before.items() if k != "updatedAt"} != {
+        k: v for k, v in after.items() if k != "updatedAt"
+    }
