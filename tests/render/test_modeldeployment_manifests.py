@@ -217,6 +217,28 @@ def test_job_credentials_and_service_account_are_inherited() -> None:
     ]  # the deployment's own wins
 
 
+def test_every_serving_pod_gets_the_pull_secrets() -> None:
+    defaults = render.ServingDefaults(image_pull_secrets=("registry", "mirror"))
+    for case, (example, source) in SOURCES.items():
+        spec = ModelDeploymentSpec.model_validate(load_example(example)["spec"])
+        pods = [
+            pod_spec_of(render.revision_deployment(
+                OWNER, spec, source, revision=1, replicas=1, role=role, defaults=defaults
+            ))
+            for role in ("stable", "canary")
+        ]  # fmt: skip
+        pods.append(
+            pod_spec_of(
+                render.benchmark_job(OWNER, spec, 1, defaults, job_name="b", target=render.endpoint(OWNER))
+            )
+        )
+        for pod in pods:
+            assert pod is not None
+            assert pod["imagePullSecrets"] == [{"name": "registry"}, {"name": "mirror"}], case
+    # None by default: the goldens carry no imagePullSecrets.
+    assert all("imagePullSecrets" not in (pod_spec_of(c) or {}) for c in _children("vllm-adapter"))
+
+
 def test_progress_deadline_is_a_spec_field() -> None:
     example = load_example("05-serve-canary/modeldeployment.yaml")["spec"]
     spec = ModelDeploymentSpec.model_validate(

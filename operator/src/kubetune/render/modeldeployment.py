@@ -29,6 +29,7 @@ from kubetune.render.pod import (
     OperatorDefaults,
     container_security_context,
     gpu_resources,
+    image_pull_secrets,
     merge_tolerations,
     owner_reference,
     pod_security_context,
@@ -521,6 +522,18 @@ def benchmark_job(
     # Bench pods must not carry the serving selector labels, or the Service would send them traffic.
     pod_labels = {MANAGED_BY: "kubetune", BENCHMARK_LABEL: owner.name, REVISION_LABEL: str(revision)}
     labels = {REVISION_LABEL: str(revision), "kubetune.dev/stage": "bench"}
+    pod: Manifest = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": pod_security_context(),
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+    }
+    # The trainer image may be private too; the bench needs no cloud identity, so no ServiceAccount.
+    secrets = image_pull_secrets(defaults.identity())
+    if secrets:
+        pod["imagePullSecrets"] = secrets
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -529,16 +542,6 @@ def benchmark_job(
             "backoffLimit": 1,
             "activeDeadlineSeconds": 900,
             "ttlSecondsAfterFinished": 86400,
-            "template": {
-                "metadata": {"labels": pod_labels},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "securityContext": pod_security_context(),
-                    "containers": [container],
-                    "volumes": [{"name": "tmp", "emptyDir": {}}],
-                },
-            },
+            "template": {"metadata": {"labels": pod_labels}, "spec": pod},
         },
     }
