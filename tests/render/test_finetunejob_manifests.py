@@ -215,6 +215,52 @@ def test_every_pod_gets_the_service_account_and_pull_secrets() -> None:
     assert "imagePullSecrets" not in _pod(_children(spec)[1])
 
 
+def test_pvc_model_and_dataset_are_mounted_read_only_on_the_pods_that_read_them() -> None:
+    example = load_example(EXAMPLES["lora-basic"])["spec"]
+    spec = FineTuneJobSpec.model_validate(
+        {
+            **example,
+            "baseModel": {"uri": "pvc://model-store/llama-3.1-8b"},
+            "dataset": {
+                **{k: v for k, v in example["dataset"].items() if k != "evalSplit"},
+                "uri": "pvc://datasets/support/train.jsonl",
+                "evalUri": "pvc://eval-sets/support/eval.jsonl",
+            },
+        }
+    )
+    jobs = {
+        "validate": render.validation_job(OWNER, spec, DEFAULTS, "d"),
+        "train": render.training_job(OWNER, spec, DEFAULTS, "d"),
+        "finish": render.finishing_job(OWNER, spec, DEFAULTS, "d"),
+    }
+    # Validation reads the dataset and the model's config; training and finishing the base model only.
+    expected = {
+        "validate": ["datasets", "eval-sets", "model-store"],
+        "train": ["model-store"],
+        "finish": ["model-store"],
+    }
+    for stage, job in jobs.items():
+        kubernetes_validate.validate(job, "1.37.0", strict=True)
+        pod = _pod(job)
+        claims = {
+            v["name"]: v["persistentVolumeClaim"] for v in pod["volumes"] if "persistentVolumeClaim" in v
+        }
+        assert [c["claimName"] for c in claims.values()] == expected[stage], stage
+        assert all(c["readOnly"] for c in claims.values()), stage
+        mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"] if m["name"] in claims}
+        assert sorted(m["mountPath"] for m in mounts.values()) == [
+            f"/mnt/pvc/{claim}" for claim in expected[stage]
+        ], stage
+        assert all(m["readOnly"] for m in mounts.values()), stage
+        assert restricted_violations(pod) == [], stage
+    # The trainer gets the URIs as written: its storage maps pvc://CLAIM/path to /mnt/pvc/CLAIM/path.
+    config = json.loads(render.config_map(OWNER, spec, DEFAULTS)["data"]["trainer-config.json"])
+    assert config["spec"]["baseModel"]["uri"] == "pvc://model-store/llama-3.1-8b"
+    assert "persistentVolumeClaim" not in str(
+        _pod(render.validation_job(OWNER, _spec("lora-basic"), DEFAULTS, "d"))
+    )
+
+
 def test_multinode_is_an_indexed_job_with_rendezvous_service() -> None:
     children = _children(_spec("full-multinode"))
     job, service = children[2], children[4]

@@ -52,6 +52,29 @@ def test_pvc_maps_under_root_and_refuses_traversal(pvc_root: Path) -> None:
         storage.local_path("gs://bucket/key")
 
 
+def test_pvc_inputs_are_read_in_place_at_the_claims_mount(pvc_root: Path, tmp_path: Path) -> None:
+    """The operator mounts pvc://CLAIM read-only at /mnt/pvc/CLAIM (KUBETUNE_PVC_ROOT here) and passes the
+    URI unchanged: the dataset and the model are read from there, never copied."""
+    from kubetune_trainer.stages.validate import fetch_model_metadata
+    from kubetune_trainer.training.model import fetch_model
+
+    data = pvc_root / "datasets" / "support" / "train.jsonl"
+    data.parent.mkdir(parents=True)
+    data.write_text('{"messages": []}\n')
+    model = pvc_root / "model-store" / "llama"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+
+    assert storage.read_text("pvc://datasets/support/train.jsonl") == '{"messages": []}\n'
+    with storage.open_read("pvc://datasets/support/train.jsonl") as stream:
+        assert stream.read() == b'{"messages": []}\n'
+    assert storage.list_prefix("pvc://model-store/llama/") == ["pvc://model-store/llama/config.json"]
+    assert fetch_model("pvc://model-store/llama", cache_root=tmp_path / "cache") == model
+    assert fetch_model_metadata("pvc://model-store/llama", tmp_path / "meta") == (model, None)
+    assert not (tmp_path / "cache").exists()
+    assert not (tmp_path / "meta").exists()
+
+
 def test_s3_missing_object_names_the_uri_not_the_credentials(
     s3: S3Helper, caplog: pytest.LogCaptureFixture
 ) -> None:

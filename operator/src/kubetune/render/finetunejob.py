@@ -4,6 +4,9 @@ finishing (evaluate + export) Job, plus a headless Service for multi-node rendez
 Three Jobs rather than one pod running every stage: each phase boundary is then visible as a Kubernetes
 object (no scraping needed to know where a job stands), a failed evaluation never re-runs training, and
 the CPU-only validation never holds a GPU.
+
+A `pvc://CLAIM/path` base model or dataset is mounted read-only at /mnt/pvc/CLAIM on each pod that reads it
+(validation: dataset and model; training and finishing: the model), and the trainer reads it in place.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from kubetune.render.pod import (
     merge_tolerations,
     owner_reference,
     pod_security_context,
+    pvc_volumes,
     scratch_volumes,
     storage_env_from,
     workload_identity,
@@ -183,12 +187,28 @@ def _job(
     }
 
 
+def _input_uris(spec: FineTuneJobSpec, stage: Stage) -> list[str | None]:
+    """What a stage's pod reads from storage: validation reads the dataset and the model's config and
+    tokenizer; training and finishing read the base model (their data is validation's prepared copy)."""
+    dataset = [spec.dataset.uri, spec.dataset.eval_uri] if stage == "validate" else []
+    return [spec.base_model.uri, *dataset]
+
+
+def _with_pvc_inputs(
+    spec: FineTuneJobSpec, stage: Stage, volumes: list[Manifest], mounts: list[Manifest]
+) -> tuple[list[Manifest], list[Manifest]]:
+    """Each claim a stage's pvc:// inputs name, mounted read-only at /mnt/pvc/CLAIM: the trainer's storage
+    maps pvc://CLAIM/path there and reads in place."""
+    pvc, pvc_mounts = pvc_volumes(_input_uris(spec, stage))
+    return [*volumes, *pvc], [*mounts, *pvc_mounts]
+
+
 def validation_job(
     owner: ResourceIdentity, spec: FineTuneJobSpec, defaults: OperatorDefaults, config_digest: str
 ) -> Manifest:
     """CPU only: no GPU is asked for until the dataset has passed."""
     disk = defaults.validation_ephemeral_storage
-    volumes, mounts = scratch_volumes(shm_size=None, size_limit=disk)
+    volumes, mounts = _with_pvc_inputs(spec, "validate", *scratch_volumes(shm_size=None, size_limit=disk))
     resources = gpu_resources(0, defaults.validation_cpu, defaults.validation_memory, ephemeral_storage=disk)
     container = _trainer_container(
         _stage_command("validate"), spec, defaults, resources=resources, mounts=mounts
@@ -205,12 +225,18 @@ def validation_job(
 
 
 def _gpu_pod_spec(
-    owner: ResourceIdentity, spec: FineTuneJobSpec, defaults: OperatorDefaults, command: list[str]
+    owner: ResourceIdentity,
+    spec: FineTuneJobSpec,
+    defaults: OperatorDefaults,
+    stage: Stage,
+    command: list[str],
 ) -> Manifest:
     resources_spec = spec.resources
     gpus = resources_spec.gpus
     disk = resources_spec.ephemeral_storage
-    volumes, mounts = scratch_volumes(shm_size=defaults.shm_size if gpus else None, size_limit=disk)
+    volumes, mounts = _with_pvc_inputs(
+        spec, stage, *scratch_volumes(shm_size=defaults.shm_size if gpus else None, size_limit=disk)
+    )
     cpu, memory = _cpu_and_memory(spec)
     resources = gpu_resources(
         gpus, cpu, memory, memory_limit=resources_spec.memory is not None, ephemeral_storage=disk
@@ -291,7 +317,7 @@ def training_job(
     owner: ResourceIdentity, spec: FineTuneJobSpec, defaults: OperatorDefaults, config_digest: str
 ) -> Manifest:
     resources = spec.resources
-    pod = _gpu_pod_spec(owner, spec, defaults, _train_command(owner, spec))
+    pod = _gpu_pod_spec(owner, spec, defaults, "train", _train_command(owner, spec))
     job = _job(owner, "train", pod, config_digest=config_digest, backoff_limit=spec.backoff_limit)
     job["metadata"]["labels"].update(_kueue_labels(spec))
     if spec.active_deadline_seconds:
@@ -318,7 +344,7 @@ def finishing_job(
     single = spec.model_copy(
         update={"resources": resources.model_copy(update={"gpus": min(resources.gpus, 1), "nodes": 1})}
     )
-    pod = _gpu_pod_spec(owner, single, defaults, _stage_command("evaluate,export"))
+    pod = _gpu_pod_spec(owner, single, defaults, "finish", _stage_command("evaluate,export"))
     # Nothing to checkpoint: a stopped evaluation restarts from the start.
     pod.pop("terminationGracePeriodSeconds")
     job = _job(owner, "finish", pod, config_digest=config_digest, backoff_limit=min(spec.backoff_limit, 2))

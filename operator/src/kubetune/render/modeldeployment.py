@@ -33,6 +33,8 @@ from kubetune.render.pod import (
     merge_tolerations,
     owner_reference,
     pod_security_context,
+    pvc_path,
+    pvc_volumes,
     storage_env_from,
     workload_identity,
 )
@@ -50,7 +52,6 @@ MODEL_DIR = "/models"
 BASE_DIR = f"{MODEL_DIR}/base"
 ADAPTER_DIR = f"{MODEL_DIR}/adapters"
 LINEAGE_PREFIX = "lineage.kubetune.dev/"
-PVC_ROOT = "/mnt/pvc"  # the trainer's storage.DEFAULT_PVC_ROOT
 PROMETHEUS_URL = "http://prometheus-operated.monitoring.svc:9090"
 # The PodMonitor (charts/kubetune/templates/podmonitor.yaml) copies the pod label kubetune.dev/modeldeployment
 # into this Prometheus label.
@@ -136,14 +137,6 @@ def vllm_lora_rank(rank: int) -> int:
     return next((allowed for allowed in VLLM_LORA_RANKS if allowed >= rank), VLLM_LORA_RANKS[-1])
 
 
-def pvc_path(uri: str) -> str | None:
-    """Where a pvc://CLAIM/path URI is mounted in serving pods; None for other schemes."""
-    if not uri.startswith("pvc://"):
-        return None
-    claim, _, rest = uri[len("pvc://") :].partition("/")
-    return f"{PVC_ROOT}/{claim}/{rest}".rstrip("/")
-
-
 def storage_secret(spec: ModelDeploymentSpec, source: ResolvedSource) -> str | None:
     """The deployment's own spec.storageSecretRef, else the source job's."""
     return spec.storage_secret_ref.name if spec.storage_secret_ref else source.storage_secret
@@ -187,20 +180,6 @@ def _fetch_command(source: ResolvedSource, merged: bool) -> list[str] | None:
             if not pvc_path(adapter.uri):
                 pairs += [adapter.uri, f"{ADAPTER_DIR}/{adapter.name}"]
     return ["kubetune-trainer", "fetch", *pairs] if pairs else None
-
-
-def _pvc_volumes(source: ResolvedSource, merged: bool) -> tuple[list[Manifest], list[Manifest]]:
-    """(volumes, runtime volume mounts): each claim a source names, read-only at /mnt/pvc/CLAIM."""
-    claims = sorted({uri[len("pvc://") :].partition("/")[0] for uri in source.uris(merged) if pvc_path(uri)})
-    volumes = [
-        {"name": f"pvc-{index}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
-        for index, claim in enumerate(claims)
-    ]
-    mounts = [
-        {"name": f"pvc-{index}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True}
-        for index, claim in enumerate(claims)
-    ]
-    return volumes, mounts
 
 
 def vllm_args(
@@ -276,7 +255,7 @@ def _runtime_container(
             {"name": "cache", "mountPath": "/cache"},
             {"name": "tmp", "mountPath": "/tmp"},
             {"name": "dshm", "mountPath": "/dev/shm"},
-            *_pvc_volumes(source, spec.serve == "merged")[1],
+            *pvc_volumes(source.uris(spec.serve == "merged"))[1],
         ],
     }
 
@@ -324,7 +303,7 @@ def revision_deployment(
         {"name": "cache", "emptyDir": {}},
         {"name": "tmp", "emptyDir": {}},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}},
-        *_pvc_volumes(source, merged)[0],
+        *pvc_volumes(source.uris(merged))[0],
     ]
     # The training pods' identity: their ServiceAccount (IRSA, Workload Identity) and image pull secrets.
     pod.update(workload_identity(defaults.identity()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ CONFIG_MOUNT = "/etc/kubetune"
 CACHE_MOUNT = "/cache"
 WORK_MOUNT = "/work"
 TERMINATION_LOG = "/dev/termination-log"
+PVC_ROOT = "/mnt/pvc"  # the trainer's storage.DEFAULT_PVC_ROOT: where pvc://CLAIM/path is read
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,29 @@ def gpu_resources(
     if limits:
         result["limits"] = limits
     return result
+
+
+def pvc_path(uri: str) -> str | None:
+    """Where a pvc://CLAIM/path URI is mounted in a pod (pvc_volumes); None for other schemes."""
+    if not uri.startswith("pvc://"):
+        return None
+    claim, _, rest = uri[len("pvc://") :].partition("/")
+    return f"{PVC_ROOT}/{claim}/{rest}".rstrip("/")
+
+
+def pvc_volumes(uris: Iterable[str | None]) -> tuple[list[Manifest], list[Manifest]]:
+    """(volumes, volume mounts): each claim the pvc:// URIs among `uris` name, read-only at /mnt/pvc/CLAIM,
+    so a pod reads them in place. Other schemes (and None) are skipped."""
+    claims = sorted({uri[len("pvc://") :].partition("/")[0] for uri in uris if uri and pvc_path(uri)})
+    volumes = [
+        {"name": f"pvc-{index}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        for index, claim in enumerate(claims)
+    ]
+    mounts = [
+        {"name": f"pvc-{index}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True}
+        for index, claim in enumerate(claims)
+    ]
+    return volumes, mounts
 
 
 def image_pull_secrets(defaults: OperatorDefaults) -> list[Manifest]:
