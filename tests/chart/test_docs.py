@@ -14,7 +14,7 @@ from tests.chart.chartkit import CHART, REPO
 from tests.chart.test_monitoring import ALERTS
 
 DOCS = REPO / "docs"
-CHART_DOCS = ["install.md", "gitops.md", "security.md", "kueue.md", "gpu-nodes.md"]
+CHART_DOCS = ["install.md", "gitops.md", "security.md", "kueue.md", "gpu-nodes.md", "operations.md"]
 TOP_LEVEL = json.loads((CHART / "values.schema.json").read_text())["properties"]
 
 
