@@ -24,6 +24,7 @@ phase "set-up: .venv and tool envs" scripts/setup.sh
 phase "lint: ruff" bash -c '.venv/bin/ruff check . && .venv/bin/ruff format --check .'
 phase "type check: mypy" .venv/bin/mypy
 phase "lint: import-linter" .venv/bin/lint-imports
+phase "lint: Dockerfiles" .venv/bin/hadolint Dockerfile trainer-image/Dockerfile
 phase "lint: crds" bash -c '.venv/bin/kubernetes-validate --strict --quiet crds/*.yaml'
 phase "tests" .venv/bin/pytest -p no:cacheprovider --durations=25 "$@"
 if [ $# -eq 0 ]; then
