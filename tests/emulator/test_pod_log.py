@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -141,8 +140,6 @@ def test_follow_streams_until_the_container_terminates(
 
 @pytest.mark.kubectl
 def test_kubectl_logs(server: EmulatorServer, logs: Path, tmp_path: Path) -> None:
-    if shutil.which("kubectl") is None:
-        pytest.skip("kubectl is not installed")
     env = {**os.environ, "HOME": str(tmp_path), "KUBECONFIG": "/dev/null"}
 
     def kubectl(*args: str) -> subprocess.CompletedProcess[str]:

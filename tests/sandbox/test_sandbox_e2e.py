@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -225,8 +224,6 @@ def test_sandbox_writes_its_contract(sandbox: dict[str, Any]) -> None:
 def test_finetunejob_survives_a_deleted_pod_and_a_suspension_then_succeeds(
     sandbox: dict[str, Any], tmp_path: Path
 ) -> None:
-    if shutil.which("kubectl") is None:
-        pytest.skip("kubectl is not installed")
     from kubetune_trainer.tiny import demo_instruction_rows
 
     budget = Budget(LIFECYCLE)  # each wait below ends at its own limit or when the budget does, if sooner
