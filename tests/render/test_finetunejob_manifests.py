@@ -291,3 +291,12 @@ def test_every_child_is_owned_by_the_job() -> None:
         (owner,) = child["metadata"]["ownerReferences"]
         assert owner["uid"] == OWNER.uid and owner["controller"] is True
         assert child["metadata"]["labels"][render.JOB_LABEL] == "support-bot"
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_every_container_names_its_user_for_a_uid_without_a_passwd_entry(example: str) -> None:
+    for child in _children(_spec(example)):
+        pod = pod_spec_of(child)
+        for container in (pod or {}).get("containers", []) + (pod or {}).get("initContainers", []):
+            env = {item["name"]: item.get("value") for item in container.get("env", [])}
+            assert env.get("USER") and env.get("LOGNAME") == env["USER"], container["name"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -314,3 +316,41 @@ def test_autoscaling_targets_the_stable_revision_with_hpa_or_keda() -> None:
         'sum(vllm:num_requests_waiting{namespace="team-a",modeldeployment="support-bot",revision="3"})'
     )
     assert trigger["metadata"]["serverAddress"] == "http://prometheus.monitoring.svc:9090"
+
+
+@pytest.mark.parametrize("case", SOURCES)
+def test_every_container_names_its_user_for_a_uid_without_a_passwd_entry(case: str) -> None:
+    for child in _children(case):
+        pod = pod_spec_of(child)
+        for container in (pod or {}).get("containers", []) + (pod or {}).get("initContainers", []):
+            env = {item["name"]: item.get("value") for item in container.get("env", [])}
+            assert env.get("USER") and env.get("LOGNAME") == env["USER"], container["name"]
+
+
+# What torch and vLLM call for cache paths, in a process whose uid has no passwd entry (as in the images).
+GETUSER_WITHOUT_PASSWD = """
+import getpass, pwd
+def missing(uid):
+    raise KeyError(f"getpwuid(): uid not found: {uid}")
+pwd.getpwuid = missing
+print(getpass.getuser())
+"""
+
+
+def test_the_rendered_environment_lets_getuser_work_without_a_passwd_entry() -> None:
+    container = _children("vllm-adapter")[0]["spec"]["template"]["spec"]["containers"][0]
+    rendered = {item["name"]: item["value"] for item in container["env"] if "value" in item}
+    bare = {"PATH": os.environ["PATH"]}
+    without = subprocess.run(
+        [sys.executable, "-c", GETUSER_WITHOUT_PASSWD], check=False, env=bare, capture_output=True, text=True
+    )
+    assert without.returncode != 0 and "uid not found" in without.stderr
+    with_env = subprocess.run(
+        [sys.executable, "-c", GETUSER_WITHOUT_PASSWD],
+        check=False,
+        env={**bare, **rendered},
+        capture_output=True,
+        text=True,
+    )
+    assert with_env.returncode == 0, with_env.stderr
+    assert with_env.stdout.strip() == rendered["USER"]

@@ -36,6 +36,7 @@ from kubetune.render.pod import (
     pvc_path,
     pvc_volumes,
     storage_env_from,
+    user_env,
     workload_identity,
 )
 
@@ -216,6 +217,7 @@ def _runtime_container(
     probe = {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 5}
     env = [
         {"name": "HOME", "value": "/tmp"},
+        *user_env(),
         {"name": "HF_HOME", "value": "/cache/huggingface"},
         {"name": "HF_HUB_OFFLINE", "value": "1"},
         {"name": "XDG_CACHE_HOME", "value": "/cache"},
@@ -286,7 +288,11 @@ def revision_deployment(
             "image": defaults.fetcher_image,
             "imagePullPolicy": defaults.image_pull_policy,
             "command": command,
-            "env": [{"name": "HOME", "value": "/tmp"}, {"name": "HF_HOME", "value": "/tmp/huggingface"}],
+            "env": [
+                {"name": "HOME", "value": "/tmp"},
+                *user_env(),
+                {"name": "HF_HOME", "value": "/tmp/huggingface"},
+            ],
             "securityContext": container_security_context(),
             "volumeMounts": [
                 {"name": "models", "mountPath": MODEL_DIR},
@@ -491,6 +497,7 @@ def benchmark_job(
         "command": command,
         "env": [
             {"name": "HOME", "value": "/tmp"},
+            *user_env(),
             {"name": "KUBETUNE_TERMINATION_LOG", "value": "/dev/termination-log"},
         ],
         "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},

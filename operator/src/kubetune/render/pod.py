@@ -17,6 +17,7 @@ PART_OF = "app.kubernetes.io/part-of"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 RUN_AS_USER = 1000
+RUN_AS_USER_NAME = "kubetune"
 CONFIG_MOUNT = "/etc/kubetune"
 CACHE_MOUNT = "/cache"
 WORK_MOUNT = "/work"
@@ -92,10 +93,17 @@ def scratch_volumes(
     return volumes, mounts
 
 
+def user_env() -> list[Manifest]:
+    """A name for RUN_AS_USER, which has no passwd entry in the images: getpass.getuser() (torch's compile
+    and distributed caches, vLLM) reads USER/LOGNAME first and otherwise fails with "uid not found"."""
+    return [{"name": "USER", "value": RUN_AS_USER_NAME}, {"name": "LOGNAME", "value": RUN_AS_USER_NAME}]
+
+
 def cache_env() -> list[Manifest]:
     """Point every library's cache at the writable volume and keep the hub offline unless a URI asks for it."""
     return [
         {"name": "HOME", "value": "/tmp"},
+        *user_env(),
         {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/huggingface"},
         {"name": "TRITON_CACHE_DIR", "value": f"{CACHE_MOUNT}/triton"},
         {"name": "XDG_CACHE_HOME", "value": CACHE_MOUNT},
