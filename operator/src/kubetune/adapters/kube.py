@@ -1,14 +1,20 @@
-"""The Kubernetes API, as little of it as the operator needs: get, list, create, patch, delete.
+"""The Kubernetes API, as little of it as the operator needs: get, list, watch, create, patch, delete.
 
 A thin aiohttp client built from Kopf's own login (kubeconfig or in-cluster service account), so the
-operator has one set of credentials and one event loop.
+operator has one set of credentials and one event loop. Requests (not watches) pass a client-side token
+bucket and wait out 429 Retry-After; a service-account token is re-read from its projected file, as
+client-go does, so that the kubelet's rotation of bound tokens never ends in 401s.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from json import loads as parse_json
 from typing import Any
 from urllib.parse import quote
 
@@ -18,6 +24,14 @@ logger = logging.getLogger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
+
+# Where the kubelet projects the service account's bound token (Kopf's login_with_service_account reads it).
+SERVICE_ACCOUNT_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+TOKEN_RELOAD_SECONDS = 60.0  # client-go's cached file token source re-reads once a minute
+DEFAULT_QPS = 50
+DEFAULT_BURST = 100
+THROTTLED_RETRIES = 5  # 429s waited out before the error is raised
+MAX_RETRY_AFTER_SECONDS = 60.0
 
 # (apiVersion, kind) -> plural; the operator only touches these kinds.
 _PLURALS = {
@@ -75,9 +89,10 @@ class Credentials:
     certificate_path: str | None = None
     private_key_path: str | None = None
     insecure: bool = False
+    token_path: str | None = None  # a file to re-read the token from (a projected service-account token)
 
     @classmethod
-    def from_kopf(cls, info: Any) -> Credentials:
+    def from_kopf(cls, info: Any, *, token_path: str | None = None) -> Credentials:
         """From a kopf.ConnectionInfo (what Kopf's login handlers return)."""
         return cls(
             server=info.server,
@@ -87,14 +102,65 @@ class Credentials:
             certificate_path=info.certificate_path,
             private_key_path=info.private_key_path,
             insecure=bool(info.insecure),
+            token_path=token_path,
         )
 
 
+class TokenBucket:
+    """At most `qps` requests a second on average, `burst` at once; waiters are served in arrival order."""
+
+    def __init__(self, qps: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        if qps <= 0 or burst < 1:
+            raise ValueError(f"a token bucket needs qps > 0 and burst >= 1, not {qps} and {burst}")
+        self.qps = qps
+        self.burst = burst
+        self._clock = clock
+        self._tokens = float(burst)
+        self._updated = clock()
+        self._lock = asyncio.Lock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(float(self.burst), self._tokens + (now - self._updated) * self.qps)
+        self._updated = now
+
+    async def acquire(self) -> None:
+        async with self._lock:  # FIFO: one waiter sleeps for its token while the others queue behind it
+            self._refill()
+            if self._tokens < 1:
+                await asyncio.sleep((1 - self._tokens) / self.qps)
+                self._refill()
+            self._tokens -= 1
+
+
+def retry_after_seconds(header: str | None) -> float:
+    """A 429's Retry-After (delta seconds; the API server sends whole seconds), bounded; 1 s if absent."""
+    try:
+        seconds = float(header) if header else 1.0
+    except ValueError:
+        seconds = 1.0
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
 class KubeClient:
-    def __init__(self, credentials: Credentials, *, timeout_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        credentials: Credentials,
+        *,
+        timeout_seconds: float = 30.0,
+        qps: float = DEFAULT_QPS,
+        burst: int = DEFAULT_BURST,
+        token_reload_seconds: float = TOKEN_RELOAD_SECONDS,
+    ) -> None:
         self._credentials = credentials
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._session: aiohttp.ClientSession | None = None
+        self._watch_session: aiohttp.ClientSession | None = None
+        self._bucket = TokenBucket(qps, burst)
+        self._token = credentials.token
+        self._token_reload_seconds = token_reload_seconds
+        self._token_checked = time.monotonic()  # the login handler has just read it
+        self.unauthorized_streak = 0  # consecutive 401s, the liveness probe's signal of a dead credential
 
     def _ssl(self) -> ssl.SSLContext | bool:
         creds = self._credentials
@@ -109,23 +175,61 @@ class KubeClient:
             context.load_cert_chain(creds.certificate_path, creds.private_key_path)
         return context
 
+    def _new_session(self, connections: int) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            base_url=self._credentials.server.rstrip("/"),
+            headers={"Accept": "application/json", "User-Agent": "kubetune-operator"},
+            timeout=self._timeout,
+            connector=aiohttp.TCPConnector(ssl=self._ssl(), limit=connections),
+        )
+
     async def _session_(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            headers = {"Accept": "application/json", "User-Agent": "kubetune-operator"}
-            if self._credentials.token:
-                headers["Authorization"] = f"Bearer {self._credentials.token}"
-            connector = aiohttp.TCPConnector(ssl=self._ssl(), limit=32)
-            self._session = aiohttp.ClientSession(
-                base_url=self._credentials.server.rstrip("/"),
-                headers=headers,
-                timeout=self._timeout,
-                connector=connector,
-            )
+            self._session = self._new_session(32)
         return self._session
 
+    async def _watch_session_(self) -> aiohttp.ClientSession:
+        # Apart, and unbounded: each open watch holds a connection (HTTP/1.1), 4 per watched namespace,
+        # and must never take one that requests are waiting for.
+        if self._watch_session is None or self._watch_session.closed:
+            self._watch_session = self._new_session(0)
+        return self._watch_session
+
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._watch_session):
+            if session is not None:
+                await session.close()
+
+    # Credentials.
+
+    def reload_token(self) -> bool:
+        """Re-read the token file now; True when the token changed. A missing or unreadable file keeps the
+        token in use (the kubelet replaces the file atomically, so a read never sees half a token)."""
+        path = self._credentials.token_path
+        self._token_checked = time.monotonic()
+        if path is None:
+            return False
+        try:
+            with open(path, encoding="utf-8") as file:
+                token = file.read().strip() or None
+        except OSError as error:
+            logger.warning("could not re-read the API token from %s: %s", path, error)
+            return False
+        changed = token != self._token
+        if changed:
+            logger.info("the API token in %s changed: using the new one", path)
+            self._token = token
+        return changed
+
+    def _auth_headers(self) -> dict[str, str]:
+        if time.monotonic() - self._token_checked >= self._token_reload_seconds:
+            self.reload_token()
+        return {"Authorization": f"Bearer {self._token}"} if self._token else {}
+
+    def _note(self, status: int) -> None:
+        self.unauthorized_streak = self.unauthorized_streak + 1 if status == 401 else 0
+
+    # Requests.
 
     async def _request(
         self,
@@ -137,14 +241,33 @@ class KubeClient:
         content_type: str | None = None,
     ) -> dict[str, Any]:
         session = await self._session_()
-        headers = {"Content-Type": content_type} if content_type else None
-        async with session.request(method, path, json=json, params=params, headers=headers) as response:
-            try:
-                body: dict[str, Any] | str = await response.json(content_type=None)
-            except ValueError:
-                body = await response.text()
-            if response.status >= 400:
-                raise ApiError(response.status, body)
+        reloaded = False
+        throttled = 0
+        while True:
+            await self._bucket.acquire()
+            headers = self._auth_headers()
+            if content_type:
+                headers["Content-Type"] = content_type
+            async with session.request(method, path, json=json, params=params, headers=headers) as response:
+                try:
+                    body: dict[str, Any] | str = await response.json(content_type=None)
+                except ValueError:
+                    body = await response.text()
+                retry_after = response.headers.get("Retry-After")
+                status = response.status
+            # A 429 was refused before any work (API priority and fairness): safe to resend, whatever the verb.
+            if status == 429 and throttled < THROTTLED_RETRIES:
+                throttled += 1
+                await asyncio.sleep(retry_after_seconds(retry_after))
+                continue
+            # Rotated under us: read the file once more; resend only if that gave a different token.
+            if status == 401 and not reloaded:
+                reloaded = True
+                if self.reload_token():
+                    continue
+            self._note(status)
+            if status >= 400:
+                raise ApiError(status, body)
             return body if isinstance(body, dict) else {}
 
     async def get(
@@ -157,12 +280,69 @@ class KubeClient:
                 return None
             raise
 
+    async def list_with_version(
+        self, api_version: str, kind: str, namespace: str | None, *, label_selector: str | None = None
+    ) -> tuple[list[dict[str, Any]], str]:
+        """The items and the list's resourceVersion, where a watch of the same selector starts."""
+        params = {"labelSelector": label_selector} if label_selector else None
+        body = await self._request("GET", resource_path(api_version, kind, namespace), params=params)
+        return list(body.get("items") or []), str((body.get("metadata") or {}).get("resourceVersion", ""))
+
     async def list(
         self, api_version: str, kind: str, namespace: str | None, *, label_selector: str | None = None
     ) -> list[dict[str, Any]]:
-        params = {"labelSelector": label_selector} if label_selector else None
-        body = await self._request("GET", resource_path(api_version, kind, namespace), params=params)
-        return list(body.get("items") or [])
+        items, _ = await self.list_with_version(api_version, kind, namespace, label_selector=label_selector)
+        return items
+
+    async def watch(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        *,
+        resource_version: str,
+        label_selector: str | None = None,
+        timeout_seconds: int = 300,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The watch events ({"type", "object"}) after `resource_version` until the server ends the stream.
+
+        Not rate-limited: one long request per kind and namespace. An HTTP error raises ApiError; an
+        expired version arrives as an ERROR event with code 410, as the API server sends it."""
+        params = {
+            "watch": "true",
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(timeout_seconds),
+        }
+        if label_selector:
+            params["labelSelector"] = label_selector
+        session = await self._watch_session_()
+        # No total limit; a stream silent well past the server's own timeout is a dead connection.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=timeout_seconds + 30)
+        path = resource_path(api_version, kind, namespace)
+        async with session.get(
+            path, params=params, headers=self._auth_headers(), timeout=timeout
+        ) as response:
+            if response.status >= 400:
+                try:
+                    body: dict[str, Any] | str = await response.json(content_type=None)
+                except ValueError:
+                    body = await response.text()
+                if response.status == 401:
+                    self.reload_token()  # the next attempt (the caller backs off) sends the new one
+                self._note(response.status)
+                raise ApiError(response.status, body)
+            self._note(response.status)
+            buffer = b""
+            # Lines split by hand: aiohttp's readline refuses lines over 128 KiB, and objects can be larger.
+            async for chunk in response.content.iter_any():
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield parse_json(line)
+            if buffer.strip():
+                yield parse_json(buffer)
 
     async def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Create, or return the existing object of that name: fixed child names make this idempotent."""

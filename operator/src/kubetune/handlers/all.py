@@ -1,5 +1,5 @@
 """Registers every handler with Kopf: `kopf run -m kubetune.handlers.all` (what `kubetune operator` does)."""
 
-from kubetune.handlers import finetunejob, modeldeployment, startup
+from kubetune.handlers import children, finetunejob, modeldeployment, startup
 
-__all__ = ["finetunejob", "modeldeployment", "startup"]
+__all__ = ["children", "finetunejob", "modeldeployment", "startup"]

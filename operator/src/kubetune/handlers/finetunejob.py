@@ -1,10 +1,9 @@
-"""Kopf glue for FineTuneJob: every trigger (create, resume, update, timer, child events) runs the same
-level-based reconcile under a per-object lock (handlers.reconciler)."""
+"""Kopf glue for FineTuneJob: every trigger (create, resume, update, timer, and child events through
+handlers.children) runs the same level-based reconcile under a per-object lock (handlers.reconciler)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -107,12 +106,3 @@ async def finetunejob_event(type: str, body: kopf.Body, **_: Any) -> None:
     if type == "DELETED":
         RUNTIME.phases.update(body["metadata"]["uid"], None, 0)
         reconcile_job.forget(body["metadata"]["namespace"], body["metadata"]["name"])
-
-
-@kopf.on.event("batch", "v1", "jobs", labels={MANAGED_BY: "kubetune", JOB_LABEL: kopf.PRESENT})
-@kopf.on.event("", "v1", "pods", labels={MANAGED_BY: "kubetune", JOB_LABEL: kopf.PRESENT})
-async def child_changed(type: str | None, namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
-    """A child Job or Pod changed: reconcile its FineTuneJob now rather than at the next timer tick."""
-    if type is None or namespace is None:
-        return  # the initial listing: resume handlers already cover it
-    await reconcile_job(namespace, labels[JOB_LABEL])

@@ -1,5 +1,6 @@
 """Kopf glue for ModelDeployment: gate, rollout and benchmark all run in one level-based reconcile under a
-per-object lock (handlers.reconciler)."""
+per-object lock (handlers.reconciler); its Deployments' and benchmark Jobs' events arrive through
+handlers.children."""
 
 from __future__ import annotations
 
@@ -122,13 +123,3 @@ async def source_job_changed(type: str | None, namespace: str | None, name: str,
     index: kopf.Index[tuple[str, str], str] = kwargs["deployments_by_source"]
     for deployment in index.get((namespace, name), []):
         await reconcile_serving(namespace, deployment)
-
-
-@kopf.on.event("apps", "v1", "deployments", labels={MANAGED_BY: "kubetune", DEPLOYMENT_LABEL: kopf.PRESENT})
-@kopf.on.event("batch", "v1", "jobs", labels={MANAGED_BY: "kubetune", DEPLOYMENT_LABEL: kopf.PRESENT})
-async def serving_child_changed(
-    type: str | None, namespace: str | None, labels: kopf.Labels, **_: Any
-) -> None:
-    if type is None or namespace is None:
-        return
-    await reconcile_serving(namespace, labels[DEPLOYMENT_LABEL])

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import socket
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
+import aiohttp
 import kopf
 
 from kubetune.adapters import metrics
@@ -21,10 +24,14 @@ from kubetune.api.common import GROUP, VERSION
 from kubetune.api.timestamps import utc_now
 from kubetune.handlers.runtime import RUNTIME
 from kubetune.reconcile.errors import error_status, without_error
-from kubetune.reconcile.finetunejob import Create, Delete, Outcome, Patch
+from kubetune.reconcile.finetunejob import Create, Delete, Event, Outcome, Patch
+
+logger = logging.getLogger(__name__)
 
 API_VERSION = f"{GROUP}/{VERSION}"
 RETRY_SECONDS = 15
+REPORTING_COMPONENT = "kubetune-operator"
+MAX_EVENT_MESSAGE = 1024  # what the API server accepts, about
 
 Body = dict[str, Any]
 Decide = Callable[[KubeClient, Body], Awaitable[Outcome]]
@@ -59,6 +66,42 @@ async def write_status(client: KubeClient, kind: str, body: Body, status: dict[s
     )
 
 
+def event_manifest(body: Body, event: Event, *, now: str, instance: str) -> dict[str, Any]:
+    """A core/v1 Event about `body`, as `kubectl describe` shows them."""
+    meta = body["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"namespace": meta["namespace"], "generateName": f"{meta['name']}."},
+        "involvedObject": {
+            "apiVersion": body.get("apiVersion", API_VERSION),
+            "kind": body.get("kind"),
+            "namespace": meta["namespace"],
+            "name": meta["name"],
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+        },
+        "type": event.type,
+        "reason": event.reason,
+        "message": event.message[:MAX_EVENT_MESSAGE],
+        "source": {"component": REPORTING_COMPONENT},
+        "reportingComponent": REPORTING_COMPONENT,
+        "reportingInstance": instance,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+
+
+async def post_event(client: KubeClient, body: Body, event: Event) -> None:
+    """Through the operator's own client, not kopf.event(): that needs the context of a Kopf handler, and
+    child events (handlers.children) reconcile outside one. An event is worth no retry: log and go on."""
+    try:
+        await client.create(event_manifest(body, event, now=now(), instance=socket.gethostname()))
+    except (ApiError, aiohttp.ClientError, TimeoutError) as error:
+        logger.warning("could not post the %s event on %s: %s", event.reason, body["metadata"]["name"], error)
+
+
 async def write_outcome(client: KubeClient, kind: str, body: Body, outcome: Outcome) -> Outcome:
     """The whole status in one write (only when it changed), then the events, one line each. Returns the
     outcome as written (without an earlier error condition)."""
@@ -66,7 +109,7 @@ async def write_outcome(client: KubeClient, kind: str, body: Body, outcome: Outc
     if outcome.status != (body.get("status") or {}):
         await write_status(client, kind, body, outcome.status)
     for event in outcome.events:
-        kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason, message=event.message)
+        await post_event(client, body, event)
         metrics.EVENTS.labels(kind, event.reason).inc()
     return outcome
 

@@ -8,7 +8,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubetune.api.common import DNS_SUBDOMAIN_PATTERN, QUANTITY_PATTERN
+from kubetune.adapters.kube import DEFAULT_BURST, DEFAULT_QPS
+from kubetune.api.common import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, QUANTITY_PATTERN
 from kubetune.api.trainer_contract import MAX_METRICS_PORT, MIN_METRICS_PORT
 from kubetune.render.modeldeployment import PROMETHEUS_URL, TGI_IMAGE, VLLM_IMAGE
 from kubetune.render.pod import OperatorDefaults
@@ -65,6 +66,10 @@ class OperatorConfig:
     vllm_image: str = VLLM_IMAGE
     tgi_image: str = TGI_IMAGE
     prometheus_url: str = PROMETHEUS_URL  # what KEDA ScaledObjects query
+    # The API client's token bucket (watches excluded): client-go's 5/10 would spend minutes on a resync
+    # of 2,000 jobs; 50/100 still stays well inside API priority and fairness' default share for one client.
+    api_qps: int = DEFAULT_QPS
+    api_burst: int = DEFAULT_BURST
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
@@ -96,14 +101,28 @@ class OperatorConfig:
             raise ConfigError(
                 f"KUBETUNE_IMAGE_PULL_POLICY={defaults.image_pull_policy!r} is not a pull policy"
             )
-        namespaces = tuple(n for n in env.get("KUBETUNE_WATCH_NAMESPACES", "").split(",") if n.strip())
+        namespaces = tuple(
+            n.strip() for n in env.get("KUBETUNE_WATCH_NAMESPACES", "").split(",") if n.strip()
+        )
+        for namespace in namespaces:  # each gets its own child watches: no globs
+            if not re.fullmatch(DNS_LABEL_PATTERN, namespace) or len(namespace) > 63:
+                raise ConfigError(f"KUBETUNE_WATCH_NAMESPACES: {namespace!r} is not a namespace name")
+        api_qps = _int(env, "KUBETUNE_API_QPS", DEFAULT_QPS, low=1, high=10_000)
+        api_burst = _int(env, "KUBETUNE_API_BURST", DEFAULT_BURST, low=1, high=100_000)
+        if api_burst < api_qps:
+            raise ConfigError(
+                f"KUBETUNE_API_BURST={api_burst} must be at least KUBETUNE_API_QPS={api_qps}, "
+                "or the bucket never holds a second's worth of requests"
+            )
         return cls(
             defaults=defaults,
             resync_seconds=_int(env, "KUBETUNE_RESYNC_SECONDS", 30, low=1, high=3600),
             metrics_port=_int(env, "KUBETUNE_METRICS_PORT", 8080, high=65535),
             scrape_progress=env.get("KUBETUNE_SCRAPE_PROGRESS", "true").lower() in ("1", "true", "yes"),
-            namespaces=tuple(n.strip() for n in namespaces),
+            namespaces=namespaces,
             vllm_image=env.get("KUBETUNE_VLLM_IMAGE", cls.vllm_image),
             tgi_image=env.get("KUBETUNE_TGI_IMAGE", cls.tgi_image),
             prometheus_url=env.get("KUBETUNE_PROMETHEUS_URL") or PROMETHEUS_URL,
+            api_qps=api_qps,
+            api_burst=api_burst,
         )

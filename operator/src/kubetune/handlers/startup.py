@@ -8,11 +8,14 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
-from kubetune.adapters.kube import Credentials
+from kubetune.adapters.kube import SERVICE_ACCOUNT_TOKEN_PATH, Credentials
 from kubetune.adapters.metrics import REGISTRY
 from kubetune.handlers.runtime import RUNTIME
 
 DOMAIN = "kubetune.dev"
+# 401s in a row (each after re-reading the token) that mean the credential is dead, not rotating: at the
+# default resync every object's reconcile and every watch retry adds one, so a minute or two at most.
+UNAUTHORIZED_LIMIT = 5
 
 
 @kopf.on.startup()
@@ -43,12 +46,21 @@ async def close(**_: Any) -> None:
 @kopf.on.login()
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """In a pod: the service account; elsewhere: the kubeconfig. The operator's client reuses the result."""
-    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    info = kopf.login_with_service_account(**kwargs)
+    token_path = SERVICE_ACCOUNT_TOKEN_PATH if info is not None else None  # projected: the kubelet rotates it
+    info = info or kopf.login_with_kubeconfig(**kwargs)
     if info is not None:
-        RUNTIME.credentials = Credentials.from_kopf(info)
+        RUNTIME.credentials = Credentials.from_kopf(info, token_path=token_path)
     return info
 
 
 @kopf.on.probe(id="reconciler")
 def alive(**_: Any) -> str:
+    """Fails (HTTP 500 on /healthz) once the API keeps refusing the credential, so the kubelet restarts the
+    pod and it logs in afresh, instead of a green probe over an operator that can do nothing."""
+    streak = RUNTIME.unauthorized_streak()
+    if streak >= UNAUTHORIZED_LIMIT:
+        raise kopf.PermanentError(
+            f"the Kubernetes API refused the operator's credentials {streak} times in a row (401 Unauthorized)"
+        )
     return "ok" if RUNTIME.credentials is not None else "waiting for login"
