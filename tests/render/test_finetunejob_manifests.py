@@ -274,6 +274,42 @@ def test_multinode_is_an_indexed_job_with_rendezvous_service() -> None:
     assert service["spec"]["clusterIP"] == "None"
 
 
+def test_multinode_job_is_a_gang_that_the_job_controller_never_retries_by_index() -> None:
+    spec = _spec("full-multinode")
+    job = render.training_job(OWNER, spec, DEFAULTS, "d")
+    # Any pod failure, a disruption included, fails the whole Job: the operator restarts every rank together.
+    assert job["spec"]["backoffLimit"] == 0
+    rules = {
+        json.dumps(rule.get("onExitCodes") or rule.get("onPodConditions")): rule["action"]
+        for rule in job["spec"]["podFailurePolicy"]["rules"]
+    }
+    assert set(rules.values()) == {"FailJob"}, rules
+    assert job["metadata"]["annotations"][render.GANG_ATTEMPT_ANNOTATION] == "0"
+    # A single-node Job keeps the Job controller's retries, and disruptions stay free.
+    single = render.training_job(OWNER, _spec("lora-basic"), DEFAULTS, "d")
+    assert single["spec"]["backoffLimit"] == 3
+    assert [r["action"] for r in single["spec"]["podFailurePolicy"]["rules"]] == ["FailJob", "Ignore"]
+    assert render.GANG_ATTEMPT_ANNOTATION not in single["metadata"]["annotations"]
+    assert render.training_job(OWNER, _spec("lora-basic"), DEFAULTS, "d", attempt=3)["metadata"]["name"] == (
+        "support-bot-train"
+    )
+
+
+def test_a_restarted_gang_gets_a_fresh_name_and_rendezvous_on_its_own_rank_0() -> None:
+    job = render.training_job(OWNER, _spec("full-multinode"), DEFAULTS, "d", attempt=2, restarts=1)
+    assert job["metadata"]["name"] == "support-bot-train-r2"
+    assert job["metadata"]["annotations"][render.GANG_ATTEMPT_ANNOTATION] == "2"
+    assert job["metadata"]["annotations"][render.RESTARTS_ANNOTATION] == "1"
+    pod = job["spec"]["template"]["spec"]
+    # The Service (subdomain) stays; index 0's hostname is the new Job's, never a terminating old pod's.
+    assert pod["subdomain"] == render.rendezvous_service(OWNER)["metadata"]["name"] == "support-bot-train"
+    command = pod["containers"][0]["command"]
+    assert "--master-addr=support-bot-train-r2-0.support-bot-train.team-a.svc" in command
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 2
+    for version in ("1.30.0", "1.37.0"):
+        kubernetes_validate.validate(job, version, strict=True)
+
+
 def test_config_map_carries_resolved_trainer_config() -> None:
     config = _children(_spec("lora-basic"))[0]
     data = json.loads(config["data"]["trainer-config.json"])

@@ -55,6 +55,9 @@ USER_SUSPENDED = "SuspendedByUser"
 NOT_SUSPENDED = "NotSuspended"
 NO_FAILURE = "NoFailure"
 NOT_STARTED = "NotStarted"
+GANG_RESTARTING = "GangRestarting"
+# FineTuneJob event reason: a multi-node Job failed or was disrupted and all its ranks start again.
+GANG_RESTARTED = "GangRestarted"
 
 # ModelDeployment reasons (its condition types are in reconcile.modeldeployment); INVALID_SPEC and
 # THRESHOLDS_NOT_MET above serve both kinds.

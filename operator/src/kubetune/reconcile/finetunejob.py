@@ -20,6 +20,7 @@ from kubetune.reconcile import conditions as c
 from kubetune.reconcile.observed import JobView, Observed, PodView
 from kubetune.reconcile.progress import progress_changed
 from kubetune.render import finetunejob as render
+from kubetune.render.finetunejob import EXIT_INVALID_INPUT
 from kubetune.render.pod import Manifest, OperatorDefaults
 
 MAX_CHECKPOINTS_IN_STATUS = 20
@@ -299,7 +300,8 @@ def _train(
         _unsuspend(draft)
         if render.needs_rendezvous_service(spec) and not draft.observed.service:
             draft.actions.append(Create(render.rendezvous_service(owner)))
-        draft.actions.append(Create(render.training_job(owner, spec, defaults, digest)))
+        restarts = int(draft.status.get("restarts") or 0)
+        draft.actions.append(Create(render.training_job(owner, spec, defaults, digest, restarts=restarts)))
         draft.status.setdefault("restarts", 0)
         if queue:
             draft.condition(
@@ -320,6 +322,8 @@ def _train(
         return True
     if job.failure_reason:
         _record_training_summary(draft, spec, job)
+        if job.gang_attempt is not None and _restart_gang(draft, owner, spec, defaults, digest, job=job):
+            return False
         draft.fail(*_failure(job, "training"))
         return False
     if spec.suspend:
@@ -355,9 +359,80 @@ def _train(
     return False
 
 
+def _restarts(draft: _Draft, job: JobView) -> int:
+    """Retries so far: a gang's are counted by the operator and carried by its Job; any other Job's failed
+    pods are the Job controller's retries."""
+    counted = job.restarts if job.gang_attempt is not None else job.failed
+    return max(int(draft.status.get("restarts") or 0), counted)
+
+
+def _describe_failure(pod: PodView) -> str:
+    if pod.disruption:
+        return f"was disrupted ({pod.disruption})"
+    if pod.terminated_reason == "OOMKilled":
+        return "ran out of memory (OOMKilled)"
+    if pod.exit_code is not None:
+        return f"exited with code {pod.exit_code}" + (
+            f" ({pod.terminated_reason})" if pod.terminated_reason else ""
+        )
+    return "failed"
+
+
+def _restart_gang(
+    draft: _Draft,
+    owner: ResourceIdentity,
+    spec: FineTuneJobSpec,
+    defaults: OperatorDefaults,
+    digest: str,
+    *,
+    job: JobView,
+) -> bool:
+    """A multi-node Job fails whole on any pod's failure: start all its ranks again as a fresh Job (they resume
+    from the newest complete checkpoint). False leaves the failure to stand: bad input (exit 2 on any rank) or
+    the deadline cannot be retried away. A disruption (preemption, eviction, drain) is not the job's fault and
+    does not use up spec.backoffLimit; any other failure does, and the job fails once it is spent."""
+    failed = [p for p in job.pods if p.phase == "Failed"]
+    if job.failure_reason == "DeadlineExceeded" or any(p.exit_code == EXIT_INVALID_INPUT for p in failed):
+        return False
+    cause = job.first_failed_pod()
+    rank = f"rank {cause.completion_index}" if cause and cause.completion_index is not None else "a rank"
+    what = f"{rank} (pod {cause.name}) {_describe_failure(cause)}" if cause else f"{rank} failed"
+    disrupted = cause is not None and cause.disruption is not None
+    restarts = _restarts(draft, job)
+    if not disrupted and restarts >= spec.backoff_limit:
+        if cause is not None and cause.terminated_reason == "OOMKilled":
+            return False  # the out-of-memory advice says more than the count
+        draft.fail(
+            c.BACKOFF_LIMIT_EXCEEDED,
+            f"training failed again after {restarts} gang restart(s), the most spec.backoffLimit "
+            f"({spec.backoff_limit}) allows: {what}; see its logs",
+        )
+        return True
+    counted = restarts if disrupted else restarts + 1
+    attempt = (job.gang_attempt or 0) + 1
+    fresh = render.training_job(owner, spec, defaults, digest, attempt=attempt, restarts=counted)
+    # Create before delete: a repeated reconcile then meets a harmless conflict, never a lost restart.
+    draft.actions.append(Create(fresh))
+    draft.actions.append(Delete("batch/v1", "Job", job.name))
+    budget = (
+        "disruptions do not count against spec.backoffLimit"
+        if disrupted
+        else f"restart {counted}/{spec.backoff_limit} of spec.backoffLimit"
+    )
+    message = (
+        f"{what}: restarting all {spec.resources.nodes} ranks as Job {fresh['metadata']['name']} "
+        f"from the newest complete checkpoint ({budget})"
+    )
+    draft.event("Warning", c.GANG_RESTARTED, message)
+    draft.status["restarts"] = counted
+    draft.condition(c.RUNNING, "False", c.GANG_RESTARTING, message)
+    draft.status["phase"] = "Running"
+    return True
+
+
 def _follow_training(draft: _Draft, spec: FineTuneJobSpec, job: JobView) -> None:
     running = [p for p in job.pods if p.phase == "Running"]
-    restarts = max(int(draft.status.get("restarts") or 0), job.failed)
+    restarts = _restarts(draft, job)
     if restarts > int(draft.status.get("restarts") or 0):
         draft.event(
             "Warning",
@@ -422,7 +497,7 @@ def _record_live_progress(draft: _Draft, spec: FineTuneJobSpec) -> None:
 
 
 def _record_training_summary(draft: _Draft, spec: FineTuneJobSpec, job: JobView) -> None:
-    draft.status["restarts"] = max(int(draft.status.get("restarts") or 0), job.failed)
+    draft.status["restarts"] = _restarts(draft, job)
     summary = job.summary() or {}
     if summary.get("progress"):
         _merge_progress(draft, summary["progress"])

@@ -6,7 +6,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubetune.render.finetunejob import CONFIG_HASH_ANNOTATION, STAGE_LABEL, Stage
+from kubetune.render.finetunejob import (
+    CONFIG_HASH_ANNOTATION,
+    GANG_ATTEMPT_ANNOTATION,
+    RESTARTS_ANNOTATION,
+    STAGE_LABEL,
+    Stage,
+)
 
 # Set by the Job controller on the pods of an Indexed Job (annotation; also a label since Kubernetes 1.28).
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
@@ -27,6 +33,9 @@ class PodView:
     waiting_message: str | None = None
     unschedulable_message: str | None = None
     completion_index: int | None = None  # an Indexed Job's pod: its node rank
+    finished_at: str | None = None  # when the trainer container terminated
+    # The reason of a DisruptionTarget condition (preemption, eviction, drain, node loss): not the pod's fault.
+    disruption: str | None = None
 
     @property
     def image_pull_failed(self) -> bool:
@@ -52,6 +61,13 @@ class JobView:
     start_time: str | None = None
     completion_time: str | None = None
     pods: tuple[PodView, ...] = ()
+    gang_attempt: int | None = None  # a multi-node Job's attempt; None for any other Job
+    restarts: int = 0  # gang restarts counted against spec.backoffLimit before this attempt
+
+    def first_failed_pod(self) -> PodView | None:
+        """The pod whose failure failed the Job: the first to terminate (its peers are stopped after it)."""
+        failed = [p for p in self.pods if p.phase == "Failed"]
+        return min(failed, key=lambda p: (p.finished_at or "~", p.created, p.name)) if failed else None
 
     def newest_pod(self, phase: str | None = None) -> PodView | None:
         pods = [p for p in self.pods if phase is None or p.phase == phase]
@@ -114,6 +130,14 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         (c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"), {}
     )
     unschedulable = scheduled.get("message") if scheduled.get("reason") == "Unschedulable" else None
+    disrupted: dict[str, Any] = next(
+        (
+            c
+            for c in status.get("conditions") or []
+            if c.get("type") == "DisruptionTarget" and c.get("status") == "True"
+        ),
+        {},
+    )
     metadata = pod["metadata"]
     index = (metadata.get("annotations") or {}).get(COMPLETION_INDEX) or (metadata.get("labels") or {}).get(
         COMPLETION_INDEX
@@ -129,8 +153,14 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         waiting_reason=waiting.get("reason"),
         waiting_message=waiting.get("message"),
         unschedulable_message=unschedulable,
-        completion_index=int(index) if index is not None and str(index).isdigit() else None,
+        completion_index=_number(index),
+        finished_at=terminated.get("finishedAt"),
+        disruption=(disrupted.get("reason") or "DisruptionTarget") if disrupted else None,
     )
+
+
+def _number(value: Any) -> int | None:
+    return int(value) if value is not None and str(value).isdigit() else None
 
 
 def _job_name_of(pod: dict[str, Any]) -> str | None:
@@ -144,6 +174,7 @@ def job_view(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobView:
     failed = conditions.get("Failed")
     name = job["metadata"]["name"]
     mine = [p for p in pods if _job_name_of(p) == name]
+    annotations = job["metadata"].get("annotations") or {}
     return JobView(
         name=name,
         stage=(job["metadata"].get("labels") or {}).get(STAGE_LABEL, ""),
@@ -154,8 +185,10 @@ def job_view(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobView:
         complete="Complete" in conditions,
         failure_reason=failed.get("reason") if failed else None,
         failure_message=failed.get("message") if failed else None,
-        config_hash=(job["metadata"].get("annotations") or {}).get(CONFIG_HASH_ANNOTATION),
+        config_hash=annotations.get(CONFIG_HASH_ANNOTATION),
         start_time=status.get("startTime"),
         completion_time=status.get("completionTime"),
         pods=tuple(pod_view(p) for p in mine),
+        gang_attempt=_number(annotations.get(GANG_ATTEMPT_ANNOTATION)),
+        restarts=_number(annotations.get(RESTARTS_ANNOTATION)) or 0,
     )

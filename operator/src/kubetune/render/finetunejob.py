@@ -5,6 +5,10 @@ Three Jobs rather than one pod running every stage: each phase boundary is then 
 object (no scraping needed to know where a job stands), a failed evaluation never re-runs training, and
 the CPU-only validation never holds a GPU.
 
+A multi-node training Job is a gang: any pod's failure fails the whole Job (backoffLimit 0, a disruption
+fails it too) and the operator recreates it under the next attempt's name, so every rank restarts together
+from the newest complete checkpoint instead of one replaced index waiting for peers that hang in NCCL.
+
 A `pvc://CLAIM/path` base model or dataset is mounted read-only at /mnt/pvc/CLAIM on each pod that reads it
 (validation: dataset and model; training and finishing: the model), and the trainer reads it in place.
 """
@@ -58,6 +62,10 @@ INDEX_FIELD = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 # Exit code the trainer uses for bad input (dataset, config): retrying cannot help. Multi-process pods keep
 # it: `kubetune_trainer launch` exits with the first failed worker's code, where torchrun would exit 1.
 EXIT_INVALID_INPUT = 2
+# A multi-node training Job's attempt (0 first, +1 per gang restart), and the gang restarts counted against
+# spec.backoffLimit so far: the Job carries both, so a lost status write cannot undercount them.
+GANG_ATTEMPT_ANNOTATION = "kubetune.dev/gang-attempt"
+RESTARTS_ANNOTATION = "kubetune.dev/restarts"
 # Seconds of the grace period left to the launcher after torch.distributed stops waiting for its workers
 # (it SIGKILLs them then), so the pod still exits with their code before the kubelet's SIGKILL.
 LAUNCHER_SHUTDOWN_MARGIN_SECONDS = 15
@@ -65,6 +73,13 @@ LAUNCHER_SHUTDOWN_MARGIN_SECONDS = 15
 
 def child_name(owner_name: str, stage: Stage | Literal["config"]) -> str:
     return f"{owner_name}-{stage}"
+
+
+def training_job_name(owner_name: str, attempt: int = 0) -> str:
+    """A fresh name per gang attempt: the new pods' hostnames (JOB-INDEX) never resolve to a terminating pod
+    of the failed attempt, and its pods are never taken for the new Job's."""
+    name = child_name(owner_name, "train")
+    return name if attempt == 0 else f"{name}-r{attempt}"
 
 
 def selector_labels(owner: ResourceIdentity) -> dict[str, str]:
@@ -149,15 +164,19 @@ def _stage_command(stage: str) -> list[str]:
     return ["kubetune-trainer", stage, "--config", f"{CONFIG_MOUNT}/{CONFIG_FILE_NAME}"]
 
 
-def _pod_failure_policy() -> Manifest:
-    """Bad input fails the Job at once; a preempted or evicted pod does not count against backoffLimit."""
+def _pod_failure_policy(*, gang: bool = False) -> Manifest:
+    """Bad input fails the Job at once; a preempted or evicted pod does not count against backoffLimit. In a
+    gang it fails the Job too (a replaced rank alone cannot rejoin its peers): the operator restarts all."""
     return {
         "rules": [
             {
                 "action": "FailJob",
                 "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [EXIT_INVALID_INPUT]},
             },
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            {
+                "action": "FailJob" if gang else "Ignore",
+                "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+            },
         ]
     }
 
@@ -271,7 +290,7 @@ def _cpu_and_memory(spec: FineTuneJobSpec) -> tuple[str, str]:
     return cpu, memory
 
 
-def _train_command(owner: ResourceIdentity, spec: FineTuneJobSpec) -> list[str]:
+def _train_command(owner: ResourceIdentity, spec: FineTuneJobSpec, job_name: str | None = None) -> list[str]:
     resources = spec.resources
     if resources.gpus <= 1 and resources.nodes == 1:
         return _stage_command("train")
@@ -291,9 +310,9 @@ def _train_command(owner: ResourceIdentity, spec: FineTuneJobSpec) -> list[str]:
         launcher.append("--standalone")
     else:
         # Static rendezvous on index 0 through the headless Service; each pod's index is its node rank.
-        rendezvous_host = (
-            f"{child_name(owner.name, 'train')}-0.{child_name(owner.name, 'train')}.{owner.namespace}.svc"
-        )
+        # Index 0's hostname is JOB-0 in the Service's subdomain (the Job's name changes per gang attempt).
+        job_name = job_name or training_job_name(owner.name)
+        rendezvous_host = f"{job_name}-0.{child_name(owner.name, 'train')}.{owner.namespace}.svc"
         launcher += [
             f"--nnodes={resources.nodes}",
             "--node-rank=$(NODE_RANK)",
@@ -314,11 +333,20 @@ def _kueue_labels(spec: FineTuneJobSpec) -> dict[str, str]:
 
 
 def training_job(
-    owner: ResourceIdentity, spec: FineTuneJobSpec, defaults: OperatorDefaults, config_digest: str
+    owner: ResourceIdentity,
+    spec: FineTuneJobSpec,
+    defaults: OperatorDefaults,
+    config_digest: str,
+    *,
+    attempt: int = 0,
+    restarts: int = 0,
 ) -> Manifest:
+    """The training Job; `attempt` and `restarts` matter only to a multi-node (gang) Job."""
     resources = spec.resources
-    pod = _gpu_pod_spec(owner, spec, defaults, "train", _train_command(owner, spec))
+    name = training_job_name(owner.name, attempt if resources.nodes > 1 else 0)
+    pod = _gpu_pod_spec(owner, spec, defaults, "train", _train_command(owner, spec, name))
     job = _job(owner, "train", pod, config_digest=config_digest, backoff_limit=spec.backoff_limit)
+    job["metadata"]["name"] = name
     job["metadata"]["labels"].update(_kueue_labels(spec))
     if spec.active_deadline_seconds:
         job["spec"]["activeDeadlineSeconds"] = spec.active_deadline_seconds
@@ -326,8 +354,18 @@ def training_job(
     if _kueue_labels(spec) or spec.suspend:
         job["spec"]["suspend"] = True
     if resources.nodes > 1:
+        # The operator counts and performs retries (all ranks at once): the Job controller retries none.
         job["spec"].update(
-            {"completionMode": "Indexed", "completions": resources.nodes, "parallelism": resources.nodes}
+            {
+                "completionMode": "Indexed",
+                "completions": resources.nodes,
+                "parallelism": resources.nodes,
+                "backoffLimit": 0,
+                "podFailurePolicy": _pod_failure_policy(gang=True),
+            }
+        )
+        job["metadata"]["annotations"].update(
+            {GANG_ATTEMPT_ANNOTATION: str(attempt), RESTARTS_ANNOTATION: str(restarts)}
         )
         pod["subdomain"] = child_name(owner.name, "train")
         container = pod["containers"][0]
