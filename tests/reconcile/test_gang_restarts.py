@@ -53,7 +53,10 @@ def _fail(world: World, job_name: str, failed_index: int, terminated: dict[str, 
     _pod(world, job_name, survivor, "Failed",
          terminated={"exitCode": 143, "reason": "Error", "finishedAt": "2026-11-29T10:05:30Z"})  # fmt: skip
     job = world.objects[("Job", job_name)]
-    job["status"] = {"failed": 2, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}
+    job["status"] = {
+        "failed": 2,
+        "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}],
+    }
 
 
 def _reasons(world: World) -> list[str]:
