@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -308,6 +309,127 @@ def test_a_restarted_gang_gets_a_fresh_name_and_rendezvous_on_its_own_rank_0() -
     assert job["spec"]["completions"] == job["spec"]["parallelism"] == 2
     for version in ("1.30.0", "1.37.0"):
         kubernetes_validate.validate(job, version, strict=True)
+
+
+# The JobSet fields kubetune writes, as kubernetes-sigs/jobset's v1alpha2 CRD defines them
+# (config/components/crd/bases/jobset.x-k8s.io_jobsets.yaml, JobSet v0.8; not vendored): unknown fields,
+# a wrong type or a rule without its required name fail here. The Job template is checked by
+# kubernetes-validate as a batch/v1 Job.
+_JOBSET_RULE = {
+    "type": "object",
+    "required": ["action", "name"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "pattern": "^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"},
+        "action": {"enum": ["FailJobSet", "RestartJobSet", "RestartJobSetAndIgnoreMaxRestarts"]},
+        "onJobFailureReasons": {"type": "array", "items": {"type": "string"}},
+        "targetReplicatedJobs": {"type": "array", "items": {"type": "string"}},
+    },
+}
+_JOBSET_SPEC = {
+    "type": "object",
+    "required": ["replicatedJobs"],
+    "additionalProperties": False,
+    "properties": {
+        "suspend": {"type": "boolean"},
+        "network": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "enableDNSHostnames": {"type": "boolean"},
+                "publishNotReadyAddresses": {"type": "boolean"},
+                "subdomain": {"type": "string"},
+            },
+        },
+        "failurePolicy": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "maxRestarts": {"type": "integer", "minimum": 0},
+                "restartStrategy": {"enum": ["Recreate", "BlockingRecreate"]},
+                "rules": {"type": "array", "items": _JOBSET_RULE},
+            },
+        },
+        "replicatedJobs": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["name", "template"],
+                "additionalProperties": False,
+                "properties": {
+                    "name": {"type": "string"},
+                    "replicas": {"type": "integer"},
+                    "template": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["spec"],
+                        "properties": {"metadata": {"type": "object"}, "spec": {"type": "object"}},
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def test_multinode_jobset_matches_its_golden_file_and_jobsets_schema() -> None:
+    spec = _spec("full-multinode")
+    digest = render.config_map(OWNER, spec, DEFAULTS)["metadata"]["annotations"][
+        render.CONFIG_HASH_ANNOTATION
+    ]
+    jobset = render.training_jobset(OWNER, spec, DEFAULTS, digest)
+    text = yaml.safe_dump(jobset, sort_keys=False, width=120)
+    path = GOLDEN / "finetunejob-full-multinode-jobset.yaml"
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert path.read_text() == text, f"{path.name} changed: review the diff, then rerun with UPDATE_GOLDEN=1"
+
+    jsonschema.validate(jobset["spec"], _JOBSET_SPEC)
+    assert jobset["apiVersion"] == "jobset.x-k8s.io/v1alpha2" and jobset["kind"] == "JobSet"
+    (replicated,) = jobset["spec"]["replicatedJobs"]
+    child = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "support-bot-train-node-0"},
+             "spec": replicated["template"]["spec"]}  # fmt: skip
+    for version in ("1.30.0", "1.37.0"):
+        kubernetes_validate.validate(child, version, strict=True)
+    assert restricted_violations(child["spec"]["template"]["spec"]) == []
+
+
+def test_the_jobset_restarts_every_rank_and_fails_on_bad_input() -> None:
+    spec = _spec("full-multinode")
+    jobset = render.training_jobset(OWNER, spec, DEFAULTS, "d")
+    policy = jobset["spec"]["failurePolicy"]
+    assert policy["maxRestarts"] == spec.backoff_limit == 3
+    fail_on = {
+        reason
+        for rule in policy["rules"]
+        if rule["action"] == "FailJobSet"
+        for reason in rule["onJobFailureReasons"]
+    }
+    assert fail_on == {"PodFailurePolicy", "DeadlineExceeded"}
+    (replicated,) = jobset["spec"]["replicatedJobs"]
+    job = replicated["template"]["spec"]
+    assert replicated["replicas"] == 1
+    assert job["completionMode"] == "Indexed" and job["completions"] == job["parallelism"] == 2
+    assert job["backoffLimit"] == 0
+    # Only exit 2 fails the child Job through the pod failure policy (reason PodFailurePolicy: FailJobSet);
+    # a disruption counts as a plain failure (BackoffLimitExceeded), which JobSet answers with a restart.
+    actions = [rule["action"] for rule in job["podFailurePolicy"]["rules"]]
+    assert actions == ["FailJob", "Count"]
+    assert job["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [render.EXIT_INVALID_INPUT]
+    assert jobset["spec"]["network"] == {
+        "enableDNSHostnames": True, "subdomain": "support-bot-train", "publishNotReadyAddresses": True,
+    }  # fmt: skip
+    command = job["template"]["spec"]["containers"][0]["command"]
+    # JobSet's pod hostname: JOBSET-REPLICATEDJOB-JOBINDEX-PODINDEX in the subdomain.
+    assert "--master-addr=support-bot-train-node-0-0.support-bot-train.team-a.svc" in command
+    assert "subdomain" not in job["template"]["spec"]
+    # Kueue admits the JobSet as one workload: it carries the queue label and starts suspended, its Jobs not.
+    assert jobset["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-research"
+    assert jobset["spec"]["suspend"] is True and "suspend" not in job
+    assert jobset["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
+    with pytest.raises(ValueError, match="nodes > 1"):
+        render.training_jobset(OWNER, _spec("lora-basic"), DEFAULTS, "d")
 
 
 def test_config_map_carries_resolved_trainer_config() -> None:

@@ -66,6 +66,12 @@ EXIT_INVALID_INPUT = 2
 # spec.backoffLimit so far: the Job carries both, so a lost status write cannot undercount them.
 GANG_ATTEMPT_ANNOTATION = "kubetune.dev/gang-attempt"
 RESTARTS_ANNOTATION = "kubetune.dev/restarts"
+# With JobSet installed a multi-node training step is a JobSet of one replicated Indexed Job, and JobSet's
+# controller restarts all its ranks together (spec.failurePolicy). Upstream: kubernetes-sigs/jobset, v1alpha2.
+JOBSET_API_VERSION = "jobset.x-k8s.io/v1alpha2"
+JOBSET_REPLICATED_JOB = "node"
+JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
+JOBSET_RESTART_ATTEMPT_LABEL = "jobset.sigs.k8s.io/restart-attempt"
 # Seconds of the grace period left to the launcher after torch.distributed stops waiting for its workers
 # (it SIGKILLs them then), so the pod still exits with their code before the kubelet's SIGKILL.
 LAUNCHER_SHUTDOWN_MARGIN_SECONDS = 15
@@ -372,6 +378,57 @@ def training_job(
         container["ports"].append({"name": "rendezvous", "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"})
         container["env"].append({"name": "NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": INDEX_FIELD}}})
     return job
+
+
+def training_jobset(
+    owner: ResourceIdentity, spec: FineTuneJobSpec, defaults: OperatorDefaults, config_digest: str
+) -> Manifest:
+    """A multi-node training step for JobSet's controller: any rank's failure restarts every rank (all child
+    Jobs recreated) up to spec.backoffLimit times; bad input (exit 2) and the deadline fail it at once. JobSet
+    also makes the headless Service (network.subdomain) the rendezvous host resolves in."""
+    if spec.resources.nodes == 1:
+        raise ValueError("a JobSet is rendered only for spec.resources.nodes > 1")
+    name = child_name(owner.name, "train")
+    job = training_job(owner, spec, defaults, config_digest)
+    job_spec = job["spec"]
+    job_spec.pop("suspend", None)  # the JobSet's own suspend (Kueue, spec.suspend) holds its Jobs
+    # A disruption is a plain failure here, so JobSet restarts the gang; FailJob stays for exit 2 alone,
+    # which the JobSet's rule matches by the Job's failure reason (PodFailurePolicy).
+    job_spec["podFailurePolicy"]["rules"][1]["action"] = "Count"
+    pod = job_spec["template"]["spec"]
+    pod.pop("subdomain")  # JobSet sets the subdomain and hostname of its pods
+    child_job = f"{name}-{JOBSET_REPLICATED_JOB}-0"  # JOBSET-REPLICATEDJOB-JOBINDEX; pods add -PODINDEX
+    pod["containers"][0]["command"] = _train_command(owner, spec, child_job)
+    for key in (GANG_ATTEMPT_ANNOTATION, RESTARTS_ANNOTATION):
+        job["metadata"]["annotations"].pop(key)
+    metadata = {**job["metadata"], "name": name}
+    spec_out: Manifest = {
+        "network": {"enableDNSHostnames": True, "subdomain": name, "publishNotReadyAddresses": True},
+        "failurePolicy": {
+            "maxRestarts": spec.backoff_limit,
+            "rules": [
+                {"name": "InvalidInput", "action": "FailJobSet", "onJobFailureReasons": ["PodFailurePolicy"]},
+                {
+                    "name": "DeadlineExceeded",
+                    "action": "FailJobSet",
+                    "onJobFailureReasons": ["DeadlineExceeded"],
+                },
+            ],
+        },
+        "replicatedJobs": [
+            {
+                "name": JOBSET_REPLICATED_JOB,
+                "replicas": 1,
+                "template": {
+                    "metadata": {"labels": dict(job_spec["template"]["metadata"]["labels"])},
+                    "spec": job_spec,
+                },
+            }
+        ],
+    }
+    if _kueue_labels(spec) or spec.suspend:
+        spec_out["suspend"] = True
+    return {"apiVersion": JOBSET_API_VERSION, "kind": "JobSet", "metadata": metadata, "spec": spec_out}
 
 
 def finishing_job(
