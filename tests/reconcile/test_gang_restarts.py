@@ -167,3 +167,94 @@ def test_a_queued_gang_restarts_suspended_so_kueue_admits_every_rank_at_once() -
     assert fresh["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-research"
     world.step()
     assert world.phase == "Queued" and world.condition(c.ADMITTED)["reason"] == c.QUEUED_BY_KUEUE
+
+
+# -- with JobSet: its controller restarts the ranks, the operator follows its status ------------------
+
+
+def _jobset_world(**changes: Any) -> World:
+    resource = with_changes(EXAMPLE, {"spec.scheduling": {}, **changes})
+    resource["metadata"].update(uid="uid-1", generation=1)
+    world = World(resource, jobset=True)
+    world.step()
+    world.finish("validate", VALIDATION_OK)
+    world.step()
+    return world
+
+
+def _jobset_pod(world: World, index: int, phase: str, attempt: int, **terminated: Any) -> None:
+    status: dict[str, Any] = {"phase": phase, "podIP": f"10.0.1.{index + 1}"}
+    if terminated:
+        status["containerStatuses"] = [{"name": "trainer", "state": {"terminated": terminated}}]
+    world.pods.append({
+        "metadata": {"name": f"{FIRST}-node-0-{index}-a{attempt}",
+                     "labels": {"jobset.sigs.k8s.io/jobset-name": FIRST,
+                                "jobset.sigs.k8s.io/restart-attempt": str(attempt),
+                                "job-name": f"{FIRST}-node-0"},
+                     "annotations": {"batch.kubernetes.io/job-completion-index": str(index)},
+                     "creationTimestamp": f"2026-11-29T10:0{attempt}:0{index}Z"},
+        "status": status,
+    })  # fmt: skip
+
+
+def test_with_jobset_a_multinode_job_is_one_jobset_and_no_service_of_ours() -> None:
+    world = _jobset_world()
+    assert [key for key in world.objects if key[0] in ("JobSet", "Service") or "-train" in key[1]] == [
+        ("JobSet", FIRST)
+    ]
+    assert world.phase == "Queued" and world.condition(c.ADMITTED)["status"] == "True"
+    _jobset_pod(world, 0, "Running", 0)
+    _jobset_pod(world, 1, "Running", 0)
+    world.step()
+    assert world.phase == "Running" and world.condition(c.RUNNING)["status"] == "True"
+
+
+def test_a_jobset_restart_is_reported_and_only_the_current_attempts_pods_count() -> None:
+    world = _jobset_world()
+    _jobset_pod(world, 0, "Running", 0)  # of the failed attempt, still terminating
+    _jobset_pod(world, 1, "Failed", 0, exitCode=137, reason="Error")
+    _jobset_pod(world, 0, "Running", 1)
+    _jobset_pod(world, 1, "Pending", 1)
+    world.objects[("JobSet", FIRST)]["status"] = {"restarts": 1, "restartsCountTowardsMax": 1}
+    world.step()
+    world.step()
+    assert world.resource["status"]["restarts"] == 1
+    (restart,) = [e for e in world.events if e.reason == c.GANG_RESTARTED]
+    assert "restarted all 2 ranks (1/3" in restart.message
+    assert world.condition(c.RUNNING)["message"] == "1 training pod(s) running"
+    assert world.creates.count(f"JobSet/{FIRST}") == 1  # the operator never recreates it
+
+
+def test_a_jobset_out_of_restarts_fails_naming_the_limit() -> None:
+    world = _jobset_world(**{"spec.backoffLimit": 1})
+    world.objects[("JobSet", FIRST)]["status"] = {
+        "restarts": 1,
+        "restartsCountTowardsMax": 1,
+        "conditions": [{"type": "Failed", "status": "True", "reason": "ReachedMaxRestarts",
+                        "message": "jobset failed due to reaching max number of restarts"}],
+    }  # fmt: skip
+    world.step()
+    assert world.phase == "Failed"
+    failed = world.condition(c.FAILED)
+    assert failed["reason"] == c.BACKOFF_LIMIT_EXCEEDED and "spec.backoffLimit" in failed["message"]
+
+
+def test_bad_input_fails_the_jobset_with_the_trainers_reason() -> None:
+    world = _jobset_world()
+    summary = {"stage": "train", "ok": False, "reason": "InvalidSpec", "message": "spec.lora.r: too large"}
+    _jobset_pod(world, 1, "Failed", 0, exitCode=2, reason="Error", message=json.dumps(summary))
+    world.objects[("JobSet", FIRST)]["status"] = {
+        "conditions": [{"type": "Failed", "status": "True", "reason": "FailJobSetFailurePolicyRuleAction",
+                        "message": "failed by rule InvalidInput"}],
+    }  # fmt: skip
+    world.step()
+    assert world.condition(c.FAILED)["reason"] == "InvalidSpec"
+
+
+def test_user_suspend_suspends_the_jobset_itself() -> None:
+    world = _jobset_world()
+    _jobset_pod(world, 0, "Running", 0)
+    world.resource["spec"]["suspend"] = True
+    world.step()
+    assert world.objects[("JobSet", FIRST)]["spec"]["suspend"] is True
+    assert world.phase == "Suspended"

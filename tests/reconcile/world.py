@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune.reconcile.finetunejob import Create, Delete, Event, Outcome, Patch, reconcile
-from kubetune.reconcile.observed import Observed, job_view
+from kubetune.reconcile.observed import Observed, job_view, jobset_view
 from kubetune.render.finetunejob import STAGE_LABEL
 from kubetune.render.pod import OperatorDefaults
 
@@ -25,6 +25,7 @@ class World:
     creates: list[str] = field(default_factory=list)
     live: dict[str, Any] | None = None
     clock: int = 0
+    jobset: bool = False  # the operator trains multi-node jobs as JobSets
 
     def observed(self) -> Observed:
         jobs = {}
@@ -32,12 +33,15 @@ class World:
             if kind == "Job":
                 view = job_view(obj, self.pods)
                 jobs[obj["metadata"]["labels"][STAGE_LABEL]] = view
+            elif kind == "JobSet":
+                jobs[obj["metadata"]["labels"][STAGE_LABEL]] = jobset_view(obj, self.pods)
         return Observed(
             now=f"2026-11-29T10:{self.clock:02d}:00Z",
             config_map=any(kind == "ConfigMap" for kind, _ in self.objects),
             service=any(kind == "Service" for kind, _ in self.objects),
             jobs=jobs,
             live=self.live,
+            jobset=self.jobset,
         )
 
     def step(self, defaults: OperatorDefaults | None = None) -> Outcome:

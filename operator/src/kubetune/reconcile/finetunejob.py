@@ -201,6 +201,13 @@ def _failure(job: JobView, stage: str) -> tuple[str, str]:
         )
     if summary.get("reason") and summary.get("message"):
         return str(summary["reason"]), str(summary["message"])
+    if (
+        job.failure_reason == "ReachedMaxRestarts"
+    ):  # a JobSet's: it restarted every rank spec.backoffLimit times
+        return (
+            c.BACKOFF_LIMIT_EXCEEDED,
+            f"the {stage} JobSet failed after {job.restarts} restarts of all ranks (spec.backoffLimit); see the logs",
+        )
     if job.failure_reason == "BackoffLimitExceeded":
         return (
             c.BACKOFF_LIMIT_EXCEEDED,
@@ -298,10 +305,16 @@ def _train(
             _suspend(draft, "spec.suspend is true: training starts when it is false")
             return False
         _unsuspend(draft)
-        if render.needs_rendezvous_service(spec) and not draft.observed.service:
-            draft.actions.append(Create(render.rendezvous_service(owner)))
         restarts = int(draft.status.get("restarts") or 0)
-        draft.actions.append(Create(render.training_job(owner, spec, defaults, digest, restarts=restarts)))
+        if render.needs_rendezvous_service(spec) and draft.observed.jobset:
+            # JobSet restarts the ranks and makes the headless Service itself.
+            draft.actions.append(Create(render.training_jobset(owner, spec, defaults, digest)))
+        else:
+            if render.needs_rendezvous_service(spec) and not draft.observed.service:
+                draft.actions.append(Create(render.rendezvous_service(owner)))
+            draft.actions.append(
+                Create(render.training_job(owner, spec, defaults, digest, restarts=restarts))
+            )
         draft.status.setdefault("restarts", 0)
         if queue:
             draft.condition(
@@ -322,7 +335,7 @@ def _train(
         return True
     if job.failure_reason:
         _record_training_summary(draft, spec, job)
-        if job.gang_attempt is not None and _restart_gang(draft, owner, spec, defaults, digest, job=job):
+        if job.kind == "Job" and job.gang and _restart_gang(draft, owner, spec, defaults, digest, job=job):
             return False
         draft.fail(*_failure(job, "training"))
         return False
@@ -330,14 +343,14 @@ def _train(
         if queue:
             # Kueue would re-admit a Job we merely suspend: delete it instead (pods checkpoint on SIGTERM) and
             # recreate it on resume, which resumes from the newest complete checkpoint.
-            draft.actions.append(Delete("batch/v1", "Job", job.name))
+            draft.actions.append(Delete(job.api_version, job.kind, job.name))
         elif not job.suspended:
-            draft.actions.append(Patch("batch/v1", "Job", job.name, {"spec": {"suspend": True}}))
+            draft.actions.append(Patch(job.api_version, job.kind, job.name, {"spec": {"suspend": True}}))
         draft.condition(c.RUNNING, "False", c.USER_SUSPENDED, "suspended by spec.suspend")
         _suspend(draft, "spec.suspend is true: the training pods stop after a last checkpoint")
         return False
     if c.is_true(draft.conditions, c.SUSPENDED) and job.suspended and not queue:
-        draft.actions.append(Patch("batch/v1", "Job", job.name, {"spec": {"suspend": False}}))
+        draft.actions.append(Patch(job.api_version, job.kind, job.name, {"spec": {"suspend": False}}))
     _unsuspend(draft)
     if job.suspended:
         # Only Kueue suspends our Jobs now: the job waits in its queue.
@@ -362,7 +375,7 @@ def _train(
 def _restarts(draft: _Draft, job: JobView) -> int:
     """Retries so far: a gang's are counted by the operator and carried by its Job; any other Job's failed
     pods are the Job controller's retries."""
-    counted = job.restarts if job.gang_attempt is not None else job.failed
+    counted = job.restarts if job.gang else job.failed
     return max(int(draft.status.get("restarts") or 0), counted)
 
 
@@ -433,7 +446,14 @@ def _restart_gang(
 def _follow_training(draft: _Draft, spec: FineTuneJobSpec, job: JobView) -> None:
     running = [p for p in job.pods if p.phase == "Running"]
     restarts = _restarts(draft, job)
-    if restarts > int(draft.status.get("restarts") or 0):
+    if restarts > int(draft.status.get("restarts") or 0) and job.kind == "JobSet":
+        draft.event(
+            "Warning",
+            c.GANG_RESTARTED,
+            f"JobSet {job.name} restarted all {spec.resources.nodes} ranks ({restarts}/{spec.backoff_limit} of "
+            "spec.backoffLimit); they resume from the newest complete checkpoint",
+        )
+    elif restarts > int(draft.status.get("restarts") or 0):
         draft.event(
             "Warning",
             "Resumed",

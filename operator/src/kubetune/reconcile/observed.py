@@ -9,6 +9,8 @@ from typing import Any
 from kubetune.render.finetunejob import (
     CONFIG_HASH_ANNOTATION,
     GANG_ATTEMPT_ANNOTATION,
+    JOBSET_NAME_LABEL,
+    JOBSET_RESTART_ATTEMPT_LABEL,
     RESTARTS_ANNOTATION,
     STAGE_LABEL,
     Stage,
@@ -48,8 +50,12 @@ class PodView:
 
 @dataclass(frozen=True)
 class JobView:
+    """A stage's Job, or the JobSet that trains a multi-node job where JobSet is used (kind says which)."""
+
     name: str
     stage: str
+    api_version: str = "batch/v1"
+    kind: str = "Job"
     suspended: bool = False
     active: int = 0
     succeeded: int = 0
@@ -62,7 +68,12 @@ class JobView:
     completion_time: str | None = None
     pods: tuple[PodView, ...] = ()
     gang_attempt: int | None = None  # a multi-node Job's attempt; None for any other Job
-    restarts: int = 0  # gang restarts counted against spec.backoffLimit before this attempt
+    restarts: int = 0  # gang restarts counted against spec.backoffLimit (a JobSet: its own count)
+
+    @property
+    def gang(self) -> bool:
+        """All ranks restart together: the operator's multi-node Job, or a JobSet (its controller does it)."""
+        return self.gang_attempt is not None or self.kind == "JobSet"
 
     def first_failed_pod(self) -> PodView | None:
         """The pod whose failure failed the Job: the first to terminate (its peers are stopped after it)."""
@@ -101,6 +112,8 @@ class Observed:
     config_map: bool = False
     service: bool = False
     jobs: dict[str, JobView] = field(default_factory=dict)
+    # Multi-node training is created as a JobSet: the operator is set to (or discovered that it can).
+    jobset: bool = False
     live: dict[str, Any] | None = None  # progress scraped from the running trainer's metrics endpoint
 
     def job(self, stage: Stage) -> JobView | None:
@@ -191,4 +204,37 @@ def job_view(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobView:
         pods=tuple(pod_view(p) for p in mine),
         gang_attempt=_number(annotations.get(GANG_ATTEMPT_ANNOTATION)),
         restarts=_number(annotations.get(RESTARTS_ANNOTATION)) or 0,
+    )
+
+
+def jobset_view(jobset: dict[str, Any], pods: list[dict[str, Any]]) -> JobView:
+    """A training JobSet as the stage's JobView: its conditions, its restart count, and the pods of its
+    current restart attempt only (those of a recreated attempt are gone or going)."""
+    status = jobset.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
+    failed = conditions.get("Failed")
+    name = jobset["metadata"]["name"]
+    attempt = str(int(status.get("restarts") or 0))
+    mine = [
+        p
+        for p in pods
+        if (labels := p["metadata"].get("labels") or {}).get(JOBSET_NAME_LABEL) == name
+        and labels.get(JOBSET_RESTART_ATTEMPT_LABEL, attempt) == attempt
+    ]
+    replicated = status.get("replicatedJobsStatus") or []
+    return JobView(
+        name=name,
+        stage=(jobset["metadata"].get("labels") or {}).get(STAGE_LABEL, ""),
+        api_version=jobset.get("apiVersion", "jobset.x-k8s.io/v1alpha2"),
+        kind="JobSet",
+        suspended=bool((jobset.get("spec") or {}).get("suspend")),
+        active=sum(int(r.get("active") or 0) for r in replicated),
+        succeeded=sum(int(r.get("succeeded") or 0) for r in replicated),
+        failed=sum(int(r.get("failed") or 0) for r in replicated),
+        complete="Completed" in conditions,
+        failure_reason=failed.get("reason") or "JobSetFailed" if failed else None,
+        failure_message=failed.get("message") if failed else None,
+        config_hash=(jobset["metadata"].get("annotations") or {}).get(CONFIG_HASH_ANNOTATION),
+        pods=tuple(pod_view(p) for p in mine),
+        restarts=int(status.get("restartsCountTowardsMax") or status.get("restarts") or 0),
     )
