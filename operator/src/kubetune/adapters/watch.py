@@ -36,78 +36,98 @@ def backoff_seconds(failures: int) -> float:
     return base * random.uniform(0.8, 1.2)
 
 
-async def watch_children(
-    client: KubeClient,
-    watch: ChildWatch,
-    namespace: str | None,
-    wake: Callable[[Owner], None],
-    *,
-    timeout_seconds: int = WATCH_TIMEOUT_SECONDS,
-) -> None:
-    """Runs until cancelled, calling `wake(owner)` for every child event naming a parent.
+class ChildWatcher:
+    """One child kind in one namespace (None: the cluster), calling `wake(owner)` for each event that names a
+    parent. `list()` once before the parents' resume handlers, quietly, then `run()` until cancelled."""
 
-    The first listing wakes nobody (resume handlers reconcile every parent at start-up); a later relist
-    wakes the parents whose children changed while no watch was open."""
-    where = namespace or "all namespaces"
-    seen = SeenChildren(watch)
-    version: str | None = None
-    listed_once = False
-    failures = 0
-    while True:
+    def __init__(
+        self,
+        client: KubeClient,
+        watch: ChildWatch,
+        namespace: str | None,
+        wake: Callable[[Owner], None],
+        *,
+        timeout_seconds: int = WATCH_TIMEOUT_SECONDS,
+    ) -> None:
+        self.client = client
+        self.watch = watch
+        self.namespace = namespace
+        self.wake = wake
+        self.timeout_seconds = timeout_seconds
+        self.where = namespace or "all namespaces"
+        self.seen = SeenChildren(watch)
+        self.version: str | None = None
+
+    async def list(self, *, quiet: bool = False) -> None:
+        """List and remember; wake the parents of children that differ from what was seen (on the first
+        listing: all), unless `quiet`: a listing before the resume handlers, which reconcile every parent."""
+        items, version = await self.client.list_with_version(
+            self.watch.api_version, self.watch.kind, self.namespace, label_selector=self.watch.label_selector
+        )
+        changed = self.seen.relist(items)
+        self.version = version
+        if not quiet:
+            for parent in sorted(changed):
+                self.wake(parent)
+
+    async def _follow(self) -> int:
+        """One watch request from self.version; the number of events it delivered."""
+        assert self.version is not None
         events = 0
-        listed_now = version is None
-        try:
-            if version is None:
-                items, version = await client.list_with_version(
-                    watch.api_version, watch.kind, namespace, label_selector=watch.label_selector
-                )
-                changed = seen.relist(items)
-                if listed_once:
-                    for parent in sorted(changed):
-                        wake(parent)
-                listed_once = True
-            opened = time.monotonic()
-            async for event in client.watch(
-                watch.api_version,
-                watch.kind,
-                namespace,
-                resource_version=version,
-                label_selector=watch.label_selector,
-                timeout_seconds=timeout_seconds,
-            ):
-                type_, obj = event.get("type"), event.get("object") or {}
-                if type_ == "ERROR":
-                    if obj.get("code") == EXPIRED:
-                        raise ExpiredVersionError(obj.get("message", "resource version expired"))
-                    raise ApiError(int(obj.get("code") or 500), obj)
-                version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
-                events += 1
-                if type_ == "BOOKMARK":
-                    continue
-                owner = seen.event(str(type_), obj)
-                if owner is not None:
-                    wake(owner)
-            # The server's timeout ended it; one that ends at once with nothing is a failure in disguise.
-            if events or time.monotonic() - opened >= 1.0:
-                failures = 0
+        async for event in self.client.watch(
+            self.watch.api_version,
+            self.watch.kind,
+            self.namespace,
+            resource_version=self.version,
+            label_selector=self.watch.label_selector,
+            timeout_seconds=self.timeout_seconds,
+        ):
+            type_, obj = event.get("type"), event.get("object") or {}
+            if type_ == "ERROR":
+                if obj.get("code") == EXPIRED:
+                    raise ExpiredVersionError(obj.get("message", "resource version expired"))
+                raise ApiError(int(obj.get("code") or 500), obj)
+            self.version = str((obj.get("metadata") or {}).get("resourceVersion") or self.version)
+            events += 1
+            if type_ == "BOOKMARK":
                 continue
-            raise ApiError(500, "the watch ended at once without events")
-        except asyncio.CancelledError:
-            raise
-        except (ExpiredVersionError, ApiError) as error:
-            if isinstance(error, ExpiredVersionError) or error.status == EXPIRED:
-                logger.info("%s watch in %s expired (%s): listing again", watch.kind, where, error)
-                version = None
-                if events or not listed_now:
+            owner = self.seen.event(str(type_), obj)
+            if owner is not None:
+                self.wake(owner)
+        return events
+
+    async def run(self) -> None:
+        kind, where = self.watch.kind, self.where
+        failures = 0
+        while True:
+            events = 0
+            listed_now = self.version is None
+            try:
+                if self.version is None:
+                    await self.list()
+                opened = time.monotonic()
+                events = await self._follow()
+                # The server's timeout ended it; one that ends at once with nothing is a failure in disguise.
+                if events or time.monotonic() - opened >= 1.0:
+                    failures = 0
                     continue
-                # Expired at once after a fresh listing: something is wrong; back off like any failure.
-            failures += 1
-            delay = backoff_seconds(failures)
-            logger.warning("%s watch in %s failed (%s): retrying in %.1fs", watch.kind, where, error, delay)
-            await asyncio.sleep(delay)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
-            # ValueError: a line that is not JSON (a proxy's answer); the next attempt starts clean.
-            failures += 1
-            delay = backoff_seconds(failures)
-            logger.warning("%s watch in %s failed (%r): retrying in %.1fs", watch.kind, where, error, delay)
-            await asyncio.sleep(delay)
+                raise ApiError(500, "the watch ended at once without events")
+            except asyncio.CancelledError:
+                raise
+            except (ExpiredVersionError, ApiError) as error:
+                if isinstance(error, ExpiredVersionError) or error.status == EXPIRED:
+                    logger.info("%s watch in %s expired (%s): listing again", kind, where, error)
+                    self.version = None
+                    if events or not listed_now:
+                        continue
+                    # Expired at once after a fresh listing: something is wrong; back off like any failure.
+                failures += 1
+                delay = backoff_seconds(failures)
+                logger.warning("%s watch in %s failed (%s): retrying in %.1fs", kind, where, error, delay)
+                await asyncio.sleep(delay)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+                # ValueError: a line that is not JSON (a proxy's answer); the next attempt starts clean.
+                failures += 1
+                delay = backoff_seconds(failures)
+                logger.warning("%s watch in %s failed (%r): retrying in %.1fs", kind, where, error, delay)
+                await asyncio.sleep(delay)

@@ -3,8 +3,8 @@ WATCHed with server-side label selectors (reconcile.watches.CHILD_WATCHES, adapt
 namespace or once cluster-wide, instead of Kopf's `on.event(labels=...)`, which watches every such object
 the operator can read and filters in memory.
 
-The watches start with the operator and are cancelled by Runtime.close() at shutdown, before the client
-closes. Events for one parent coalesce: one reconcile runs, at most one more waits behind it."""
+The watches start with the operator (listed before the resume handlers) and are cancelled by
+Runtime.close() at shutdown, before the client closes. Events for one parent coalesce: one reconcile runs, at most one more waits behind it."""
 
 from __future__ import annotations
 
@@ -16,17 +16,18 @@ from typing import Any
 
 import kopf
 
-from kubetune.adapters.watch import watch_children
+from kubetune.adapters.kube import KubeClient
+from kubetune.adapters.watch import ChildWatcher
 from kubetune.handlers.finetunejob import reconcile_job
 from kubetune.handlers.modeldeployment import reconcile_serving
 from kubetune.handlers.runtime import RUNTIME
+from kubetune.handlers.startup import login
 from kubetune.reconcile.watches import CHILD_WATCHES, Owner
 
 logger = logging.getLogger(__name__)
 
 Reconcile = Callable[[str, str], Awaitable[object]]
 Key = tuple[str, str, str]  # (parent kind, namespace, name)
-LOGIN_POLL_SECONDS = 0.1
 
 
 class Wakeups:
@@ -76,28 +77,35 @@ WAKEUPS = Wakeups({"FineTuneJob": reconcile_job, "ModelDeployment": reconcile_se
 def _log_death(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         logger.error(
-            "the child watches stopped: child events now wait for the resync timer", exc_info=task.exception()
+            "a child watch stopped: its events now wait for the resync timer", exc_info=task.exception()
         )
 
 
-async def run_child_watches(wakeups: Wakeups = WAKEUPS) -> None:
-    # Start-up handlers run before Kopf's login, and the watches need its credentials.
-    while RUNTIME.credentials is None:
-        await asyncio.sleep(LOGIN_POLL_SECONDS)
-    client = RUNTIME.client()
-    namespaces: tuple[str | None, ...] = RUNTIME.config.namespaces or (None,)
-    async with asyncio.TaskGroup() as group:
-        for watch in CHILD_WATCHES:
-            for namespace in namespaces:
-                wake = functools.partial(wakeups.wake, watch.owner_kind)
-                group.create_task(
-                    watch_children(client, watch, namespace, wake),
-                    name=f"watch {watch.kind} for {watch.owner_kind} in {namespace or 'all namespaces'}",
-                )
+def child_watchers(client: KubeClient, namespaces: tuple[str, ...], wakeups: Wakeups) -> list[ChildWatcher]:
+    """Every child kind in every watched namespace, or each once cluster-wide when none is configured."""
+    scopes: tuple[str | None, ...] = namespaces or (None,)
+    return [
+        ChildWatcher(client, watch, namespace, functools.partial(wakeups.wake, watch.owner_kind))
+        for watch in CHILD_WATCHES
+        for namespace in scopes
+    ]
 
 
 @kopf.on.startup()
-async def start_child_watches(**_: Any) -> None:
-    task = asyncio.create_task(run_child_watches(), name="kubetune child watches")
-    task.add_done_callback(_log_death)
-    RUNTIME.background.add(task)
+async def start_child_watches(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
+    """Lists every child kind before Kopf's resume handlers run (start-up precedes them), so that a child
+    changing in between arrives as a watch event, not never. Kopf logs in only after start-up, so this logs
+    in itself, the same way."""
+    if RUNTIME.credentials is None:
+        login(settings=settings, **kwargs)
+    watchers = child_watchers(RUNTIME.client(), RUNTIME.config.namespaces, WAKEUPS)
+    listed = await asyncio.gather(*(w.list(quiet=True) for w in watchers), return_exceptions=True)
+    for watcher, result in zip(watchers, listed, strict=True):
+        if isinstance(result, Exception):  # run() lists again, waking every parent: resume may have passed
+            logger.warning("could not list %s in %s yet: %s", watcher.watch.kind, watcher.where, result)
+        task = asyncio.create_task(
+            watcher.run(),
+            name=f"watch {watcher.watch.kind} for {watcher.watch.owner_kind} in {watcher.where}",
+        )
+        task.add_done_callback(_log_death)
+        RUNTIME.background.add(task)

@@ -109,11 +109,6 @@ class OperatorConfig:
                 raise ConfigError(f"KUBETUNE_WATCH_NAMESPACES: {namespace!r} is not a namespace name")
         api_qps = _int(env, "KUBETUNE_API_QPS", DEFAULT_QPS, low=1, high=10_000)
         api_burst = _int(env, "KUBETUNE_API_BURST", DEFAULT_BURST, low=1, high=100_000)
-        if api_burst < api_qps:
-            raise ConfigError(
-                f"KUBETUNE_API_BURST={api_burst} must be at least KUBETUNE_API_QPS={api_qps}, "
-                "or the bucket never holds a second's worth of requests"
-            )
         return cls(
             defaults=defaults,
             resync_seconds=_int(env, "KUBETUNE_RESYNC_SECONDS", 30, low=1, high=3600),
