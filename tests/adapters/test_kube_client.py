@@ -350,3 +350,25 @@ async def test_a_refused_watch_raises_with_the_status(serve: Callable[[Handler],
                 pass
     finally:
         await client.close()
+
+
+# -- settings ------------------------------------------------------------------------------------------
+
+
+async def test_rate_limit_and_namespaces_are_validated_settings_naming_the_variable() -> None:
+    from kubetune.handlers.settings import ConfigError, OperatorConfig
+
+    config = OperatorConfig.from_env({"KUBETUNE_API_QPS": "200", "KUBETUNE_API_BURST": "400"})
+    assert (config.api_qps, config.api_burst) == (200, 400)
+    assert (OperatorConfig.from_env({}).api_qps, OperatorConfig.from_env({}).api_burst) == (50, 100)
+    for env, variable in [
+        ({"KUBETUNE_API_QPS": "0"}, "KUBETUNE_API_QPS"),
+        ({"KUBETUNE_API_BURST": "many"}, "KUBETUNE_API_BURST"),
+        ({"KUBETUNE_WATCH_NAMESPACES": "team-a,team-*"}, "KUBETUNE_WATCH_NAMESPACES"),
+    ]:
+        with pytest.raises(ConfigError, match=variable):
+            OperatorConfig.from_env(env)
+    assert OperatorConfig.from_env({"KUBETUNE_WATCH_NAMESPACES": " team-a, team-b "}).namespaces == (
+        "team-a",
+        "team-b",
+    )
