@@ -102,6 +102,10 @@ docs/security.md explains each one; tests/chart checks there are no wildcards an
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Multi-node training runs as a JobSet where the cluster serves jobset.x-k8s.io (found by discovery).
+- apiGroups: ["jobset.x-k8s.io"]
+  resources: ["jobsets"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]

@@ -48,6 +48,7 @@ _PLURALS = {
     ("kubetune.dev/v1alpha1", "ModelDeployment"): "modeldeployments",
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproutes",
     ("keda.sh/v1alpha1", "ScaledObject"): "scaledobjects",
+    ("jobset.x-k8s.io/v1alpha2", "JobSet"): "jobsets",
 }
 
 
@@ -279,6 +280,17 @@ class KubeClient:
             if error.status == 404:
                 return None
             raise
+
+    async def serves(self, api_version: str, kind: str) -> bool:
+        """Whether the cluster serves this kind (discovery): an optional API such as JobSet's."""
+        try:
+            body = await self._request("GET", f"/apis/{api_version}")
+        except ApiError as error:
+            if error.status in (403, 404):  # absent, or hidden from us: either way, not ours to use
+                return False
+            raise
+        plural = _PLURALS[(api_version, kind)]
+        return any(r.get("name") == plural for r in body.get("resources") or [])
 
     async def list_with_version(
         self, api_version: str, kind: str, namespace: str | None, *, label_selector: str | None = None

@@ -16,14 +16,31 @@ from kubetune.handlers.reconciler import Reconciler, now
 from kubetune.handlers.runtime import RUNTIME
 from kubetune.reconcile import accounting
 from kubetune.reconcile.finetunejob import Outcome, reconcile
-from kubetune.reconcile.observed import Observed, job_view
+from kubetune.reconcile.observed import Observed, job_view, jobset_view
 from kubetune.reconcile.ownership import owned
 from kubetune.reconcile.progress import progress_from_samples
-from kubetune.render.finetunejob import JOB_LABEL, child_name, needs_rendezvous_service
+from kubetune.render.finetunejob import (
+    JOB_LABEL,
+    JOBSET_API_VERSION,
+    child_name,
+    needs_rendezvous_service,
+)
 from kubetune.render.pod import MANAGED_BY
 
 KIND = "FineTuneJob"
 PLURAL = "finetunejobs"
+
+
+# Whether the cluster serves JobSets, asked once per process (installing JobSet later needs a restart).
+_JOBSET_SERVED: dict[str, bool] = {}
+
+
+async def jobsets_served(client: KubeClient) -> bool:
+    """Multi-node training runs as a JobSet where the cluster has JobSet's API, else as the operator's own
+    gang of an Indexed Job; a child already created keeps its kind."""
+    if "served" not in _JOBSET_SERVED:
+        _JOBSET_SERVED["served"] = await client.serves(JOBSET_API_VERSION, "JobSet")
+    return _JOBSET_SERVED["served"]
 
 
 async def observe(client: KubeClient, body: dict[str, Any]) -> Observed:
@@ -31,35 +48,45 @@ async def observe(client: KubeClient, body: dict[str, Any]) -> Observed:
     selector = f"{MANAGED_BY}=kubetune,{JOB_LABEL}={name}"
     spec = accounting.job_spec(body)
     multinode = spec is not None and needs_rendezvous_service(spec)
+    jobset = multinode and await jobsets_served(client)
 
     async def nothing() -> None:
         return None
 
-    # Only what can matter is read: pods when Jobs exist, the rendezvous Service for multi-node jobs.
-    jobs, config_map, service = await asyncio.gather(
+    async def no_items() -> list[dict[str, Any]]:
+        return []
+
+    # Only what can matter is read: pods when Jobs exist, the rendezvous Service and JobSets for multi-node jobs.
+    jobs, config_map, service, jobsets = await asyncio.gather(
         client.list("batch/v1", "Job", namespace, label_selector=selector),
         client.get("v1", "ConfigMap", namespace, child_name(name, "config")),
         client.get("v1", "Service", namespace, child_name(name, "train")) if multinode else nothing(),
+        client.list(JOBSET_API_VERSION, "JobSet", namespace, label_selector=selector)
+        if jobset
+        else no_items(),
     )
-    pods = await client.list("v1", "Pod", namespace, label_selector=selector) if jobs else []
-    views = {
-        view.stage: view
-        for view in (
-            job_view(job, pods)
-            for job in owned(jobs, body)
-            if job["metadata"].get("deletionTimestamp") is None
-        )
-    }
-    live = None
+    pods = await client.list("v1", "Pod", namespace, label_selector=selector) if jobs or jobsets else []
+
+    def live(children: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [c for c in owned(children, body) if c["metadata"].get("deletionTimestamp") is None]
+
+    parsed = [job_view(job, pods) for job in live(jobs)] + [jobset_view(js, pods) for js in live(jobsets)]
+    views = {view.stage: view for view in parsed}
+    progress = None
     train = views.get("train")
     if RUNTIME.config.scrape_progress and train is not None:
         # Only rank 0 serves metrics: on a multi-node job, completion index 0, not the newest pod.
         running = train.metrics_pod()
         if running is not None and running.ip:
             samples = await scrape_trainer(running.ip, RUNTIME.config.defaults.trainer_metrics_port)
-            live = progress_from_samples(samples) if samples else None
+            progress = progress_from_samples(samples) if samples else None
     return Observed(
-        now=now(), config_map=config_map is not None, service=service is not None, jobs=views, live=live
+        now=now(),
+        config_map=config_map is not None,
+        service=service is not None,
+        jobs=views,
+        live=progress,
+        jobset=jobset,
     )
 
 
