@@ -36,8 +36,11 @@ _JOBSET_SERVED: dict[str, bool] = {}
 
 
 async def jobsets_served(client: KubeClient) -> bool:
-    """Multi-node training runs as a JobSet where the cluster has JobSet's API, else as the operator's own
-    gang of an Indexed Job; a child already created keeps its kind."""
+    """Multi-node training runs as a JobSet where the operator is set to (training_gang jobset) or, on auto,
+    where the cluster has JobSet's API; else as the operator's own gang of an Indexed Job. A child already
+    created keeps its kind."""
+    if RUNTIME.config.training_gang != "auto":
+        return RUNTIME.config.training_gang == "jobset"
     if "served" not in _JOBSET_SERVED:
         _JOBSET_SERVED["served"] = await client.serves(JOBSET_API_VERSION, "JobSet")
     return _JOBSET_SERVED["served"]

@@ -14,6 +14,8 @@ from kubetune.api.trainer_contract import MAX_METRICS_PORT, MIN_METRICS_PORT
 from kubetune.render.modeldeployment import PROMETHEUS_URL, TGI_IMAGE, VLLM_IMAGE
 from kubetune.render.pod import OperatorDefaults
 
+TRAINING_GANGS = ("auto", "jobset", "job")
+
 
 class ConfigError(ValueError):
     pass
@@ -70,6 +72,9 @@ class OperatorConfig:
     # of 2,000 jobs; 50/100 still stays well inside API priority and fairness' default share for one client.
     api_qps: int = DEFAULT_QPS
     api_burst: int = DEFAULT_BURST
+    # How a multi-node job restarts all its ranks together: as a JobSet, as the operator's own Indexed Job,
+    # or (auto) as a JobSet where discovery finds JobSet's API.
+    training_gang: str = "auto"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
@@ -109,6 +114,11 @@ class OperatorConfig:
                 raise ConfigError(f"KUBETUNE_WATCH_NAMESPACES: {namespace!r} is not a namespace name")
         api_qps = _int(env, "KUBETUNE_API_QPS", DEFAULT_QPS, low=1, high=10_000)
         api_burst = _int(env, "KUBETUNE_API_BURST", DEFAULT_BURST, low=1, high=100_000)
+        training_gang = env.get("KUBETUNE_TRAINING_GANG", "auto")
+        if training_gang not in TRAINING_GANGS:
+            raise ConfigError(
+                f"KUBETUNE_TRAINING_GANG={training_gang!r} is not one of {', '.join(TRAINING_GANGS)}"
+            )
         return cls(
             defaults=defaults,
             resync_seconds=_int(env, "KUBETUNE_RESYNC_SECONDS", 30, low=1, high=3600),
@@ -120,4 +130,5 @@ class OperatorConfig:
             prometheus_url=env.get("KUBETUNE_PROMETHEUS_URL") or PROMETHEUS_URL,
             api_qps=api_qps,
             api_burst=api_burst,
+            training_gang=training_gang,
         )
