@@ -128,7 +128,7 @@ def test_a_multinode_job_runs_as_one_jobset_whose_restarts_the_operator_follows(
     api.create(with_changes(EXAMPLE, {"metadata.name": name, "spec": SPEC}))
     api.wait_job(f"{name}-validate")
     api.finish_job(f"{name}-validate", VALIDATION_OK)
-    jobset = api.wait_for("the training JobSet", lambda: _jobset(api, f"{name}-train"))
+    jobset = api.wait_for("the training JobSet", lambda: _jobset(api, name))
     assert jobset["spec"]["failurePolicy"]["maxRestarts"] == 3
     assert jobset["spec"]["replicatedJobs"][0]["template"]["spec"]["completions"] == 2
     # JobSet makes the Service and the Jobs: the operator created neither.
@@ -139,7 +139,7 @@ def test_a_multinode_job_runs_as_one_jobset_whose_restarts_the_operator_follows(
     api.wait_for("running", lambda: api.condition(name, c.RUNNING).get("status") == "True")
 
     # JobSet recreated every rank once (rank 1 failed): the operator reports and counts it.
-    _jobset_status(api, f"{name}-train", {"restarts": 1, "restartsCountTowardsMax": 1})
+    _jobset_status(api, name, {"restarts": 1, "restartsCountTowardsMax": 1})
     for index in (0, 1):
         _pod(api, jobset, index, 1, "Running")
     api.wait_for("restart counted", lambda: api.status(name).get("restarts") == 1)
@@ -147,7 +147,7 @@ def test_a_multinode_job_runs_as_one_jobset_whose_restarts_the_operator_follows(
 
     for index in (0, 1):
         _pod(api, jobset, index, 1, "Succeeded", message=json.dumps(TRAINING_OK))
-    _jobset_status(api, f"{name}-train", {
+    _jobset_status(api, name, {
         "restarts": 1, "restartsCountTowardsMax": 1, "terminalState": "Completed",
         "conditions": [{"type": "Completed", "status": "True", "reason": "AllJobsCompleted", "message": "done",
                         "lastTransitionTime": "2026-11-29T11:00:00Z"}],

@@ -61,7 +61,7 @@ def test_a_failed_rank_restarts_both_as_a_fresh_job_that_trains_on(api: Api, ope
         "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}],
     })  # fmt: skip
 
-    fresh = api.wait_job(f"{name}-train-r1")
+    fresh = api.wait_job(f"{name}-retry1")
     assert fresh["spec"]["completions"] == fresh["spec"]["parallelism"] == 2
     assert fresh["metadata"]["annotations"][GANG_ATTEMPT_ANNOTATION] == "1"
     api.wait_for("the failed Job deleted", lambda: api.get("Job", f"{name}-train") is None)
@@ -74,14 +74,14 @@ def test_a_failed_rank_restarts_both_as_a_fresh_job_that_trains_on(api: Api, ope
     assert len(restarted) == 1 and "rank 1" in restarted[0] and "exited with code 137" in restarted[0]
 
     for index in (0, 1):
-        _indexed_pod(api, f"{name}-train-r1", index, "Running")
-    _job_status(api, f"{name}-train-r1", {"active": 2})
+        _indexed_pod(api, f"{name}-retry1", index, "Running")
+    _job_status(api, f"{name}-retry1", {"active": 2})
     api.wait_for("running again", lambda: api.condition(name, c.RUNNING).get("status") == "True")
     for index in (0, 1):
         message = json.dumps(TRAINING_OK)
-        _indexed_pod(api, f"{name}-train-r1", index, "Succeeded",
+        _indexed_pod(api, f"{name}-retry1", index, "Succeeded",
                      {"exitCode": 0, "reason": "Completed", "message": message})  # fmt: skip
-    _job_status(api, f"{name}-train-r1", {
+    _job_status(api, f"{name}-retry1", {
         "active": 0, "succeeded": 2, "completionTime": "2026-11-29T11:00:00Z",
         "conditions": [{"type": "Complete", "status": "True"}],
     })  # fmt: skip
@@ -89,4 +89,4 @@ def test_a_failed_rank_restarts_both_as_a_fresh_job_that_trains_on(api: Api, ope
     status = api.wait_phase(name, "Evaluating")
     assert status["restarts"] == 1
     names = sorted(j["metadata"]["name"] for j in api.list("Job", f"kubetune.dev/finetunejob={name}"))
-    assert names == [f"{name}-finish", f"{name}-train-r1", f"{name}-validate"]
+    assert names == [f"{name}-finish", f"{name}-retry1", f"{name}-validate"]

@@ -9,12 +9,14 @@ from typing import Any
 
 from kubetune.reconcile import conditions as c
 from kubetune.reconcile.finetunejob import Create, Delete
-from kubetune.render.finetunejob import GANG_ATTEMPT_ANNOTATION, RESTARTS_ANNOTATION
+from kubetune.render.finetunejob import GANG_ATTEMPT_ANNOTATION, RESTARTS_ANNOTATION, STAGE_LABEL
 from tests.api.conftest import load_example, with_changes
 from tests.reconcile.world import VALIDATION_OK, World
 
 EXAMPLE = load_example("03-full-multinode/finetunejob.yaml")
-FIRST = "domain-adapt-full-train"
+NAME = "domain-adapt-full"
+FIRST = f"{NAME}-train"
+RETRY_1 = f"{NAME}-retry1"
 
 
 def _world(**changes: Any) -> World:
@@ -28,7 +30,11 @@ def _world(**changes: Any) -> World:
 
 
 def _train_jobs(world: World) -> list[str]:
-    return sorted(name for kind, name in world.objects if kind == "Job" and "-train" in name)
+    return sorted(
+        name
+        for (kind, name), obj in world.objects.items()
+        if kind == "Job" and obj["metadata"]["labels"][STAGE_LABEL] == "train"
+    )
 
 
 def _pod(world: World, job_name: str, index: int, phase: str, **extra: Any) -> None:
@@ -73,7 +79,7 @@ def test_one_failed_rank_recreates_the_whole_gang_and_counts_the_restart() -> No
 
     created = [a.manifest for a in outcome.actions if isinstance(a, Create)]
     deleted = [a.name for a in outcome.actions if isinstance(a, Delete)]
-    assert [m["metadata"]["name"] for m in created] == [f"{FIRST}-r1"] and deleted == [FIRST]
+    assert [m["metadata"]["name"] for m in created] == [RETRY_1] and deleted == [FIRST]
     fresh = created[0]
     assert fresh["spec"]["completions"] == fresh["spec"]["parallelism"] == 2
     assert fresh["metadata"]["annotations"][GANG_ATTEMPT_ANNOTATION] == "1"
@@ -85,14 +91,14 @@ def test_one_failed_rank_recreates_the_whole_gang_and_counts_the_restart() -> No
     (restart,) = [e for e in world.events if e.reason == c.GANG_RESTARTED]
     assert "rank 1" in restart.message and "exited with code 137" in restart.message
     assert "restart 1/3 of spec.backoffLimit" in restart.message
-    assert _train_jobs(world) == [f"{FIRST}-r1"]
+    assert _train_jobs(world) == [RETRY_1]
 
     # The fresh Job runs: nothing more is created and the count holds.
-    _pod(world, f"{FIRST}-r1", 0, "Running")
-    _pod(world, f"{FIRST}-r1", 1, "Running")
+    _pod(world, RETRY_1, 0, "Running")
+    _pod(world, RETRY_1, 1, "Running")
     world.step()
     world.step()
-    assert world.creates.count(f"Job/{FIRST}-r1") == 1
+    assert world.creates.count(f"Job/{RETRY_1}") == 1
     assert world.resource["status"]["restarts"] == 1 and world.phase == "Running"
     assert _reasons(world).count(c.GANG_RESTARTED) == 1
 
@@ -105,7 +111,7 @@ def test_a_lost_status_write_does_not_lose_the_restart_count() -> None:
     world.resource["status"] = before  # the status write after the restart never landed
     world.step()
     assert world.resource["status"]["restarts"] == 1
-    assert _train_jobs(world) == [f"{FIRST}-r1"]
+    assert _train_jobs(world) == [RETRY_1]
 
 
 def test_a_preempted_rank_restarts_the_gang_without_spending_the_backoff_limit() -> None:
@@ -146,14 +152,14 @@ def test_an_exhausted_backoff_limit_fails_naming_the_limit() -> None:
     world = _world(**{"spec.backoffLimit": 1})
     _fail(world, FIRST, 1, {"exitCode": 137, "reason": "Error"})
     world.step()
-    assert _train_jobs(world) == [f"{FIRST}-r1"]
-    _fail(world, f"{FIRST}-r1", 0, {"exitCode": 1, "reason": "Error"})
+    assert _train_jobs(world) == [RETRY_1]
+    _fail(world, RETRY_1, 0, {"exitCode": 1, "reason": "Error"})
     world.step()
     assert world.phase == "Failed"
     failed = world.condition(c.FAILED)
     assert failed["reason"] == c.BACKOFF_LIMIT_EXCEEDED
     assert "spec.backoffLimit (1)" in failed["message"] and "rank 0" in failed["message"]
-    assert _train_jobs(world) == [f"{FIRST}-r1"] and _reasons(world).count(c.GANG_RESTARTED) == 1
+    assert _train_jobs(world) == [RETRY_1] and _reasons(world).count(c.GANG_RESTARTED) == 1
     assert world.resource["status"]["restarts"] == 1
 
 
@@ -162,7 +168,7 @@ def test_a_queued_gang_restarts_suspended_so_kueue_admits_every_rank_at_once() -
     world.objects[("Job", FIRST)]["spec"]["suspend"] = False  # admitted
     _fail(world, FIRST, 1, {"exitCode": 137, "reason": "Error"})
     world.step()
-    fresh = world.objects[("Job", f"{FIRST}-r1")]
+    fresh = world.objects[("Job", RETRY_1)]
     assert fresh["spec"]["suspend"] is True
     assert fresh["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-research"
     world.step()
@@ -187,10 +193,10 @@ def _jobset_pod(world: World, index: int, phase: str, attempt: int, **terminated
     if terminated:
         status["containerStatuses"] = [{"name": "trainer", "state": {"terminated": terminated}}]
     world.pods.append({
-        "metadata": {"name": f"{FIRST}-node-0-{index}-a{attempt}",
-                     "labels": {"jobset.sigs.k8s.io/jobset-name": FIRST,
+        "metadata": {"name": f"{NAME}-node-0-{index}-a{attempt}",
+                     "labels": {"jobset.sigs.k8s.io/jobset-name": NAME,
                                 "jobset.sigs.k8s.io/restart-attempt": str(attempt),
-                                "job-name": f"{FIRST}-node-0"},
+                                "job-name": f"{NAME}-node-0"},
                      "annotations": {"batch.kubernetes.io/job-completion-index": str(index)},
                      "creationTimestamp": f"2026-11-29T10:0{attempt}:0{index}Z"},
         "status": status,
@@ -199,9 +205,8 @@ def _jobset_pod(world: World, index: int, phase: str, attempt: int, **terminated
 
 def test_with_jobset_a_multinode_job_is_one_jobset_and_no_service_of_ours() -> None:
     world = _jobset_world()
-    assert [key for key in world.objects if key[0] in ("JobSet", "Service") or "-train" in key[1]] == [
-        ("JobSet", FIRST)
-    ]
+    assert [key for key in world.objects if key[0] in ("JobSet", "Service")] == [("JobSet", NAME)]
+    assert _train_jobs(world) == []
     assert world.phase == "Queued" and world.condition(c.ADMITTED)["status"] == "True"
     _jobset_pod(world, 0, "Running", 0)
     _jobset_pod(world, 1, "Running", 0)
@@ -215,19 +220,19 @@ def test_a_jobset_restart_is_reported_and_only_the_current_attempts_pods_count()
     _jobset_pod(world, 1, "Failed", 0, exitCode=137, reason="Error")
     _jobset_pod(world, 0, "Running", 1)
     _jobset_pod(world, 1, "Pending", 1)
-    world.objects[("JobSet", FIRST)]["status"] = {"restarts": 1, "restartsCountTowardsMax": 1}
+    world.objects[("JobSet", NAME)]["status"] = {"restarts": 1, "restartsCountTowardsMax": 1}
     world.step()
     world.step()
     assert world.resource["status"]["restarts"] == 1
     (restart,) = [e for e in world.events if e.reason == c.GANG_RESTARTED]
     assert "restarted all 2 ranks (1/3" in restart.message
     assert world.condition(c.RUNNING)["message"] == "1 training pod(s) running"
-    assert world.creates.count(f"JobSet/{FIRST}") == 1  # the operator never recreates it
+    assert world.creates.count(f"JobSet/{NAME}") == 1  # the operator never recreates it
 
 
 def test_a_jobset_out_of_restarts_fails_naming_the_limit() -> None:
     world = _jobset_world(**{"spec.backoffLimit": 1})
-    world.objects[("JobSet", FIRST)]["status"] = {
+    world.objects[("JobSet", NAME)]["status"] = {
         "restarts": 1,
         "restartsCountTowardsMax": 1,
         "conditions": [{"type": "Failed", "status": "True", "reason": "ReachedMaxRestarts",
@@ -243,7 +248,7 @@ def test_bad_input_fails_the_jobset_with_the_trainers_reason() -> None:
     world = _jobset_world()
     summary = {"stage": "train", "ok": False, "reason": "InvalidSpec", "message": "spec.lora.r: too large"}
     _jobset_pod(world, 1, "Failed", 0, exitCode=2, reason="Error", message=json.dumps(summary))
-    world.objects[("JobSet", FIRST)]["status"] = {
+    world.objects[("JobSet", NAME)]["status"] = {
         "conditions": [{"type": "Failed", "status": "True", "reason": "FailJobSetFailurePolicyRuleAction",
                         "message": "failed by rule InvalidInput"}],
     }  # fmt: skip
@@ -256,5 +261,5 @@ def test_user_suspend_suspends_the_jobset_itself() -> None:
     _jobset_pod(world, 0, "Running", 0)
     world.resource["spec"]["suspend"] = True
     world.step()
-    assert world.objects[("JobSet", FIRST)]["spec"]["suspend"] is True
+    assert world.objects[("JobSet", NAME)]["spec"]["suspend"] is True
     assert world.phase == "Suspended"

@@ -298,14 +298,14 @@ def test_multinode_job_is_a_gang_that_the_job_controller_never_retries_by_index(
 
 def test_a_restarted_gang_gets_a_fresh_name_and_rendezvous_on_its_own_rank_0() -> None:
     job = render.training_job(OWNER, _spec("full-multinode"), DEFAULTS, "d", attempt=2, restarts=1)
-    assert job["metadata"]["name"] == "support-bot-train-r2"
+    assert job["metadata"]["name"] == "support-bot-retry2"
     assert job["metadata"]["annotations"][render.GANG_ATTEMPT_ANNOTATION] == "2"
     assert job["metadata"]["annotations"][render.RESTARTS_ANNOTATION] == "1"
     pod = job["spec"]["template"]["spec"]
     # The Service (subdomain) stays; index 0's hostname is the new Job's, never a terminating old pod's.
     assert pod["subdomain"] == render.rendezvous_service(OWNER)["metadata"]["name"] == "support-bot-train"
     command = pod["containers"][0]["command"]
-    assert "--master-addr=support-bot-train-r2-0.support-bot-train.team-a.svc" in command
+    assert "--master-addr=support-bot-retry2-0.support-bot-train.team-a.svc" in command
     assert job["spec"]["completions"] == job["spec"]["parallelism"] == 2
     for version in ("1.30.0", "1.37.0"):
         kubernetes_validate.validate(job, version, strict=True)
@@ -388,7 +388,7 @@ def test_multinode_jobset_matches_its_golden_file_and_jobsets_schema() -> None:
     jsonschema.validate(jobset["spec"], _JOBSET_SPEC)
     assert jobset["apiVersion"] == "jobset.x-k8s.io/v1alpha2" and jobset["kind"] == "JobSet"
     (replicated,) = jobset["spec"]["replicatedJobs"]
-    child = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "support-bot-train-node-0"},
+    child = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "support-bot-node-0"},
              "spec": replicated["template"]["spec"]}  # fmt: skip
     for version in ("1.30.0", "1.37.0"):
         kubernetes_validate.validate(child, version, strict=True)
@@ -422,7 +422,7 @@ def test_the_jobset_restarts_every_rank_and_fails_on_bad_input() -> None:
     }  # fmt: skip
     command = job["template"]["spec"]["containers"][0]["command"]
     # JobSet's pod hostname: JOBSET-REPLICATEDJOB-JOBINDEX-PODINDEX in the subdomain.
-    assert "--master-addr=support-bot-train-node-0-0.support-bot-train.team-a.svc" in command
+    assert "--master-addr=support-bot-node-0-0.support-bot-train.team-a.svc" in command
     assert "subdomain" not in job["template"]["spec"]
     # Kueue admits the JobSet as one workload: it carries the queue label and starts suspended, its Jobs not.
     assert jobset["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-research"
@@ -430,6 +430,20 @@ def test_the_jobset_restarts_every_rank_and_fails_on_bad_input() -> None:
     assert jobset["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
     with pytest.raises(ValueError, match="nodes > 1"):
         render.training_jobset(OWNER, _spec("lora-basic"), DEFAULTS, "d")
+
+
+def test_every_gang_hostname_fits_a_dns_label_for_the_longest_name_and_most_nodes() -> None:
+    owner = ResourceIdentity(name="n" * 52, namespace="team-a", uid="u")  # the CRD's longest name
+    multinode = _spec("full-multinode")
+    spec = multinode.model_copy(update={"resources": multinode.resources.model_copy(update={"nodes": 64})})
+    names = [
+        render.training_job(owner, spec, DEFAULTS, "d", attempt=a)["metadata"]["name"] for a in range(20)
+    ]
+    assert len(set(names[:10])) == 10  # ten attempts in a row never share a name
+    jobset = render.training_jobset(owner, spec, DEFAULTS, "d")
+    child = f"{jobset['metadata']['name']}-{jobset['spec']['replicatedJobs'][0]['name']}-0"
+    for name in [*names, child]:
+        assert len(f"{name}-63") <= 63, name  # an Indexed Job pod's hostname is JOB-INDEX
 
 
 def test_config_map_carries_resolved_trainer_config() -> None:

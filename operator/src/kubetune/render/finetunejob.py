@@ -83,9 +83,12 @@ def child_name(owner_name: str, stage: Stage | Literal["config"]) -> str:
 
 def training_job_name(owner_name: str, attempt: int = 0) -> str:
     """A fresh name per gang attempt: the new pods' hostnames (JOB-INDEX) never resolve to a terminating pod
-    of the failed attempt, and its pods are never taken for the new Job's."""
-    name = child_name(owner_name, "train")
-    return name if attempt == 0 else f"{name}-r{attempt}"
+    of the failed attempt, and its pods are never taken for the new Job's. Only the latest attempts' names
+    must differ, so the suffix cycles retry1..retry9, short enough that NAME-retry9-63 (a 52-character name,
+    64 nodes) fits a DNS label's 63 characters."""
+    if attempt == 0:
+        return child_name(owner_name, "train")
+    return f"{owner_name}-retry{(attempt - 1) % 9 + 1}"
 
 
 def selector_labels(owner: ResourceIdentity) -> dict[str, str]:
@@ -388,7 +391,10 @@ def training_jobset(
     also makes the headless Service (network.subdomain) the rendezvous host resolves in."""
     if spec.resources.nodes == 1:
         raise ValueError("a JobSet is rendered only for spec.resources.nodes > 1")
-    name = child_name(owner.name, "train")
+    # Named as the FineTuneJob (another kind): its pods' hostnames NAME-node-0-INDEX then fit a DNS label for
+    # any allowed name, where NAME-train-node-0-0 would not. The subdomain keeps the train stage's name.
+    name = owner.name
+    subdomain = child_name(owner.name, "train")
     job = training_job(owner, spec, defaults, config_digest)
     job_spec = job["spec"]
     job_spec.pop("suspend", None)  # the JobSet's own suspend (Kueue, spec.suspend) holds its Jobs
@@ -403,7 +409,7 @@ def training_jobset(
         job["metadata"]["annotations"].pop(key)
     metadata = {**job["metadata"], "name": name}
     spec_out: Manifest = {
-        "network": {"enableDNSHostnames": True, "subdomain": name, "publishNotReadyAddresses": True},
+        "network": {"enableDNSHostnames": True, "subdomain": subdomain, "publishNotReadyAddresses": True},
         "failurePolicy": {
             "maxRestarts": spec.backoff_limit,
             "rules": [
