@@ -205,6 +205,21 @@ INVALID_JOBS: list[tuple[str, dict[str, Any], str, str]] = [
         "greater than",
     ),
     ("missing-output", {"spec.output": DELETE}, "spec.output", "Required value"),
+    (
+        "cache-pvc-and-ephemeral",
+        {"spec.cache": {"pvc": "model-cache", "ephemeral": {"size": "50Gi"}}},
+        "spec.cache",
+        "exactly one of spec.cache.pvc or spec.cache.ephemeral",
+    ),
+    ("cache-empty", {"spec.cache": {}}, "spec.cache", "exactly one of spec.cache.pvc"),
+    ("cache-pvc-not-a-name", {"spec.cache": {"pvc": "Model_Cache"}}, "spec.cache.pvc", "should match"),
+    (
+        "cache-size-not-quantity",
+        {"spec.cache": {"ephemeral": {"size": "lots"}}},
+        "spec.cache.ephemeral.size",
+        "should match",
+    ),
+    ("cache-ephemeral-no-size", {"spec.cache": {"ephemeral": {}}}, "spec.cache.ephemeral.size", "Required"),
     ("name-too-long", {"metadata.name": LONG_NAME}, "metadata.name", "may not be more than 52"),
 ]
 
@@ -274,6 +289,13 @@ INVALID_DEPLOYMENTS: list[tuple[str, dict[str, Any], str, str]] = [
     ),
     ("serving-gpus-too-many", {"spec.resources.gpus": 16}, "spec.resources.gpus", "less than or equal to 8"),
     ("served-name-invalid", {"spec.servedModelName": "Support_Bot"}, "spec.servedModelName", "should match"),
+    (
+        "serving-cache-pvc-and-ephemeral",
+        {"spec.cache": {"pvc": "model-cache", "ephemeral": {"size": "50Gi"}}},
+        "spec.cache",
+        "exactly one of spec.cache.pvc or spec.cache.ephemeral",
+    ),
+    ("serving-cache-pvc-not-a-name", {"spec.cache": {"pvc": "-cache"}}, "spec.cache.pvc", "should match"),
 ]
 
 # Changes an update may not make: training inputs are fixed once the job exists.

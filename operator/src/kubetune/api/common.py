@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from annotated_types import GroupedMetadata
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "kubetune.dev"
@@ -201,3 +201,49 @@ Conditions = Annotated[
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     ),
 ]
+
+
+class EphemeralCache(ApiModel):
+    """A generic ephemeral volume: a PersistentVolumeClaim created with each pod and deleted with it."""
+
+    storage_class_name: DnsName | None = Field(
+        default=None, description="The StorageClass of each pod's claim; the cluster's default when unset"
+    )
+    size: Quantity = Field(description="The storage each pod's claim requests, e.g. 200Gi")
+
+
+class ModelCache(ApiModel):
+    """Where pods keep downloaded models (their /cache): a claim shared by pods, or a volume per pod.
+
+    Only `pvc` is shared: across stages, retries, nodes and replicas, so a model is downloaded once. An
+    `ephemeral` volume belongs to one pod and is gone with it (each pod downloads again); it only moves the
+    model off the node's disk onto a StorageClass. Left out, pods use emptyDirs on the node's disk."""
+
+    pvc: DnsName | None = Field(
+        default=None,
+        description=(
+            "An existing PersistentVolumeClaim in the resource's namespace, owned by the user; kubetune keeps"
+            " its files under kubetune/ in it and never deletes a finished download. ReadWriteMany for pods"
+            " on several nodes at once (multi-node training, replicas); a ReadWriteOnce claim serves one"
+            " node at a time: concurrent pods on other nodes cannot mount it and stay ContainerCreating"
+        ),
+    )
+    ephemeral: EphemeralCache | None = Field(
+        default=None, description="A volume per pod, NOT shared: every pod downloads the model again"
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "has(self.pvc) != has(self.ephemeral)",
+                "exactly one of spec.cache.pvc or spec.cache.ephemeral must be set",
+            )
+        )
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ModelCache:
+        # The CEL rule again, so the typed model refuses exactly what the API server refuses.
+        if (self.pvc is None) == (self.ephemeral is None):
+            raise ValueError("exactly one of spec.cache.pvc or spec.cache.ephemeral must be set")
+        return self

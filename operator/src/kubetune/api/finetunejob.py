@@ -14,6 +14,7 @@ from kubetune.api.common import (
     Decimal,
     DnsName,
     LabelValue,
+    ModelCache,
     ModelUri,
     NodeSelector,
     Quantity,
@@ -337,6 +338,14 @@ class FineTuneJobSpec(TrainerSpec):
     storage_secret_ref: SecretReference | None = Field(
         default=None,
         description="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, mounted into pods only",
+    )
+    cache: ModelCache | None = Field(
+        default=None,
+        description=(
+            "Where the base model is kept between stages: a shared claim (pvc), downloaded once for validate,"
+            " train, evaluate and export and every retry, or a volume per pod (ephemeral); node-disk emptyDirs"
+            " when unset"
+        ),
     )
     suspend: bool = False
     active_deadline_seconds: Annotated[int, Field(ge=60, le=30 * 24 * 3600)] | None = None

@@ -13,6 +13,7 @@ from kubetune.api.common import (
     DnsLabel,
     LabelValue,
     LocalObjectReference,
+    ModelCache,
     ModelUri,
     NodeSelector,
     Quantity,
@@ -191,6 +192,13 @@ class ModelDeploymentSpec(ApiModel):
     autoscaling: Autoscaling | None = None
     scheduling: Scheduling | None = None
     storage_secret_ref: SecretReference | None = None
+    cache: ModelCache | None = Field(
+        default=None,
+        description=(
+            "Where replicas keep the models they serve: a shared claim (pvc), downloaded once for every replica"
+            " and revision, or a volume per pod (ephemeral); emptyDirs on the node's disk when unset"
+        ),
+    )
 
     model_config = ConfigDict(
         json_schema_extra=rules(

@@ -19,7 +19,7 @@ import hashlib
 import json
 from typing import Literal
 
-from kubetune.api.common import ResourceIdentity
+from kubetune.api.common import ModelCache, ResourceIdentity
 from kubetune.api.finetunejob import (
     CPU_PER_GPU,
     CPU_WITHOUT_GPU,
@@ -44,6 +44,7 @@ from kubetune.render.pod import (
     pod_security_context,
     pvc_volumes,
     scratch_volumes,
+    shared_cache,
     storage_env_from,
     workload_identity,
 )
@@ -134,6 +135,7 @@ def _trainer_container(
     *,
     resources: Manifest,
     mounts: list[Manifest],
+    cache: ModelCache | None = None,
 ) -> Manifest:
     secret = spec.storage_secret_ref.name if spec.storage_secret_ref else None
     container: Manifest = {
@@ -141,7 +143,7 @@ def _trainer_container(
         "image": defaults.trainer_image,
         "imagePullPolicy": defaults.image_pull_policy,
         "command": command,
-        "env": cache_env(),
+        "env": cache_env(cache),
         "resources": resources,
         "securityContext": container_security_context(),
         "terminationMessagePath": TERMINATION_LOG,
@@ -236,10 +238,14 @@ def validation_job(
 ) -> Manifest:
     """CPU only: no GPU is asked for until the dataset has passed."""
     disk = defaults.validation_ephemeral_storage
-    volumes, mounts = _with_pvc_inputs(spec, "validate", *scratch_volumes(shm_size=None, size_limit=disk))
+    # A shared cache only: validation downloads the model into it for the stages after it (model_cache).
+    cache = shared_cache(spec.cache)
+    volumes, mounts = _with_pvc_inputs(
+        spec, "validate", *scratch_volumes(shm_size=None, size_limit=disk, cache=cache)
+    )
     resources = gpu_resources(0, defaults.validation_cpu, defaults.validation_memory, ephemeral_storage=disk)
     container = _trainer_container(
-        _stage_command("validate"), spec, defaults, resources=resources, mounts=mounts
+        _stage_command("validate"), spec, defaults, resources=resources, mounts=mounts, cache=cache
     )
     job = _job(
         owner,
@@ -262,14 +268,17 @@ def _gpu_pod_spec(
     resources_spec = spec.resources
     gpus = resources_spec.gpus
     disk = resources_spec.ephemeral_storage
+    shm = defaults.shm_size if gpus else None
     volumes, mounts = _with_pvc_inputs(
-        spec, stage, *scratch_volumes(shm_size=defaults.shm_size if gpus else None, size_limit=disk)
+        spec, stage, *scratch_volumes(shm_size=shm, size_limit=disk, cache=spec.cache)
     )
     cpu, memory = _cpu_and_memory(spec)
     resources = gpu_resources(
         gpus, cpu, memory, memory_limit=resources_spec.memory is not None, ephemeral_storage=disk
     )
-    container = _trainer_container(command, spec, defaults, resources=resources, mounts=mounts)
+    container = _trainer_container(
+        command, spec, defaults, resources=resources, mounts=mounts, cache=spec.cache
+    )
     # The same port as the TrainerConfig's metrics_port (config_map), and where the operator scrapes.
     metrics = {"name": "metrics", "containerPort": defaults.trainer_metrics_port, "protocol": "TCP"}
     container["ports"] = [metrics]

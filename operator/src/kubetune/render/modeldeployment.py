@@ -10,7 +10,9 @@ keep their own names. With `serve: merged` the merged model answers to the serve
 
 Where the model comes from: `s3://` and `hf://` are copied into the pod by the fetch init container
 (`hf://` needs the Hugging Face Hub reachable from the pod; the runtime itself stays offline);
-`pvc://CLAIM/path` is mounted read-only at /mnt/pvc/CLAIM and the runtime reads it in place.
+`pvc://CLAIM/path` is mounted read-only at /mnt/pvc/CLAIM and the runtime reads it in place. With
+spec.cache the fetch step keeps each model directory in the cache volume (at /model-cache, read-only for the
+runtime) and links it into /models: a replica or revision finding it there downloads nothing.
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ from kubetune.api.modeldeployment import ModelDeploymentSpec, Rollout, ServingRe
 from kubetune.render.pod import (
     GPU_PRODUCT_LABEL,
     MANAGED_BY,
+    MODEL_CACHE_ENV,
     PART_OF,
     Manifest,
     OperatorDefaults,
+    cache_mount,
+    cache_volume,
     container_security_context,
     gpu_resources,
     image_pull_secrets,
@@ -52,6 +57,10 @@ SERVING_PORT = 8000
 MODEL_DIR = "/models"
 BASE_DIR = f"{MODEL_DIR}/base"
 ADAPTER_DIR = f"{MODEL_DIR}/adapters"
+# spec.cache: the fetch step keeps models here (content-addressed) and links them into MODEL_DIR; the
+# runtime mounts it read-only at the same path, so the links resolve.
+MODEL_CACHE_DIR = "/model-cache"
+MODEL_CACHE_VOLUME = "model-cache"
 LINEAGE_PREFIX = "lineage.kubetune.dev/"
 PROMETHEUS_URL = "http://prometheus-operated.monitoring.svc:9090"
 # The PodMonitor (charts/kubetune/templates/podmonitor.yaml) copies the pod label kubetune.dev/modeldeployment
@@ -258,8 +267,15 @@ def _runtime_container(
             {"name": "tmp", "mountPath": "/tmp"},
             {"name": "dshm", "mountPath": "/dev/shm"},
             *pvc_volumes(source.uris(spec.serve == "merged"))[1],
+            *_model_cache_mounts(spec, read_only=True),
         ],
     }
+
+
+def _model_cache_mounts(spec: ModelDeploymentSpec, *, read_only: bool) -> list[Manifest]:
+    if spec.cache is None:
+        return []
+    return [cache_mount(spec.cache, MODEL_CACHE_VOLUME, MODEL_CACHE_DIR, read_only=read_only)]
 
 
 def revision_deployment(
@@ -292,11 +308,13 @@ def revision_deployment(
                 {"name": "HOME", "value": "/tmp"},
                 *user_env(),
                 {"name": "HF_HOME", "value": "/tmp/huggingface"},
+                *([{"name": MODEL_CACHE_ENV, "value": f"{MODEL_CACHE_DIR}/models"}] if spec.cache else []),
             ],
             "securityContext": container_security_context(),
             "volumeMounts": [
                 {"name": "models", "mountPath": MODEL_DIR},
                 {"name": "tmp", "mountPath": "/tmp"},
+                *_model_cache_mounts(spec, read_only=False),
             ],
         }
         secret = storage_secret(spec, source)
@@ -310,6 +328,7 @@ def revision_deployment(
         {"name": "tmp", "emptyDir": {}},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}},
         *pvc_volumes(source.uris(merged))[0],
+        *([cache_volume(spec.cache, MODEL_CACHE_VOLUME)] if spec.cache else []),
     ]
     # The training pods' identity: their ServiceAccount (IRSA, Workload Identity) and image pull secrets.
     pod.update(workload_identity(defaults.identity()))

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from kubetune.api.common import API_VERSION, ResourceIdentity, Toleration
+from kubetune.api.common import API_VERSION, ModelCache, ResourceIdentity, Toleration
 from kubetune.api.trainer_contract import DEFAULT_METRICS_PORT
 
 Manifest = dict[str, Any]
@@ -23,6 +23,11 @@ CACHE_MOUNT = "/cache"
 WORK_MOUNT = "/work"
 TERMINATION_LOG = "/dev/termination-log"
 PVC_ROOT = "/mnt/pvc"  # the trainer's storage.DEFAULT_PVC_ROOT: where pvc://CLAIM/path is read
+# spec.cache: the trainer's model_cache reads KUBETUNE_MODEL_CACHE and keeps models/<key>/ there. In a user's
+# claim everything of ours lives under kubetune/ (a subPath), so its other files are never touched.
+MODEL_CACHE_ENV = "KUBETUNE_MODEL_CACHE"
+MODEL_CACHE_SUBPATH = "kubetune"
+CACHE_VOLUME = "cache"
 
 
 @dataclass(frozen=True)
@@ -69,21 +74,56 @@ def container_security_context() -> Manifest:
     }
 
 
-def scratch_volumes(
-    *, shm_size: str | None, size_limit: str | None = None
-) -> tuple[list[Manifest], list[Manifest]]:
-    """Writable emptyDirs for a read-only root filesystem: caches, work space, /tmp and (for NCCL) /dev/shm.
+def cache_volume(cache: ModelCache | None, name: str, *, size_limit: str | None = None) -> Manifest:
+    """The volume spec.cache asks for: the user's claim, a claim per pod (generic ephemeral volume), or an
+    emptyDir on the node's disk (capped at `size_limit`) when there is no spec.cache."""
+    if cache is None:
+        return {"name": name, "emptyDir": {"sizeLimit": size_limit} if size_limit else {}}
+    if cache.pvc is not None:
+        return {"name": name, "persistentVolumeClaim": {"claimName": cache.pvc}}
+    assert cache.ephemeral is not None  # ModelCache holds exactly one of the two
+    claim: Manifest = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": cache.ephemeral.size}},
+    }
+    if cache.ephemeral.storage_class_name:
+        claim["storageClassName"] = cache.ephemeral.storage_class_name
+    template = {"metadata": {"labels": {PART_OF: "kubetune"}}, "spec": claim}
+    return {"name": name, "ephemeral": {"volumeClaimTemplate": template}}
 
-    `size_limit` caps each disk-backed volume (the kubelet evicts a pod that writes more), so a pod never
-    fills its node's disk; the pod should request as much `ephemeral-storage` (gpu_resources)."""
+
+def cache_mount(cache: ModelCache | None, name: str, path: str, *, read_only: bool = False) -> Manifest:
+    """Where a container sees the cache volume; a user's claim only through its kubetune/ folder."""
+    mount: Manifest = {"name": name, "mountPath": path}
+    if cache is not None and cache.pvc is not None:
+        mount["subPath"] = MODEL_CACHE_SUBPATH
+    if read_only:
+        mount["readOnly"] = True
+    return mount
+
+
+def shared_cache(cache: ModelCache | None) -> ModelCache | None:
+    """spec.cache where it outlives the pod (a claim); None for a volume per pod, which a pod that only
+    reads metadata (validation) gains nothing from."""
+    return cache if cache is not None and cache.pvc is not None else None
+
+
+def scratch_volumes(
+    *, shm_size: str | None, size_limit: str | None = None, cache: ModelCache | None = None
+) -> tuple[list[Manifest], list[Manifest]]:
+    """Writable volumes for a read-only root filesystem: caches, work space, /tmp and (for NCCL) /dev/shm.
+
+    `size_limit` caps each disk-backed emptyDir (the kubelet evicts a pod that writes more), so a pod never
+    fills its node's disk; the pod should request as much `ephemeral-storage` (gpu_resources). `cache`
+    (spec.cache) puts /cache, where models and the libraries' caches live, on a claim instead."""
     disk: Manifest = {"sizeLimit": size_limit} if size_limit else {}
     volumes: list[Manifest] = [
-        {"name": "cache", "emptyDir": dict(disk)},
+        cache_volume(cache, CACHE_VOLUME, size_limit=size_limit),
         {"name": "work", "emptyDir": dict(disk)},
         {"name": "tmp", "emptyDir": dict(disk)},
     ]
     mounts: list[Manifest] = [
-        {"name": "cache", "mountPath": CACHE_MOUNT},
+        cache_mount(cache, CACHE_VOLUME, CACHE_MOUNT),
         {"name": "work", "mountPath": WORK_MOUNT},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
@@ -99,8 +139,10 @@ def user_env() -> list[Manifest]:
     return [{"name": "USER", "value": RUN_AS_USER_NAME}, {"name": "LOGNAME", "value": RUN_AS_USER_NAME}]
 
 
-def cache_env() -> list[Manifest]:
-    """Point every library's cache at the writable volume and keep the hub offline unless a URI asks for it."""
+def cache_env(cache: ModelCache | None = None) -> list[Manifest]:
+    """Point every library's cache at the writable volume and keep the hub offline unless a URI asks for it.
+    With spec.cache the trainer also keeps whole models there, content-addressed (MODEL_CACHE_ENV)."""
+    model_cache = [{"name": MODEL_CACHE_ENV, "value": f"{CACHE_MOUNT}/models"}] if cache else []
     return [
         {"name": "HOME", "value": "/tmp"},
         *user_env(),
@@ -109,6 +151,7 @@ def cache_env() -> list[Manifest]:
         {"name": "XDG_CACHE_HOME", "value": CACHE_MOUNT},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "KUBETUNE_TERMINATION_LOG", "value": TERMINATION_LOG},
+        *model_cache,
     ]
 
 
