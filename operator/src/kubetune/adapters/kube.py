@@ -49,6 +49,7 @@ _PLURALS = {
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproutes",
     ("keda.sh/v1alpha1", "ScaledObject"): "scaledobjects",
     ("jobset.x-k8s.io/v1alpha2", "JobSet"): "jobsets",
+    ("coordination.k8s.io/v1", "Lease"): "leases",  # leader election
 }
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -59,3 +59,19 @@ class PhaseIndex:
         for name, count in counts.items():
             JOBS_BY_PHASE.labels(name).set(count)
         GPUS_REQUESTED.set(running_gpus)
+
+
+# 1 on the replica that holds the Lease (or the only one, without leader election), 0 on a standby.
+LEADER = Gauge(
+    "kubetune_leader", "Whether this operator replica leads (1) or stands by (0)", registry=REGISTRY
+)
+_serving: set[int] = set()
+
+
+def serve_metrics(port: int) -> bool:
+    """Starts the /metrics endpoint once per process (a standby serves it before Kopf's startup runs)."""
+    if port in _serving:
+        return False
+    start_http_server(port, registry=REGISTRY)
+    _serving.add(port)
+    return True

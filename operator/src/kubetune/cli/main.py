@@ -35,22 +35,19 @@ def _api_reference(args: argparse.Namespace) -> int:
 
 def _operator(args: argparse.Namespace) -> int:
     """Runs the operator in this process (what the operator image does)."""
+    import asyncio
+
     import kopf
 
     import kubetune.handlers.all  # noqa: F401  (registers the handlers)
+    from kubetune.handlers.leadership import run_operator
     from kubetune.handlers.runtime import RUNTIME
 
     kopf.configure(
         log_format=kopf.LogFormat.JSON if args.json_logs else kopf.LogFormat.PLAIN, verbose=args.verbose
     )
-    namespaces = list(RUNTIME.config.namespaces)
-    kopf.run(
-        standalone=True,
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None,
-    )
-    return 0
+    # Waits for the Lease first where leader election is on (KUBETUNE_LEADER_ELECTION, POD_NAMESPACE).
+    return asyncio.run(run_operator(namespaces=RUNTIME.config.namespaces, health_port=args.health_port))
 
 
 def _register_missing(

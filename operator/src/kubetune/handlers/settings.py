@@ -11,6 +11,7 @@ from typing import Any
 from kubetune.adapters.kube import DEFAULT_BURST, DEFAULT_QPS
 from kubetune.api.common import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, QUANTITY_PATTERN
 from kubetune.api.trainer_contract import MAX_METRICS_PORT, MIN_METRICS_PORT
+from kubetune.reconcile.leader import LEASE_NAME, LeaseTiming
 from kubetune.render.modeldeployment import PROMETHEUS_URL, TGI_IMAGE, VLLM_IMAGE
 from kubetune.render.pod import OperatorDefaults
 
@@ -19,6 +20,55 @@ TRAINING_GANGS = ("auto", "jobset", "job")
 
 class ConfigError(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class LeaderElection:
+    """Which Lease the replicas compete for, and as whom (the pod's name, from the downward API)."""
+
+    namespace: str
+    identity: str
+    lease_name: str = LEASE_NAME
+    timing: LeaseTiming = field(default_factory=LeaseTiming)
+
+
+def _leader_election(env: dict[str, str]) -> LeaderElection | None:
+    """KUBETUNE_LEADER_ELECTION: true (the chart), false, or auto (the default: on when POD_NAMESPACE says
+    the operator runs in a pod, off for a local `kubetune operator`, which has no namespace of its own)."""
+    mode = env.get("KUBETUNE_LEADER_ELECTION", "auto").lower()
+    if mode not in ("auto", "true", "false"):
+        raise ConfigError(f"KUBETUNE_LEADER_ELECTION={mode!r} is not one of auto, true, false")
+    namespace = env.get("POD_NAMESPACE", "")
+    if mode == "false" or (mode == "auto" and not namespace):
+        return None
+    if not namespace:
+        raise ConfigError("KUBETUNE_LEADER_ELECTION=true needs POD_NAMESPACE (the Lease's namespace)")
+    if not re.fullmatch(DNS_LABEL_PATTERN, namespace) or len(namespace) > 63:
+        raise ConfigError(f"POD_NAMESPACE={namespace!r} is not a namespace name")
+    identity = env.get("POD_NAME") or env.get("HOSTNAME") or ""
+    if not identity:
+        raise ConfigError("leader election needs POD_NAME (or HOSTNAME): the identity that holds the Lease")
+    lease_name = env.get("KUBETUNE_LEASE_NAME") or LEASE_NAME
+    if not re.fullmatch(DNS_SUBDOMAIN_PATTERN, lease_name) or len(lease_name) > 253:
+        raise ConfigError(f"KUBETUNE_LEASE_NAME={lease_name!r} is not an object name")
+    base = LeaseTiming()
+    timing = LeaseTiming(
+        duration_seconds=_int(
+            env, "KUBETUNE_LEASE_DURATION_SECONDS", base.duration_seconds, low=2, high=3600
+        ),
+        renew_deadline_seconds=_int(
+            env, "KUBETUNE_LEASE_RENEW_DEADLINE_SECONDS", base.renew_deadline_seconds, low=1, high=3600
+        ),
+        retry_period_seconds=_int(
+            env, "KUBETUNE_LEASE_RETRY_PERIOD_SECONDS", base.retry_period_seconds, low=1, high=3600
+        ),
+    )
+    if problems := timing.problems():
+        raise ConfigError(
+            "KUBETUNE_LEASE_DURATION_SECONDS / _RENEW_DEADLINE_SECONDS / _RETRY_PERIOD_SECONDS: "
+            + "; ".join(problems)
+        )
+    return LeaderElection(namespace=namespace, identity=identity, lease_name=lease_name, timing=timing)
 
 
 def _int(env: dict[str, str], name: str, default: int, *, low: int = 0, high: int = 1 << 31) -> int:
@@ -75,6 +125,8 @@ class OperatorConfig:
     # How a multi-node job restarts all its ranks together: as a JobSet, as the operator's own Indexed Job,
     # or (auto) as a JobSet where discovery finds JobSet's API.
     training_gang: str = "auto"
+    # None: this process leads alone (a local run); else it waits for the Lease before reconciling anything.
+    leader_election: LeaderElection | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
@@ -131,4 +183,5 @@ class OperatorConfig:
             api_qps=api_qps,
             api_burst=api_burst,
             training_gang=training_gang,
+            leader_election=_leader_election(env),
         )

@@ -6,10 +6,9 @@ import logging
 from typing import Any
 
 import kopf
-from prometheus_client import start_http_server
 
 from kubetune.adapters.kube import SERVICE_ACCOUNT_TOKEN_PATH, Credentials
-from kubetune.adapters.metrics import REGISTRY
+from kubetune.adapters.metrics import serve_metrics
 from kubetune.handlers.runtime import RUNTIME
 
 DOMAIN = "kubetune.dev"
@@ -33,8 +32,7 @@ async def configure(
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
     settings.queueing.error_delays = (1, 2, 5, 10, 30, 60)
-    if RUNTIME.config.metrics_port:
-        start_http_server(RUNTIME.config.metrics_port, registry=REGISTRY)
+    if RUNTIME.config.metrics_port and serve_metrics(RUNTIME.config.metrics_port):
         logger.info("metrics on :%d/metrics", RUNTIME.config.metrics_port)
 
 
@@ -45,7 +43,12 @@ async def close(**_: Any) -> None:
 
 @kopf.on.login()
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """In a pod: the service account; elsewhere: the kubeconfig. The operator's client reuses the result."""
+    return discover_credentials(**kwargs)
+
+
+def discover_credentials(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod: the service account; elsewhere: the kubeconfig. The operator's client reuses the result
+    (and leader election, which logs in this way before Kopf runs)."""
     info = kopf.login_with_service_account(**kwargs)
     token_path = SERVICE_ACCOUNT_TOKEN_PATH if info is not None else None  # projected: the kubelet rotates it
     info = info or kopf.login_with_kubeconfig(**kwargs)

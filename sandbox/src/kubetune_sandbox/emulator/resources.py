@@ -29,6 +29,7 @@ BUILTINS: tuple[tuple[str, str, str, bool, tuple[str, ...], tuple[str, ...]], ..
     ("apps/v1", "deployments", "Deployment", True, ("deploy",), ("status",)),
     ("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget", True, ("pdb",), ("status",)),
     ("autoscaling/v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", True, ("hpa",), ("status",)),
+    ("coordination.k8s.io/v1", "leases", "Lease", True, (), ()),
     ("apiextensions.k8s.io/v1", "customresourcedefinitions", "CustomResourceDefinition", False,
      ("crd", "crds"), ("status",)),
 )  # fmt: skip

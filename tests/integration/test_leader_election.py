@@ -1,0 +1,119 @@
+"""Two real operator replicas compete for one Lease in the emulator: only the holder reconciles; a SIGKILLed
+leader is replaced once its lease runs out, a SIGTERMed one hands over at once, and the job finishes with
+one of each child."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.integration.harness import Api, OperatorProcess
+from tests.integration.test_finetunejob_operator import _job
+from tests.reconcile.world import FINISH_OK, TRAINING_OK, VALIDATION_OK
+
+LEASE_SECONDS = 4
+# A replica that stops leading may go unnoticed for a lease; each candidate retries every second (+20%).
+TAKEOVER_LIMIT = LEASE_SECONDS + 3.0
+
+
+def _replicas(kubeconfig: Path, tmp_path: Path, lease: str, lease_seconds: int = LEASE_SECONDS):
+    timing = {
+        "KUBETUNE_LEADER_ELECTION": "true",
+        "POD_NAMESPACE": "default",
+        "KUBETUNE_LEASE_NAME": lease,
+        "KUBETUNE_LEASE_DURATION_SECONDS": str(lease_seconds),
+        "KUBETUNE_LEASE_RENEW_DEADLINE_SECONDS": str(lease_seconds - 1),
+        "KUBETUNE_LEASE_RETRY_PERIOD_SECONDS": "1",
+    }
+    return {
+        name: OperatorProcess(kubeconfig, tmp_path / f"{name}.log", {**timing, "POD_NAME": name})
+        for name in ("replica-a", "replica-b")
+    }
+
+
+def _lease(api: Api, name: str) -> dict[str, Any]:
+    response = api.http.get(
+        f"{api.url}/apis/coordination.k8s.io/v1/namespaces/default/leases/{name}", timeout=10
+    )
+    return response.json().get("spec") or {} if response.status_code == 200 else {}
+
+
+def _holder(api: Api, lease: str, among: set[str]) -> str:
+    return api.wait_for(
+        f"one of {sorted(among)} to hold the lease {lease}",
+        lambda: _lease(api, lease).get("holderIdentity") in among and _lease(api, lease)["holderIdentity"],
+        timeout=30,
+    )
+
+
+def _reconciled(log: Path, name: str) -> bool:
+    return name in log.read_text(errors="replace")
+
+
+def test_only_the_leader_reconciles_and_a_killed_leader_is_replaced_without_duplicates(
+    api: Api, kubeconfig: Path, tmp_path: Path
+) -> None:
+    name = "ha-kill"
+    replicas = _replicas(kubeconfig, tmp_path, "kubetune-operator")
+    for replica in replicas.values():
+        replica.start()
+    try:
+        leader = _holder(api, "kubetune-operator", set(replicas))
+        standby = next(n for n in replicas if n != leader)
+        api.create(_job(name))
+        api.wait_job(f"{name}-validate")
+        time.sleep(2 * LEASE_SECONDS)  # long enough for a second reconciler to act, were there one
+        assert _lease(api, "kubetune-operator")["holderIdentity"] == leader  # renewed, never lost
+        assert _reconciled(replicas[leader].log, name)
+        assert not _reconciled(replicas[standby].log, name), "the standby reconciled"
+        assert "standing by" in replicas[standby].log.read_text()
+
+        replicas[leader].kill()  # no release: the standby must wait the lease out
+        killed = time.monotonic()
+        api.finish_job(f"{name}-validate", VALIDATION_OK)  # the world moves on while nobody leads
+        assert _holder(api, "kubetune-operator", {standby}) == standby
+        took_over = time.monotonic() - killed
+        assert took_over <= TAKEOVER_LIMIT, f"the standby took {took_over:.1f}s to take over"
+        spec = _lease(api, "kubetune-operator")
+        assert spec["leaseTransitions"] >= 1 and spec["leaseDurationSeconds"] == LEASE_SECONDS
+
+        api.wait_job(f"{name}-train")
+        assert _reconciled(replicas[standby].log, name)
+        api.run_pod(f"{name}-train", "Running")
+        api.finish_job(f"{name}-train", TRAINING_OK, index=1)
+        api.wait_job(f"{name}-finish")
+        api.finish_job(f"{name}-finish", FINISH_OK)
+        api.wait_phase(name, "Succeeded")
+    finally:
+        for replica in replicas.values():
+            replica.stop()
+    jobs = api.list("Job", f"kubetune.dev/finetunejob={name}")
+    assert sorted(j["metadata"]["name"] for j in jobs) == [
+        f"{name}-finish",
+        f"{name}-train",
+        f"{name}-validate",
+    ]
+    assert len(api.list("ConfigMap", f"kubetune.dev/finetunejob={name}")) == 1
+
+
+def test_a_leader_stopped_cleanly_hands_over_before_its_lease_would_expire(
+    api: Api, kubeconfig: Path, tmp_path: Path
+) -> None:
+    lease_seconds = 20  # a hand-over by expiry would take this long; a release takes a retry period or two
+    replicas = _replicas(kubeconfig, tmp_path, "kubetune-handover", lease_seconds)
+    for replica in replicas.values():
+        replica.start()
+    try:
+        leader = _holder(api, "kubetune-handover", set(replicas))
+        standby = next(n for n in replicas if n != leader)
+        stopping = time.monotonic()
+        replicas[leader].stop()  # SIGTERM, as the kubelet sends on a rollout or drain
+        assert replicas[leader].process is not None and replicas[leader].process.returncode == 0
+        assert _holder(api, "kubetune-handover", {standby}) == standby
+        handed_over = time.monotonic() - stopping
+        assert handed_over < lease_seconds / 2, f"the hand-over took {handed_over:.1f}s"
+        assert "released the lease" in replicas[leader].log.read_text()
+    finally:
+        for replica in replicas.values():
+            replica.stop()
