@@ -118,6 +118,9 @@ def execute_stage(stage: str, config_path: str) -> tuple[int, dict[str, Any]]:
         log.error("%s", message)
         return EXIT_ERROR, {"stage": stage, "ok": False, "reason": "StageUnavailable", "message": message}
     summary: dict[str, Any]
+    from kubetune_trainer.storage import STAGE_ENV
+
+    os.environ[STAGE_ENV] = stage  # names the stage in its storage requests (storage.s3_client)
     try:
         summary = module.run(config)
     except Exception as error:
@@ -152,15 +155,22 @@ def run_stages(stages: list[str], config_path: str) -> int:
 
 def _fetch(argv: list[str]) -> int:
     """`kubetune-trainer fetch SRC DEST [SRC DEST ...]`: the serving pods' init step. A URI ending in '/' is a
-    prefix (a model directory), anything else one file."""
-    from kubetune_trainer import storage
+    prefix (a model directory), anything else one file. With $KUBETUNE_MODEL_CACHE (spec.cache) directories
+    are kept in the model cache and DEST becomes a link to them."""
+    from kubetune_trainer import model_cache, storage
 
     if not argv or len(argv) % 2:
         print("usage: kubetune-trainer fetch SRC DEST [SRC DEST ...]", file=sys.stderr)
         return EXIT_INVALID_INPUT
+    os.environ[storage.STAGE_ENV] = "fetch"
+    shared = model_cache.shared_root()
     for source, destination in zip(argv[::2], argv[1::2], strict=True):
         started = time.perf_counter()
-        if source.startswith("hf://"):
+        if shared is not None and (source.startswith("hf://") or source.endswith("/")):
+            # spec.cache: the model directory stays in the cache; DEST links to it (read-only for the runtime).
+            cached = model_cache.fetch(source, shared)
+            _link(cached.path, Path(destination))
+        elif source.startswith("hf://"):
             storage.download_hf(source, destination)
         elif source.endswith("/"):
             storage.download_dir(source, destination)
@@ -168,6 +178,14 @@ def _fetch(argv: list[str]) -> int:
             storage.download_file(source, Path(destination))
         log.info("fetched %s to %s in %.1fs", source, destination, time.perf_counter() - started)
     return EXIT_OK
+
+
+def _link(target: Path, link: Path) -> None:
+    """`link` -> `target`, replacing an older link (a restarted init container fetches again)."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink():
+        link.unlink()
+    link.symlink_to(target, target_is_directory=True)
 
 
 def _bench(argv: list[str]) -> int:

@@ -112,8 +112,14 @@ def _env(*names: str, default: str | None = None) -> str | None:
     return default
 
 
+# The stage running (set by the entry point): requests carry it in their User-Agent (`app/kubetune-STAGE`),
+# so a bucket's access log (and the sandbox's request log) tells which stage read what.
+STAGE_ENV = "KUBETUNE_STAGE"
+
+
 def s3_client() -> Any:
     """A boto3 S3 client for the current environment (cached per distinct environment)."""
+    stage = _env(STAGE_ENV)
     return _cached_client(
         _env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
         _env("AWS_REGION", "AWS_DEFAULT_REGION", default="us-east-1"),
@@ -122,6 +128,7 @@ def s3_client() -> Any:
         _env("AWS_SESSION_TOKEN"),
         int(_env("AWS_MAX_ATTEMPTS", default="10") or "10"),
         _env("KUBETUNE_S3_ADDRESSING_STYLE"),
+        _env("AWS_SDK_UA_APP_ID", default=f"kubetune-{stage}" if stage else None),
     )
 
 
@@ -134,6 +141,7 @@ def _cached_client(  # noqa: PLR0917 - positional so lru_cache keys on the whole
     session_token: str | None,
     max_attempts: int,
     addressing_style: str | None,
+    app_id: str | None = None,
 ) -> Any:
     import boto3
     from botocore.config import Config
@@ -147,6 +155,7 @@ def _cached_client(  # noqa: PLR0917 - positional so lru_cache keys on the whole
         max_pool_connections=MULTIPART_CONCURRENCY * 2,
         connect_timeout=10,
         read_timeout=120,
+        user_agent_appid=app_id,
     )
     log.debug("s3 client: endpoint=%s region=%s max_attempts=%d", endpoint or "default", region, max_attempts)
     return boto3.client(
@@ -331,6 +340,40 @@ def exists(uri: str) -> bool:
     if path.is_dir():
         return any(path.iterdir())
     return path.exists()
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object under a prefix: its path relative to the prefix, its size and a version tag (the S3 ETag,
+    or the local file's mtime), which change when the object is replaced."""
+
+    relative: str
+    size: int
+    tag: str
+
+
+def stat_prefix(uri_prefix: str) -> list[ObjectInfo]:
+    """Every object under a prefix ('/' appended) with its size and tag, sorted: one LIST, no GET."""
+    prefix = uri_prefix if uri_prefix.endswith("/") else uri_prefix + "/"
+    if is_s3(prefix):
+        loc = parse_s3(prefix)
+        found: list[ObjectInfo] = []
+        try:
+            pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=loc.key)
+            for page in pages:
+                for item in page.get("Contents", []):
+                    relative = item["Key"][len(loc.key) :]
+                    if relative and not relative.endswith("/"):  # "directory marker" objects hold nothing
+                        found.append(ObjectInfo(relative, int(item["Size"]), str(item.get("ETag", ""))))
+        except Exception as error:
+            raise _s3_error("listing", prefix, error) from error
+        return sorted(found, key=lambda info: info.relative)
+    root = local_path(prefix)
+    return [
+        ObjectInfo(path.relative_to(root).as_posix(), stat.st_size, str(stat.st_mtime_ns))
+        for path in _iter_local_files(root)
+        for stat in [path.stat()]
+    ]
 
 
 def _iter_s3_keys(loc: S3Location, limit: int | None = None) -> list[str]:

@@ -17,6 +17,8 @@ import os
 import shutil
 import socket
 import sys
+import threading
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,13 +131,62 @@ def demo_dataset(rows: int = DEFAULT_DATASET_ROWS, seed: int = 0) -> bytes:
 # ---------------------------------------------------------------------------------------------------- S3
 
 
+@dataclass(frozen=True)
+class S3Request:
+    """One request the sandbox's S3 answered, as its access log would show it."""
+
+    method: str
+    path: str  # /BUCKET/KEY, unquoted
+    query: str
+    user_agent: str  # the trainer's carries `app/kubetune-STAGE` (storage.STAGE_ENV)
+
+    @property
+    def stage(self) -> str | None:
+        """The trainer stage that sent it (validate, train, evaluate, export, fetch), if any."""
+        for part in self.user_agent.split():
+            if part.startswith("app/kubetune-"):
+                return part[len("app/kubetune-") :]
+        return None
+
+    def is_object_get(self, uri_prefix: str) -> bool:
+        """A GET of an object (not a listing) under `uri_prefix`, e.g. s3://kubetune-sandbox/models/tiny-llama/."""
+        under = "/" + uri_prefix.removeprefix("s3://")
+        return self.method == "GET" and self.path.startswith(under) and "list-type" not in self.query
+
+
+class _RequestLog:
+    """WSGI middleware in front of moto: every request is appended to `requests` before moto answers it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.requests: list[S3Request] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        request = S3Request(
+            method=str(environ.get("REQUEST_METHOD", "")),
+            path=urllib.parse.unquote(str(environ.get("PATH_INFO", ""))),
+            query=str(environ.get("QUERY_STRING", "")),
+            user_agent=str(environ.get("HTTP_USER_AGENT", "")),
+        )
+        with self._lock:
+            self.requests.append(request)
+        return self.app(environ, start_response)
+
+    def snapshot(self) -> list[S3Request]:
+        with self._lock:
+            return list(self.requests)
+
+
 @dataclass
 class S3:
-    """moto's S3 server over real HTTP on loopback."""
+    """moto's S3 server over real HTTP on loopback, keeping a log of the requests it answered (`requests()`)."""
 
     host: str = "127.0.0.1"
     port: int = 0
     server: Any = None
+    log: Any = None
+    thread: Any = None
 
     @property
     def endpoint(self) -> str:
@@ -143,23 +194,38 @@ class S3:
 
     def start(self) -> S3:
         try:
-            from moto.server import ThreadedMotoServer
+            from moto.moto_server.werkzeug_app import (
+                DomainDispatcherApplication,
+                MotoRequestHandler,
+                create_backend_app,
+            )
+            from werkzeug.serving import make_server
         except ImportError as error:
             raise SandboxError(
                 "moto's S3 server is missing; install the sandbox extras: pip install -e '.[sandbox]'"
             ) from error
         if self.port and not port_free(self.host, self.port):
             raise SandboxError(f"port {self.port} on {self.host} is in use; pick another with --s3-port")
-        # ThreadedMotoServer waits forever if its server cannot bind, hence the check above.
-        self.server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
-        self.server.start()
-        self.host, self.port = self.server.get_host_and_port()
+        # What moto's ThreadedMotoServer runs, with the request log in front of it.
+        self.log = _RequestLog(DomainDispatcherApplication(create_backend_app))
+        self.server = make_server(
+            self.host, self.port, self.log, threaded=True, request_handler=MotoRequestHandler
+        )
+        self.host, self.port = str(self.server.server_address[0]), int(self.server.server_address[1])
+        self.thread = threading.Thread(target=self.server.serve_forever, name="sandbox-s3", daemon=True)
+        self.thread.start()
         return self
 
     def stop(self) -> None:
         if self.server is not None:
-            self.server.stop()
-            self.server = None
+            self.server.shutdown()
+            self.server.server_close()
+            self.thread.join(timeout=10)
+            self.server = self.thread = None
+
+    def requests(self) -> list[S3Request]:
+        """Every request answered so far, oldest first."""
+        return self.log.snapshot() if self.log is not None else []
 
     def client(self) -> Any:
         import boto3

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from kubetune_trainer import storage
+from kubetune_trainer import model_cache, storage
 from kubetune_trainer.estimate import MemoryEstimate, estimate_memory, human_bytes
 from kubetune_trainer.formats import DatasetFile, DatasetFileError, Example
 
@@ -80,7 +80,15 @@ class ValidationFailedError(Exception):
 
 
 def fetch_model_metadata(model_uri: str, local_dir: Path) -> tuple[Path | None, str | None]:
-    """config.json and tokenizer files of the base model in a local directory, or (None, why not)."""
+    """config.json and tokenizer files of the base model in a local directory, or (None, why not).
+
+    With a shared model cache (spec.cache.pvc) the whole model is downloaded into it here, on a CPU pod,
+    so the GPU pods that follow find it there and start at once; its metadata is then read from the cache."""
+    shared = model_cache.shared_root()
+    hub_on = os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes")
+    if shared is not None and (storage.is_s3(model_uri) or (model_uri.startswith("hf://") and hub_on)):
+        path = model_cache.fetch(model_uri, shared).path
+        return (path, None) if (path / "config.json").is_file() else (None, f"{model_uri} has no config.json")
     if model_uri.startswith("hf://"):
         return _fetch_hf_metadata(model_uri, local_dir)
     if not storage.is_s3(model_uri):

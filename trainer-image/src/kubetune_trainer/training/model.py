@@ -3,16 +3,14 @@ loading it (and its tokenizer) the way each method trains it, and wrapping it wi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kubetune_trainer import storage
+from kubetune_trainer import model_cache, storage
 from kubetune_trainer.metrics import RankInfo
 
 if TYPE_CHECKING:
@@ -51,28 +49,18 @@ def work_root() -> Path:
 
 
 def fetch_model(uri: str, cache_root: Path | None = None) -> Path:
-    """A local directory holding the model at `uri` (s3:// downloaded once per pod, pvc:// read in place)."""
-    if uri.startswith("hf://"):
+    """A local directory holding the model at `uri`: pvc:// read in place; s3:// (and hf:// with spec.cache)
+    from the model cache (model_cache), which is the resource's shared cache where the operator mounted one,
+    else this pod's work directory (ranks on one node share it)."""
+    shared = model_cache.shared_root()
+    if uri.startswith("hf://") and shared is None:
         from huggingface_hub import snapshot_download
 
         name, _, revision = uri[len("hf://") :].partition("@")
         return Path(snapshot_download(name, revision=revision or None))
-    if not storage.is_s3(uri):
+    if not model_cache.cacheable(uri):
         return storage.local_path(uri)
-    import fcntl
-
-    root = cache_root or work_root() / "models"
-    root.mkdir(parents=True, exist_ok=True)
-    target = root / hashlib.sha256(uri.encode()).hexdigest()[:16]
-    marker = target / ".kubetune-complete"
-    # Ranks on one node share the cache: the first to take the lock downloads, the others wait and reuse.
-    with (root / f"{target.name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not marker.exists():
-            shutil.rmtree(target, ignore_errors=True)
-            storage.download_dir(uri if uri.endswith("/") else uri + "/", target)
-            marker.write_text(uri)
-    return target
+    return model_cache.fetch(uri, cache_root or shared or work_root() / "models").path
 
 
 def hash_model_files(model_dir: Path) -> dict[str, str]:
