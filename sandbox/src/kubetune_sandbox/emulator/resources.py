@@ -25,11 +25,18 @@ BUILTINS: tuple[tuple[str, str, str, bool, tuple[str, ...], tuple[str, ...]], ..
     ("v1", "services", "Service", True, ("svc",), ("status",)),
     ("v1", "pods", "Pod", True, ("po",), ("status",)),
     ("v1", "events", "Event", True, ("ev",), ()),
+    ("v1", "serviceaccounts", "ServiceAccount", True, ("sa",), ()),
     ("batch/v1", "jobs", "Job", True, (), ("status",)),
     ("apps/v1", "deployments", "Deployment", True, ("deploy",), ("status",)),
     ("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget", True, ("pdb",), ("status",)),
     ("autoscaling/v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", True, ("hpa",), ("status",)),
     ("coordination.k8s.io/v1", "leases", "Lease", True, (), ()),
+    ("coordination.k8s.io/v1", "leases", "Lease", True, (), ()),
+    # RBAC: the policy the emulator's authorizer (rbac.py) evaluates, when it is on.
+    ("rbac.authorization.k8s.io/v1", "roles", "Role", True, (), ()),
+    ("rbac.authorization.k8s.io/v1", "rolebindings", "RoleBinding", True, (), ()),
+    ("rbac.authorization.k8s.io/v1", "clusterroles", "ClusterRole", False, (), ()),
+    ("rbac.authorization.k8s.io/v1", "clusterrolebindings", "ClusterRoleBinding", False, (), ()),
     ("apiextensions.k8s.io/v1", "customresourcedefinitions", "CustomResourceDefinition", False,
      ("crd", "crds"), ("status",)),
 )  # fmt: skip
@@ -115,6 +122,11 @@ def method_not_allowed() -> ApiError:
 def metadata_causes(target: Target, meta: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The name rules of built-in resources (labels, annotations and finalizers are not validated)."""
     name = str(meta.get("name", ""))
+    if target.group == "rbac.authorization.k8s.io":  # path segment names: "system:discovery" is valid
+        if name in ("", ".", "..") or "/" in name or "%" in name:
+            rule = "may not be '.' or '..' and may not contain '/' or '%'"
+            return [("metadata.name", f'Invalid value: "{name}": {rule}')]
+        return []
     label_only = target.storage in _LABEL_NAMED
     limit = 63 if label_only else 253
     if len(name) <= limit and (_DNS_LABEL if label_only else DNS_SUBDOMAIN).fullmatch(name):

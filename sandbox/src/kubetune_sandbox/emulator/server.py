@@ -31,7 +31,7 @@ import attrs
 import kmock
 import yaml
 
-from kubetune_sandbox.emulator import discovery, patching, selectors, tables
+from kubetune_sandbox.emulator import discovery, patching, rbac, selectors, tables
 from kubetune_sandbox.emulator.admission import AdmissionError, CRDAdmission
 from kubetune_sandbox.emulator.resources import (
     ALL_VERBS,
@@ -99,6 +99,9 @@ class ApiEmulator(kmock.KubernetesEmulator):
 
     Unknown fields of custom resources are always refused (fieldValidation=Strict), whatever the client
     asks: kubectl's `--validate=false` sends `fieldValidation=Ignore`, which would let typos through.
+
+    With `authorization` set, every HTTP request is authenticated by its bearer token and authorized by the
+    stored RBAC objects (rbac.py); the thread-safe helpers of `EmulatorServer` act as the administrator.
     """
 
     store: Store = attrs.field(factory=Store)
@@ -107,6 +110,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
     _watch_queues: set[asyncio.Queue[WatchEvent | None]] = attrs.field(factory=set, init=False)
     _closing: bool = attrs.field(default=False, init=False)
     pod_log_source: PodLogSource | None = attrs.field(default=None, init=False)
+    authorization: rbac.Authorization | None = None
 
     def __attrs_post_init__(self) -> None:
         # super() is skipped on purpose: kmock's fallbacks would answer discovery with the core group
@@ -451,6 +455,11 @@ class ApiEmulator(kmock.KubernetesEmulator):
             message = "the body of the request was in an unknown format - accepted media types include: application/json"
             return _json_response(ApiError(415, "UnsupportedMediaType", message).status(), 415)
         request = await self._record(raw_request)
+        if self.authorization is not None:
+            try:
+                self._authorize(self.authorization, request)
+            except ApiError as error:
+                return _json_response(error.status(), error.code)
         if self._payloads:  # reactions a test declared (fault injection) win over the emulation
             try:
                 return await super(kmock.KubernetesEmulator, self)._handle(request)
@@ -466,6 +475,19 @@ class ApiEmulator(kmock.KubernetesEmulator):
             logger.exception("The API emulator failed on %s %s", raw_request.method, raw_request.path_qs)
             message = "an internal error occurred in the API emulator; see its log"
             return _json_response(ApiError(500, "InternalError", message).status(), 500)
+
+    def _authorize(self, authorization: rbac.Authorization, request: kmock.Request) -> None:
+        """Authenticate and authorize before anything else is looked at, as kube-apiserver does: 401, 403."""
+
+        def service_account_exists(namespace: str, name: str) -> bool:
+            return self.store.get(rbac.SERVICE_ACCOUNTS, namespace, name) is not None
+
+        header = next((v for k, v in request.headers.items() if k.lower() == "authorization"), None)
+        user = authorization.authenticate(header, service_account_exists)
+        attributes = rbac.request_attributes(
+            user, request.method.value, request.url.path, dict(request.params)
+        )
+        authorization.authorize(attributes, lambda: rbac.Policy.of(self.store.objects))
 
     async def _record(self, raw_request: aiohttp.web.BaseRequest) -> kmock.Request:
         """Parse the request for reactions (matched by method and path) and log it, bounded."""
@@ -759,8 +781,12 @@ class EmulatorServer:
         port: int = 0,
         namespaces: Iterable[str] = ("default",),
         history_limit: int = 10_000,
+        authorization: bool = False,
     ) -> None:
-        self.emulator = ApiEmulator(store=Store(history_limit))
+        """`authorization`: authenticate HTTP requests by token and authorize them by the RBAC objects stored
+        (applied like any manifest); kube-apiserver's discovery ClusterRole is stored for them at start."""
+        self.authorization = rbac.Authorization() if authorization else None
+        self.emulator = ApiEmulator(store=Store(history_limit), authorization=self.authorization)
         self._crds = [copy.deepcopy(dict(crd)) for crd in crds]
         self._namespaces = list(namespaces)
         self._host, self._port = host, port
@@ -819,6 +845,9 @@ class EmulatorServer:
                 self.emulator.create_object(
                     self.emulator.target("v1/namespaces"), {"metadata": {"name": namespace}}
                 )
+            if self.authorization is not None:
+                for (group, plural), policy in rbac.BOOTSTRAP:
+                    self.emulator.create_object(self.emulator.target(f"{group}/v1/{plural}"), policy)
             crd_target = self.emulator.target("apiextensions.k8s.io/v1/customresourcedefinitions")
             for crd in self._crds:
                 self.emulator.create_object(crd_target, crd)
@@ -833,15 +862,22 @@ class EmulatorServer:
         """Serve `pods/log` from the files a kubelet writes (None: every container is waiting to start)."""
         self.emulator.pod_log_source = source
 
-    def kubeconfig(self, path: str | Path) -> Path:
-        """Write a kubeconfig (no TLS, no auth) for kubectl and the Python client; returns its path."""
+    def service_account_token(self, namespace: str, name: str) -> str:
+        """A bearer token for a ServiceAccount (authenticating while the ServiceAccount exists)."""
+        if self.authorization is None:
+            raise RuntimeError("the API emulator was started without authorization: tokens mean nothing")
+        return self.authorization.service_account_token(namespace, name)
+
+    def kubeconfig(self, path: str | Path, *, token: str | None = None) -> Path:
+        """Write a kubeconfig (no TLS; the administrator, or the bearer token's user) for kubectl and the
+        Python client; returns its path."""
         path = Path(path)
         context = {"cluster": "emulator", "user": "emulator", "namespace": "default"}
         config = {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
-            "users": [{"name": "emulator", "user": {}}],
+            "users": [{"name": "emulator", "user": {"token": token} if token else {}}],
             "contexts": [{"name": "emulator", "context": context}],
             "current-context": "emulator",
             "preferences": {},
