@@ -52,7 +52,7 @@ class ImageLayout:
 
     @property
     def path(self) -> str:
-        """The image's PATH: `ENV PATH=/opt/kubetune/bin:$PATH` over the base image's PATH."""
+        """The image's PATH as its ENV orders it: the venv's bin, then the base image's PATH."""
         return f"{self.venv}/bin:{self.base}/bin:{HOST_PATH}"
 
 
@@ -142,6 +142,7 @@ def output_of(process: subprocess.CompletedProcess[str]) -> str:
 def test_python_on_the_image_path_is_the_venvs_with_torch_from_the_base(
     layout: ImageLayout, tmp_path: Path
 ) -> None:
+    assert image_env(layout, {TRAINER_VENV: str(layout.venv)})["PATH"] == layout.path
     probe = "import json, sys, torch, kubetune_trainer; print(json.dumps([sys.prefix, torch.__file__, kubetune_trainer.__file__]))"
     process = run_in_image(layout, ["python", "-c", probe], tmp_path)
     assert process.returncode == 0, output_of(process)
