@@ -31,7 +31,6 @@ BUILTINS: tuple[tuple[str, str, str, bool, tuple[str, ...], tuple[str, ...]], ..
     ("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget", True, ("pdb",), ("status",)),
     ("autoscaling/v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", True, ("hpa",), ("status",)),
     ("coordination.k8s.io/v1", "leases", "Lease", True, (), ()),
-    ("coordination.k8s.io/v1", "leases", "Lease", True, (), ()),
     # RBAC: the policy the emulator's authorizer (rbac.py) evaluates, when it is on.
     ("rbac.authorization.k8s.io/v1", "roles", "Role", True, (), ()),
     ("rbac.authorization.k8s.io/v1", "rolebindings", "RoleBinding", True, (), ()),
