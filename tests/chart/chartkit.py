@@ -162,8 +162,18 @@ def one(documents: list[Manifest], kind: str) -> Manifest:
     return found[0]
 
 
+POD_NAME = "kubetune-5d8f-abcde"
+
+
 def env_of(container: Manifest) -> dict[str, str]:
-    return {item["name"]: item.get("value", "") for item in container.get("env") or []}
+    """The container's environment as the kubelet fills it in (downward API fields included)."""
+    fields = {"metadata.namespace": NAMESPACE, "metadata.name": POD_NAME}
+    return {
+        item["name"]: fields[item["valueFrom"]["fieldRef"]["fieldPath"]]
+        if "valueFrom" in item
+        else item.get("value", "")
+        for item in container.get("env") or []
+    }
 
 
 def prometheus_rules(values: dict[str, Any] | None = None) -> dict[str, Any]:

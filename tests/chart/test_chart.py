@@ -160,8 +160,12 @@ def test_chart_defaults_pass_the_schema_and_match_values_yaml() -> None:
 def test_every_value_set_renders_an_operator(name: str) -> None:
     documents = manifests(VALUE_SETS[name])
     deployment = one(documents, "Deployment")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    # Two replicas behind a Lease: old and new pods may overlap in a rollout, only the holder acts.
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["resources"]["requests"]["cpu"] and container["resources"]["requests"]["memory"]
@@ -176,7 +180,7 @@ def test_defaults_are_cluster_wide_with_json_logs_and_no_monitoring_objects() ->
     kinds = sorted(doc["kind"] for doc in documents)
     assert kinds == sorted([
         "CustomResourceDefinition", "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
-        "ClusterRole", "ClusterRole", "Deployment", "Service",
+        "ClusterRole", "ClusterRole", "Deployment", "Service", "PodDisruptionBudget", "Role", "RoleBinding",
     ])  # fmt: skip
     container = one(documents, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert "--json-logs" in container["args"]
@@ -185,9 +189,11 @@ def test_defaults_are_cluster_wide_with_json_logs_and_no_monitoring_objects() ->
 
 def test_namespaced_mode_has_a_role_per_namespace_and_only_cluster_reads_cluster_wide() -> None:
     documents = manifests(VALUE_SETS["namespaced"])
-    roles = of_kind(documents, "Role")
+    roles = [r for r in of_kind(documents, "Role") if not r["metadata"]["name"].endswith("-leader-election")]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
-    bindings = of_kind(documents, "RoleBinding")
+    bindings = [
+        b for b in of_kind(documents, "RoleBinding") if not b["metadata"]["name"].endswith("-leader-election")
+    ]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     for binding in bindings:
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kubetune", "namespace": NAMESPACE}]
@@ -329,7 +335,7 @@ def test_the_operator_settings_read_exactly_what_the_chart_sets() -> None:
     sources = "\n".join(
         p.read_text() for p in (REPO / "operator" / "src" / "kubetune" / "handlers").glob("*.py")
     )
-    read = set(re.findall(r'"(KUBETUNE_[A-Z_]+)"', sources))
+    read = set(re.findall(r'"((?:KUBETUNE|POD)_[A-Z_]+)"', sources))
     container = one(manifests({}), "Deployment")["spec"]["template"]["spec"]["containers"][0]
     chart = set(env_of(container))
     assert read - chart == set(), "the operator reads variables the chart never sets"
@@ -343,8 +349,9 @@ def test_chart_defaults_equal_the_operators_built_in_defaults() -> None:
     container = one(manifests({}), "Deployment")["spec"]["template"]["spec"]["containers"][0]
     env = env_of(container)
     from_chart = OperatorConfig.from_env(env)
-    built_in = OperatorConfig.from_env({})
+    built_in = OperatorConfig.from_env({"POD_NAMESPACE": NAMESPACE, "POD_NAME": env["POD_NAME"]})  # auto: on
     assert from_chart == built_in
+    assert from_chart.leader_election is not None
     try:
         from kubetune.render.modeldeployment import ServingDefaults
     except ImportError:  # pragma: no cover
@@ -537,6 +544,56 @@ def test_rbac_grants_what_the_operator_does_and_no_more() -> None:
         "delete",
     }
     assert _verbs(opted_in, "gateway.networking.k8s.io", "httproutes") == {"get", "list", "watch", "patch"}
+
+
+def test_leader_election_gets_its_lease_in_the_release_namespace_and_the_pod_its_name() -> None:
+    documents = manifests({})
+    role = next(r for r in of_kind(documents, "Role") if r["metadata"]["name"] == "kubetune-leader-election")
+    assert role["metadata"]["namespace"] == NAMESPACE  # a Role: no Lease anywhere else
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["kubetune-operator"],
+            "verbs": ["get", "patch"],
+        },
+    ]
+    binding = next(
+        b for b in of_kind(documents, "RoleBinding") if b["metadata"]["name"] == "kubetune-leader-election"
+    )
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kubetune", "namespace": NAMESPACE}]
+    pod = one(documents, "Deployment")["spec"]["template"]["spec"]
+    fields = {
+        e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
+        for e in pod["containers"][0]["env"]
+        if "valueFrom" in e
+    }
+    assert fields == {"POD_NAMESPACE": "metadata.namespace", "POD_NAME": "metadata.name"}
+    assert env_of(pod["containers"][0])["KUBETUNE_LEADER_ELECTION"] == "true"
+    assert pod["topologySpreadConstraints"][0]["whenUnsatisfiable"] == "ScheduleAnyway"
+    budget = one(documents, "PodDisruptionBudget")
+    assert budget["spec"]["minAvailable"] == 1
+    assert (
+        budget["spec"]["selector"]["matchLabels"]
+        == one(documents, "Deployment")["spec"]["selector"]["matchLabels"]
+    )
+
+
+def test_one_replica_without_leader_election_is_recreated_and_needs_no_lease() -> None:
+    documents = manifests({"replicas": 1, "operator": {"leaderElection": {"enabled": False}}})
+    deployment = one(documents, "Deployment")
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}  # never two operators at once
+    assert of_kind(documents, "PodDisruptionBudget") == []
+    assert not [r for r in of_kind(documents, "Role") if r["metadata"]["name"].endswith("-leader-election")]
+    assert "topologySpreadConstraints" not in deployment["spec"]["template"]["spec"]
+    env = env_of(deployment["spec"]["template"]["spec"]["containers"][0])
+    assert env["KUBETUNE_LEADER_ELECTION"] == "false" and "POD_NAMESPACE" not in env
+
+
+def test_several_replicas_without_leader_election_are_refused() -> None:
+    with pytest.raises(helm.HelmRenderError, match=r"replicas > 1 needs operator\.leaderElection\.enabled"):
+        render({"replicas": 2, "operator": {"leaderElection": {"enabled": False}}})
 
 
 def test_aggregated_user_roles_only_touch_kubetune_objects() -> None:
