@@ -4,7 +4,10 @@ How a pod maps onto this machine:
 - each pod gets its own loopback address (127.1.x.y) as `status.podIP`; servers that the pod binds to
   `0.0.0.0` are bound to that address instead (the literal argument is rewritten), so pods never fight
   over ports and the operator reaches trainer metrics at podIP:9400 as in a cluster;
-- volumes (ConfigMap, Secret, emptyDir) become directories under `ROOT/pods/<ns>_<name>_<uid>/volumes/`;
+- volumes (ConfigMap, Secret, emptyDir, generic ephemeral) become directories under
+  `ROOT/pods/<ns>_<name>_<uid>/volumes/`; a PersistentVolumeClaim is `ROOT/claims/<ns>/<claim>/`, shared by
+  every pod that mounts it and kept when they end, as a ReadWriteMany volume (the emulator serves no
+  PersistentVolumeClaim objects, so any claim name is bound); a subPath is created on first mount;
   the processes see them through **path rewriting**: every mount path (and the termination-message path)
   is replaced by the pod's directory in the command, args and env values (`/etc/kubetune/x.json` ->
   `.../volumes/config/x.json`; also after `=`, `,`, `:` as in `--lora-modules a=/models/adapters/a`).
@@ -161,6 +164,9 @@ class PodWorker:
         dirs: dict[str, Path] = {}
         for volume in (self.pod.get("spec") or {}).get("volumes") or []:
             path = self.root / "volumes" / volume["name"]
+            claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+            if claim:
+                path = self.kubelet.claim_directory(self.namespace, str(claim))
             path.mkdir(parents=True, exist_ok=True)
             if "configMap" in volume or "secret" in volume:
                 source = volume.get("configMap") or volume.get("secret") or {}
@@ -183,7 +189,9 @@ class PodWorker:
                         target = path / relative
                         target.parent.mkdir(parents=True, exist_ok=True)
                         target.write_bytes(data[key])
-            elif not ("emptyDir" in volume or "persistentVolumeClaim" in volume or "hostPath" in volume):
+            elif not any(
+                kind in volume for kind in ("emptyDir", "ephemeral", "persistentVolumeClaim", "hostPath")
+            ):
                 log.warning(
                     "pod %s: volume %s of an unsupported type is an empty directory", self.name, volume
                 )
@@ -199,6 +207,7 @@ class PodWorker:
                 continue
             if mount.get("subPath"):
                 local = local / mount["subPath"]
+                local.mkdir(parents=True, exist_ok=True)  # as the kubelet creates a missing subPath
             mounts[mount["mountPath"]] = str(local)
         termination = container.get("terminationMessagePath", "/dev/termination-log")
         mounts[termination] = str(self.root / "termination" / container["name"])
@@ -650,6 +659,10 @@ class Kubelet:
             if current is None or current["metadata"].get("deletionTimestamp"):
                 del self.workers[uid]
                 threading.Thread(target=self._terminate, args=(worker,), daemon=True).start()
+
+    def claim_directory(self, namespace: str, claim: str) -> Path:
+        """Where a PersistentVolumeClaim's files live: one folder per claim, outliving the pods."""
+        return self.root / "claims" / namespace / claim
 
     def log_file(self, pod: Mapping[str, Any], container: str) -> Path | None:
         """The file holding a container's stdout and stderr so far (restarts append), None before it first
