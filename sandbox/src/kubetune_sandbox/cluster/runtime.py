@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from kubetune_sandbox.cluster import seed
+from kubetune_sandbox.cluster import chart, seed
 from kubetune_sandbox.cluster.api import SECRETS, log
 from kubetune_sandbox.cluster.controllers import DeploymentController, JobController
 from kubetune_sandbox.cluster.images import ImageMap
@@ -47,6 +47,10 @@ class SandboxOptions:
     images: ImageMap | None = None
     seed_model: bool = True  # tests of the controllers alone skip the model build
     grace_seconds: float = 30.0
+    # The operator authenticates as the chart's ServiceAccount and gets what the chart's RBAC grants
+    # (rendered with these values); False: no authorization at all, the operator is the administrator.
+    authorize_operator: bool = True
+    chart_values: dict[str, Any] = field(default_factory=dict)
 
 
 class Sandbox:
@@ -78,6 +82,11 @@ class Sandbox:
     @property
     def kubeconfig(self) -> Path:
         return self.dir / "kubeconfig"
+
+    @property
+    def operator_kubeconfig(self) -> Path:
+        """The operator's: the chart's ServiceAccount token (the user's kubeconfig is the administrator's)."""
+        return self.dir / "operator-kubeconfig" if self.options.authorize_operator else self.kubeconfig
 
     @property
     def info_file(self) -> Path:
@@ -112,9 +121,20 @@ class Sandbox:
         else:
             self.s3.client().create_bucket(Bucket=seed.BUCKET)
 
-        self.server = EmulatorServer(crds=all_crds(), port=options.api_port, namespaces=options.namespaces)
+        namespaces = tuple(
+            dict.fromkeys((*options.namespaces, *options.chart_values.get("watchNamespaces", ())))
+        )
+        rbac = chart.operator_rbac(chart.render(options.chart_values)) if options.authorize_operator else []
+        self.server = EmulatorServer(
+            crds=all_crds(),
+            port=options.api_port,
+            namespaces=(*namespaces, chart.OPERATOR_NAMESPACE) if rbac else namespaces,
+            authorization=bool(rbac),
+        )
         self.server.start()
         self.server.kubeconfig(self.kubeconfig)
+        if rbac:
+            chart.operator_kubeconfig(self.server, self.operator_kubeconfig, rbac)
         self.create_storage_secret(options.namespaces)
 
         self.kubelet = Kubelet(
@@ -131,6 +151,7 @@ class Sandbox:
         self.info = {
             "apiServer": self.server.url,
             "kubeconfig": str(self.kubeconfig),
+            "operatorKubeconfig": str(self.operator_kubeconfig),
             "s3": {
                 "endpoint": self.s3.endpoint,
                 "accessKeyId": seed.ACCESS_KEY_ID,
@@ -164,12 +185,14 @@ class Sandbox:
     def _start_operator(self) -> None:
         env = {
             **os.environ,
-            "KUBECONFIG": str(self.kubeconfig),
+            "KUBECONFIG": str(self.operator_kubeconfig),
             "KUBETUNE_METRICS_PORT": str(seed.free_port()),
             "KUBETUNE_TRAINER_IMAGE": self.images.trainer_image,
             "KUBETUNE_VLLM_IMAGE": self.images.vllm_image,
             "KUBETUNE_TGI_IMAGE": self.images.tgi_image,
             "KUBETUNE_RESYNC_SECONDS": "3",  # a laptop's patience, not a cluster's
+            # As the chart's Deployment sets it: the Roles above exist only in these namespaces.
+            "KUBETUNE_WATCH_NAMESPACES": ",".join(self.options.chart_values.get("watchNamespaces", ())),
             **self.options.operator_env,
         }
         log_file = (self.dir / "operator.log").open("ab")
