@@ -139,14 +139,14 @@ class Api:
         if summary is not None:
             terminated["message"] = json.dumps(summary)
         self.run_pod(job_name, "Succeeded" if ok else "Failed", state={"terminated": terminated}, index=index)
-        condition = (
-            {"type": "Complete", "status": "True"}
-            if ok
-            else {"type": "Failed", "status": "True", "reason": reason}
-        )
+        # As Kubernetes >= 1.31 writes them: the outcome (SuccessCriteriaMet, FailureTarget) before the
+        # condition that says the pods are gone (Complete, Failed), with the same reason.
+        final, target, why = ("Complete", "SuccessCriteriaMet", "CompletionsReached") if ok else (
+            "Failed", "FailureTarget", reason)  # fmt: skip
+        conditions = [{"type": kind, "status": "True", "reason": why} for kind in (target, final)]
         counts = {"succeeded": 1} if ok else {"failed": index + 1}
         self.patch(
-            "Job", job_name, {"status": {"conditions": [condition], "active": 0, **counts}}, sub="status"
+            "Job", job_name, {"status": {"conditions": conditions, "active": 0, **counts}}, sub="status"
         )
 
     def events(self, name: str) -> list[str]:

@@ -184,7 +184,10 @@ def _job_name_of(pod: dict[str, Any]) -> str | None:
 def job_view(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobView:
     status = job.get("status") or {}
     conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
-    failed = conditions.get("Failed")
+    # Kubernetes >= 1.31 decides the outcome first (FailureTarget, SuccessCriteriaMet) and adds Failed or
+    # Complete once the pods have terminated: the outcome counts from the first, so that a Job whose pods
+    # take long to stop is neither read as running nor read differently on older clusters.
+    failed = conditions.get("Failed") or conditions.get("FailureTarget")
     name = job["metadata"]["name"]
     mine = [p for p in pods if _job_name_of(p) == name]
     annotations = job["metadata"].get("annotations") or {}
@@ -195,7 +198,7 @@ def job_view(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobView:
         active=int(status.get("active") or 0),
         succeeded=int(status.get("succeeded") or 0),
         failed=int(status.get("failed") or 0),
-        complete="Complete" in conditions,
+        complete="Complete" in conditions or "SuccessCriteriaMet" in conditions,
         failure_reason=failed.get("reason") if failed else None,
         failure_message=failed.get("message") if failed else None,
         config_hash=annotations.get(CONFIG_HASH_ANNOTATION),
