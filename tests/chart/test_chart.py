@@ -503,47 +503,7 @@ def _verbs(documents: list[chartkit.Manifest], group: str, resource: str) -> set
     }
 
 
-def test_rbac_grants_what_the_operator_does_and_no_more() -> None:
-    cluster = [d for d in manifests({}) if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "kubetune"]
-    expected = {
-        ("kubetune.dev", "finetunejobs"): {"get", "list", "watch", "patch", "update"},
-        ("kubetune.dev", "modeldeployments"): {"get", "list", "watch", "patch", "update"},
-        ("kubetune.dev", "finetunejobs/status"): {"get", "patch", "update"},
-        # blockOwnerDeletion on children needs it where OwnerReferencesPermissionEnforcement runs (OpenShift)
-        ("kubetune.dev", "finetunejobs/finalizers"): {"update"},
-        ("kubetune.dev", "modeldeployments/finalizers"): {"update"},
-        ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
-        ("", "pods"): {"get", "list", "watch"},
-        ("", "configmaps"): {"get", "list", "watch", "create", "patch", "delete"},
-        ("", "services"): {"get", "list", "watch", "create", "patch", "delete"},
-        ("", "events"): {"create", "patch"},
-        ("events.k8s.io", "events"): {"create", "patch"},
-        ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-        ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch", "delete"},
-        ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "watch", "create", "patch", "delete"},
-        ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
-        ("", "secrets"): set(),
-        ("", "namespaces"): set(),  # Kopf lists namespaces only when it is not cluster-wide
-        ("coordination.k8s.io", "leases"): set(),  # --standalone: no peering, no leader election
-        ("keda.sh", "scaledobjects"): set(),
-        ("gateway.networking.k8s.io", "httproutes"): set(),
-    }
-    for (group, resource), verbs in expected.items():
-        assert _verbs(cluster, group, resource) == verbs, (group, resource)
-    opted_in = [
-        d
-        for d in manifests(VALUE_SETS["monitoring"])
-        if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "kubetune"
-    ]
-    assert _verbs(opted_in, "keda.sh", "scaledobjects") == {
-        "get",
-        "list",
-        "watch",
-        "create",
-        "patch",
-        "delete",
-    }
-    assert _verbs(opted_in, "gateway.networking.k8s.io", "httproutes") == {"get", "list", "watch", "patch"}
+# What the operator's RBAC must and may grant: tests/chart/test_rbac_needs.py, evaluated as RBAC evaluates it.
 
 
 def test_leader_election_gets_its_lease_in_the_release_namespace_and_the_pod_its_name() -> None:

@@ -90,10 +90,10 @@ docs/security.md explains each one; tests/chart checks there are no wildcards an
 {{- define "kubetune.namespacedRules" -}}
 - apiGroups: ["kubetune.dev"]
   resources: ["finetunejobs", "modeldeployments"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["kubetune.dev"]
   resources: ["finetunejobs/status", "modeldeployments/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["get", "patch"]
 # Children carry ownerReferences with blockOwnerDeletion: true, which needs update on the owner's
 # finalizers subresource where the OwnerReferencesPermissionEnforcement admission plugin runs (OpenShift).
 - apiGroups: ["kubetune.dev"]
@@ -117,7 +117,7 @@ docs/security.md explains each one; tests/chart checks there are no wildcards an
   verbs: ["create", "patch"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
