@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+import aiohttp
+
 from kubetune.adapters.kube import ApiError, KubeClient
 from kubetune.reconcile.leader import (
     JITTER_FACTOR,
@@ -93,7 +95,7 @@ class LeaseElector:
                 logger.warning("lease %s/%s: %s", self.namespace, self.name, error)
             self.leading = False
             return False
-        except (OSError, TimeoutError) as error:  # aiohttp's connection errors are OSErrors
+        except (aiohttp.ClientError, OSError, TimeoutError) as error:
             logger.warning("lease %s/%s: %s", self.namespace, self.name, error)
             self.leading = False
             return False
@@ -154,7 +156,7 @@ class LeaseElector:
                 release_patch(self._observed, self._wall_clock()),
             )
             logger.info("released the lease %s/%s", self.namespace, self.name)
-        except (ApiError, OSError, TimeoutError) as error:
+        except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as error:
             logger.warning(
                 "could not release the lease %s/%s (it expires anyway): %s", self.namespace, self.name, error
             )
