@@ -103,12 +103,12 @@ SEED_SCRIPT = """\
 import sys
 import boto3
 
-dataset_uri, *buckets = sys.argv[1:]
+dataset_file, dataset_uri, *buckets = sys.argv[1:]
 s3 = boto3.client("s3")
 for bucket in buckets:
     s3.create_bucket(Bucket=bucket)
 bucket, _, key = dataset_uri.removeprefix("s3://").partition("/")
-s3.upload_file("/seed/dataset.jsonl", bucket, key)
+s3.upload_file(dataset_file, bucket, key)
 print(f"created buckets {buckets}; uploaded {dataset_uri}")
 """
 
@@ -158,7 +158,14 @@ def seed_manifests(example: Manifest) -> list[Manifest]:
                             "name": "seed",
                             "image": TRAINER_IMAGE,
                             "imagePullPolicy": "IfNotPresent",
-                            "command": ["python", "-c", SEED_SCRIPT, dataset_uri, *buckets],
+                            "command": [
+                                "python",
+                                "-c",
+                                SEED_SCRIPT,
+                                "/seed/dataset.jsonl",
+                                dataset_uri,
+                                *buckets,
+                            ],
                             "envFrom": [{"secretRef": {"name": secret}}],
                             "resources": {
                                 "requests": {"cpu": "100m", "memory": "256Mi"},

@@ -6,6 +6,7 @@ every manifest the real run applies and validates each one, and check that a bro
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -141,3 +142,63 @@ def test_without_docker_the_real_run_stops_at_preflight_saying_what_to_install(t
     assert result.returncode == 1
     assert "run.sh: docker not found: install Docker Engine" in result.stderr
     assert not (tmp_path / "out").exists()  # nothing written, no cluster created
+
+
+def test_the_seeded_dataset_passes_the_trainer_validate_stage_with_the_examples_spec(
+    dry_run: DryRun, tmp_path: Path
+) -> None:
+    """The validation leg of the kind run, here: the seed Job's own command fills an S3 (moto, as in-cluster)
+    with the Secret's settings, then the trainer's validate stage runs on the config the operator renders
+    for the example. KWOK cannot fake this pod: it runs the trainer image on the kind worker."""
+    from moto.server import ThreadedMotoServer
+
+    from kubetune.api.common import ResourceIdentity
+    from kubetune.api.finetunejob import FineTuneJobSpec
+    from kubetune.render.finetunejob import config_json, trainer_config
+    from kubetune.render.pod import OperatorDefaults
+
+    _, out = dry_run
+    secret = objects(out / "30-s3.yaml")[0]
+    config_map, seed_job = objects(out / "40-seed-data.yaml")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        env = {
+            **os.environ,
+            **secret["stringData"],
+            "AWS_ENDPOINT_URL": f"http://{host}:{port}",  # the Service's address, as seen from here
+            "AWS_MAX_ATTEMPTS": "1",
+            "AWS_CONFIG_FILE": "/dev/null",
+            "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+            "KUBETUNE_TERMINATION_LOG": str(tmp_path / "termination-log"),
+            "PYTHONPATH": os.pathsep.join([str(REPO / "trainer-image/src"), str(REPO / "operator/src")]),
+        }
+        (tmp_path / "dataset.jsonl").write_text(config_map["data"]["dataset.jsonl"])
+        container = seed_job["spec"]["template"]["spec"]["containers"][0]
+        python, flag, script, mounted, *rest = container["command"]
+        assert (python, flag, mounted) == ("python", "-c", "/seed/dataset.jsonl")
+        seeded = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / "dataset.jsonl"), *rest],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert seeded.returncode == 0, seeded.stderr
+
+        job = load_yaml((out / "60-example.yaml").read_text())
+        owner = ResourceIdentity(name=job["metadata"]["name"], namespace=job["metadata"]["namespace"])
+        config = trainer_config(owner, FineTuneJobSpec.model_validate(job["spec"]), OperatorDefaults())
+        (tmp_path / "config.json").write_text(config_json(config))
+        validated = subprocess.run(
+            [sys.executable, "-m", "kubetune_trainer", "validate", "--config", str(tmp_path / "config.json")],
+            env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    finally:
+        server.stop()
+    assert validated.returncode == 0, validated.stderr
+    summary = json.loads((tmp_path / "termination-log").read_text())
+    assert (summary["ok"], summary["reason"]) == (True, "DatasetValid")
+    rows = len(config_map["data"]["dataset.jsonl"].splitlines())
+    assert summary["dataset"]["rows"] + summary["dataset"]["evalRows"] == rows
+    assert summary["dataset"]["evalRows"] > 0
+    # The gated base model is skipped offline, said as a warning, not a failure.
+    assert any("HF_HUB_OFFLINE" in warning for warning in summary["warnings"])
