@@ -234,6 +234,8 @@ def _documents(path: Path) -> Iterator[Any]:
 
 def _describe(document: Manifest) -> str:
     metadata = document.get("metadata") or {}
+    if not metadata and document.get("kind") == "Cluster":
+        return f"Cluster ({document.get('apiVersion')}, the kind config)"
     where = f"{metadata['namespace']}/" if metadata.get("namespace") else ""
     return f"{document.get('kind', '?')} {where}{metadata.get('name', '?')}"
 
