@@ -12,22 +12,32 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
+from tests.chart.chartkit import NAMESPACE
 from tests.integration.harness import Api, OperatorProcess
 from tests.integration.test_finetunejob_operator import _job
 from tests.reconcile.world import FINISH_OK, TRAINING_OK, VALIDATION_OK
 
+LEASE = "kubetune-operator"  # the one Lease the chart's Role lets the operator touch
+LEASE_PATH = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases/{LEASE}"
 LEASE_SECONDS = 4
 # A replica that stops leading may go unnoticed for a lease; each candidate retries every second (+20%).
 TAKEOVER_LIMIT = LEASE_SECONDS + 3.0
 
 
-def _replicas(kubeconfig: Path, tmp_path: Path, lease: str, lease_seconds: int = LEASE_SECONDS):
+@pytest.fixture(autouse=True)
+def no_lease(api: Api) -> None:
+    """Each test starts with no Lease (as after a fresh install); an earlier test's may still be held."""
+    api.http.delete(api.url + LEASE_PATH, timeout=10)
+
+
+def _replicas(kubeconfig: Path, tmp_path: Path, lease_seconds: int = LEASE_SECONDS):
+    """Two replicas as the chart runs them: in the release namespace, under the chart's RBAC."""
     timing = {
         "KUBETUNE_LEADER_ELECTION": "true",
-        "POD_NAMESPACE": "default",
-        "KUBETUNE_LEASE_NAME": lease,
+        "POD_NAMESPACE": NAMESPACE,
         "KUBETUNE_LEASE_DURATION_SECONDS": str(lease_seconds),
         "KUBETUNE_LEASE_RENEW_DEADLINE_SECONDS": str(lease_seconds - 1),
         "KUBETUNE_LEASE_RETRY_PERIOD_SECONDS": "1",
@@ -38,17 +48,15 @@ def _replicas(kubeconfig: Path, tmp_path: Path, lease: str, lease_seconds: int =
     }
 
 
-def _lease(api: Api, name: str) -> dict[str, Any]:
-    response = api.http.get(
-        f"{api.url}/apis/coordination.k8s.io/v1/namespaces/default/leases/{name}", timeout=10
-    )
+def _lease(api: Api) -> dict[str, Any]:
+    response = api.http.get(api.url + LEASE_PATH, timeout=10)
     return response.json().get("spec") or {} if response.status_code == 200 else {}
 
 
-def _holder(api: Api, lease: str, among: set[str]) -> str:
+def _holder(api: Api, among: set[str]) -> str:
     return api.wait_for(
-        f"one of {sorted(among)} to hold the lease {lease}",
-        lambda: _lease(api, lease).get("holderIdentity") in among and _lease(api, lease)["holderIdentity"],
+        f"one of {sorted(among)} to hold the lease",
+        lambda: _lease(api).get("holderIdentity") in among and _lease(api)["holderIdentity"],
         timeout=30,
     )
 
@@ -58,19 +66,19 @@ def _reconciled(log: Path, name: str) -> bool:
 
 
 def test_only_the_leader_reconciles_and_a_killed_leader_is_replaced_without_duplicates(
-    api: Api, kubeconfig: Path, tmp_path: Path
+    api: Api, operator_kubeconfig: Path, tmp_path: Path
 ) -> None:
     name = "ha-kill"
-    replicas = _replicas(kubeconfig, tmp_path, "kubetune-operator")
+    replicas = _replicas(operator_kubeconfig, tmp_path)
     for replica in replicas.values():
         replica.start()
     try:
-        leader = _holder(api, "kubetune-operator", set(replicas))
+        leader = _holder(api, set(replicas))
         standby = next(n for n in replicas if n != leader)
         api.create(_job(name))
         api.wait_job(f"{name}-validate")
         time.sleep(2 * LEASE_SECONDS)  # long enough for a second reconciler to act, were there one
-        assert _lease(api, "kubetune-operator")["holderIdentity"] == leader  # renewed, never lost
+        assert _lease(api)["holderIdentity"] == leader  # renewed, never lost
         assert _reconciled(replicas[leader].log, name)
         assert not _reconciled(replicas[standby].log, name), "the standby reconciled"
         assert "standing by" in replicas[standby].log.read_text()
@@ -78,10 +86,10 @@ def test_only_the_leader_reconciles_and_a_killed_leader_is_replaced_without_dupl
         replicas[leader].kill()  # no release: the standby must wait the lease out
         killed = time.monotonic()
         api.finish_job(f"{name}-validate", VALIDATION_OK)  # the world moves on while nobody leads
-        assert _holder(api, "kubetune-operator", {standby}) == standby
+        assert _holder(api, {standby}) == standby
         took_over = time.monotonic() - killed
         assert took_over <= TAKEOVER_LIMIT, f"the standby took {took_over:.1f}s to take over"
-        spec = _lease(api, "kubetune-operator")
+        spec = _lease(api)
         assert spec["leaseTransitions"] >= 1 and spec["leaseDurationSeconds"] == LEASE_SECONDS
 
         api.wait_job(f"{name}-train")
@@ -104,20 +112,20 @@ def test_only_the_leader_reconciles_and_a_killed_leader_is_replaced_without_dupl
 
 
 def test_a_leader_stopped_cleanly_hands_over_before_its_lease_would_expire(
-    api: Api, kubeconfig: Path, tmp_path: Path
+    api: Api, operator_kubeconfig: Path, tmp_path: Path
 ) -> None:
     lease_seconds = 20  # a hand-over by expiry would take this long; a release takes a retry period or two
-    replicas = _replicas(kubeconfig, tmp_path, "kubetune-handover", lease_seconds)
+    replicas = _replicas(operator_kubeconfig, tmp_path, lease_seconds)
     for replica in replicas.values():
         replica.start()
     try:
-        leader = _holder(api, "kubetune-handover", set(replicas))
+        leader = _holder(api, set(replicas))
         standby = next(n for n in replicas if n != leader)
         api.wait_for(f"{standby} to stand by", lambda: "standing by" in replicas[standby].log.read_text())
         stopping = time.monotonic()
         replicas[leader].stop()  # SIGTERM, as the kubelet sends on a rollout or drain
         assert replicas[leader].process is not None and replicas[leader].process.returncode == 0
-        assert _holder(api, "kubetune-handover", {standby}) == standby
+        assert _holder(api, {standby}) == standby
         handed_over = time.monotonic() - stopping
         assert handed_over < lease_seconds / 4, f"the hand-over took {handed_over:.1f}s"
         assert "released the lease" in replicas[leader].log.read_text()
@@ -160,13 +168,13 @@ def _get(url: str) -> requests.Response | None:
 
 
 def test_both_replicas_are_healthy_and_the_metric_says_which_leads(
-    api: Api, kubeconfig: Path, tmp_path: Path
+    api: Api, operator_kubeconfig: Path, tmp_path: Path
 ) -> None:
     replicas = {}
-    for name, env in _replicas(kubeconfig, tmp_path, "kubetune-probes").items():
+    for name, env in _replicas(operator_kubeconfig, tmp_path).items():
         metrics = _free_port()
         replica = ServedReplica(
-            kubeconfig,
+            operator_kubeconfig,
             tmp_path / f"{name}.log",
             {**env.extra_env, "KUBETUNE_METRICS_PORT": str(metrics)},
             _free_port(),
@@ -174,7 +182,7 @@ def test_both_replicas_are_healthy_and_the_metric_says_which_leads(
         replicas[name] = (replica, metrics)
         replica.start()
     try:
-        leader = _holder(api, "kubetune-probes", set(replicas))
+        leader = _holder(api, set(replicas))
         for name, (replica, metrics) in replicas.items():
             health = api.wait_for(
                 f"{name}'s /healthz", lambda r=replica: _get(f"http://127.0.0.1:{r.health_port}/healthz")
@@ -195,14 +203,14 @@ def test_both_replicas_are_healthy_and_the_metric_says_which_leads(
 
 
 def test_a_leader_whose_lease_is_taken_stops_reconciling_and_exits_to_restart_as_a_standby(
-    api: Api, kubeconfig: Path, tmp_path: Path
+    api: Api, operator_kubeconfig: Path, tmp_path: Path
 ) -> None:
-    replica = _replicas(kubeconfig, tmp_path, "kubetune-stolen")["replica-a"]
+    replica = _replicas(operator_kubeconfig, tmp_path)["replica-a"]
     replica.start()
     try:
-        assert _holder(api, "kubetune-stolen", {"replica-a"}) == "replica-a"
+        assert _holder(api, {"replica-a"}) == "replica-a"
         response = api.http.patch(
-            f"{api.url}/apis/coordination.k8s.io/v1/namespaces/default/leases/kubetune-stolen",
+            api.url + LEASE_PATH,
             json={"spec": {"holderIdentity": "intruder", "leaseDurationSeconds": 3600}},
             headers={"Content-Type": "application/merge-patch+json"},
             timeout=10,
@@ -213,6 +221,6 @@ def test_a_leader_whose_lease_is_taken_stops_reconciling_and_exits_to_restart_as
         assert replica.process.wait(timeout=15) == 3
         log = replica.log.read_text()
         assert "is now held by intruder: stopping the operator" in log
-        assert _lease(api, "kubetune-stolen")["holderIdentity"] == "intruder"  # never released: not its own
+        assert _lease(api)["holderIdentity"] == "intruder"  # never released: not its own
     finally:
         replica.stop()
