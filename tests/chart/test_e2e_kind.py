@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from kubetune.api.manifests import load_yaml
+from tests.chart.chartkit import env_of
 
 REPO = Path(__file__).resolve().parents[2]
 RUN = REPO / "e2e" / "kind" / "run.sh"
@@ -202,3 +203,79 @@ def test_the_seeded_dataset_passes_the_trainer_validate_stage_with_the_examples_
     assert summary["dataset"]["evalRows"] > 0
     # The gated base model is skipped offline, said as a warning, not a failure.
     assert any("HF_HUB_OFFLINE" in warning for warning in summary["warnings"])
+
+
+_SUFFIXES = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30,
+             "Ti": 2**40}  # fmt: skip
+
+
+def quantity(text: str) -> float:
+    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * _SUFFIXES[suffix]
+    return float(text)
+
+
+def tolerates(tolerations: list[dict[str, Any]], taint: dict[str, Any]) -> bool:
+    """The scheduler's rule: key (empty with Exists: any), value unless Exists, effect unless empty."""
+    for toleration in tolerations:
+        if toleration.get("effect") and toleration["effect"] != taint["effect"]:
+            continue
+        if toleration.get("operator") == "Exists":
+            if not toleration.get("key") or toleration["key"] == taint["key"]:
+                return True
+        elif toleration.get("key") == taint["key"] and toleration.get("value", "") == taint.get("value", ""):
+            return True
+    return False
+
+
+def test_the_pods_the_operator_renders_fit_the_queue_and_only_the_training_pod_the_gpu_nodes(
+    dry_run: DryRun,
+) -> None:
+    """What Kueue and the scheduler will decide on kind, decided here from the same objects: the operator's
+    settings from the rendered chart, its Jobs for the example, the ClusterQueue and the KWOK nodes."""
+    import kubernetes_validate
+
+    from kubetune.api.common import ResourceIdentity
+    from kubetune.api.finetunejob import FineTuneJobSpec
+    from kubetune.handlers.settings import OperatorConfig
+    from kubetune.render import finetunejob as render
+
+    _, out = dry_run
+    (deployment,) = [doc for doc in objects(out / "50-chart.yaml") if doc["kind"] == "Deployment"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    defaults = OperatorConfig.from_env(env_of(container)).defaults  # downward API filled as the kubelet does
+    job = load_yaml((out / "60-example.yaml").read_text())
+    owner = ResourceIdentity(name=job["metadata"]["name"], namespace=job["metadata"]["namespace"])
+    spec = FineTuneJobSpec.model_validate(job["spec"])
+    training = render.training_job(owner, spec, defaults, "0123456789abcdef")
+    validation = render.validation_job(owner, spec, defaults, "0123456789abcdef")
+    for rendered in (training, validation):  # what the operator creates must pass the real apiserver too
+        kubernetes_validate.validate(rendered, "1.35.0", strict=True)
+
+    queues = {(doc["kind"], doc["metadata"]["name"]): doc for doc in objects(out / "20-queues.yaml")}
+    assert training["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] in {
+        name for kind, name in queues if kind == "LocalQueue"
+    }
+    assert training["spec"]["suspend"] is True  # Kueue admits it by unsuspending it
+    (group,) = queues["ClusterQueue", "gpu-cluster-queue"]["spec"]["resourceGroups"]
+    quota = {r["name"]: quantity(r["nominalQuota"]) for r in group["flavors"][0]["resources"]}
+    pod = training["spec"]["template"]["spec"]
+    assert ("PriorityClass", pod["priorityClassName"]) in queues
+    requests: dict[str, float] = {}
+    for each in pod["containers"]:
+        for resource, amount in each["resources"].get("requests", {}).items():
+            requests[resource] = requests.get(resource, 0.0) + quantity(amount)
+    assert set(requests) <= set(group["coveredResources"]), "Kueue refuses an uncovered resource"
+    assert all(amount <= quota[resource] for resource, amount in requests.items())
+    assert {container["image"] for container in pod["containers"]} == {"kubetune/trainer:e2e"}
+
+    for node in objects(out / "10-kwok-nodes.yaml"):
+        labels, taints = node["metadata"]["labels"], node["spec"]["taints"]
+        allocatable = {name: quantity(value) for name, value in node["status"]["allocatable"].items()}
+        assert pod["nodeSelector"].items() <= labels.items()
+        assert all(tolerates(pod.get("tolerations", []), taint) for taint in taints)
+        assert all(amount <= allocatable[resource] for resource, amount in requests.items())
+        # The CPU-only validation pod must run for real on the kind worker, never on a KWOK node.
+        validation_pod = validation["spec"]["template"]["spec"]
+        assert not all(tolerates(validation_pod.get("tolerations", []), taint) for taint in taints)
