@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
+import yaml
 
 from kubetune_sandbox.cluster import seed
 from tests.sandbox.conftest import wait_for
@@ -216,6 +218,21 @@ def test_sandbox_writes_its_contract(sandbox: dict[str, Any]) -> None:
         "AWS_ENDPOINT_URL",
         "AWS_REGION",
     }
+    # The operator runs as the chart's ServiceAccount under the chart's RBAC, which never lets it read Secrets.
+    # (Its token, sent as the operator sends it: kubectl sends no bearer token over plain http.)
+    operator_user = yaml.safe_load(Path(sandbox["operatorKubeconfig"]).read_text())["users"][0]["user"]
+    headers = {"Authorization": f"Bearer {operator_user['token']}"}
+    secret_url = f"{sandbox['apiServer']}/api/v1/namespaces/default/secrets/sandbox-s3"
+    refused = requests.get(secret_url, headers=headers, timeout=10)
+    assert refused.status_code == 403
+    assert (
+        'User "system:serviceaccount:kubetune-system:kubetune" cannot get resource "secrets"'
+        in refused.json()["message"]
+    )
+    jobs = requests.get(
+        f"{sandbox['apiServer']}/apis/kubetune.dev/v1alpha1/finetunejobs", headers=headers, timeout=10
+    )
+    assert jobs.status_code == 200  # what the chart grants, it may do
 
 
 @pytest.mark.slow
