@@ -128,7 +128,9 @@ def test_a_leader_stopped_cleanly_hands_over_before_its_lease_would_expire(
         assert replicas[leader].process is not None and replicas[leader].process.returncode == 0
         assert _holder(api, {standby}) == standby
         handed_over = time.monotonic() - stopping
-        assert handed_over < lease_seconds / 4, f"the hand-over took {handed_over:.1f}s"
+        # Measured ~1.1 s; up to ~5.6 s when a handler was running at the SIGTERM (Kopf gives running handlers
+        # 5 s to finish, and the Lease is released only after they have).
+        assert handed_over < lease_seconds / 2, f"the hand-over took {handed_over:.1f}s"
         assert "released the lease" in replicas[leader].log.read_text()
     finally:
         for replica in replicas.values():
