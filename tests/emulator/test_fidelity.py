@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import kopf
 import kubernetes
 import pytest
 from kopf.testing import KopfRunner
@@ -504,7 +505,12 @@ def test_a_kopf_operator_handles_creation_and_deletion_with_its_finalizer(
     path.write_text(KOPF_OPERATOR)
     monkeypatch.setenv("EMULATOR_URL", server.url)
     # A namespace pattern makes Kopf watch /api/v1/namespaces too.
-    with KopfRunner(["run", "--standalone", "--namespace=def*", str(path)], timeout=30) as runner:
+    # Its own registry: an earlier test that imported kubetune.handlers left the operator's handlers in
+    # Kopf's default one, and they would run here too.
+    registry = kopf.OperatorRegistry()
+    with KopfRunner(
+        ["run", "--standalone", "--namespace=def*", str(path)], timeout=30, registry=registry
+    ) as runner:
         server.create(WIDGETS, widget("w", size=3), "default")
         handled = wait_for(
             lambda: (obj := server.get(WIDGETS, "default", "w")) and "seen" in obj.get("status", {}) and obj
