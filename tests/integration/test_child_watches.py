@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from kubetune.reconcile.watches import CHILD_WATCHES
+from kubetune_sandbox.cluster import chart
 from tests.api.conftest import load_example, with_changes
+from tests.chart import chartkit
 from tests.integration.harness import Api, OperatorProcess
 from tests.integration.test_modeldeployment_operator import (
     HEALTHY,
@@ -34,7 +35,10 @@ CHILD_PATHS = {
 
 
 @pytest.fixture(scope="module")
-def operator(kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+def operator(emulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    # The chart installed with watchNamespaces: [default]: its ServiceAccount and the Roles that mode renders.
+    kubeconfig = tmp_path_factory.mktemp("kube") / "operator-kubeconfig"
+    chart.operator_kubeconfig(emulator, kubeconfig, chartkit.manifests({"watchNamespaces": ["default"]}))
     env = {"KUBETUNE_RESYNC_SECONDS": "3600", "KUBETUNE_WATCH_NAMESPACES": "default"}
     process = OperatorProcess(kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", env)
     process.start()

@@ -27,6 +27,10 @@ async def configure(
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=DOMAIN, key="last-handled-configuration"
     )
+    if RUNTIME.config.namespaces:
+        # Named namespaces (settings refuse globs): Kopf would otherwise list and watch every namespace
+        # of the cluster to match patterns, which the chart's watchNamespaces RBAC does not grant.
+        settings.scanning.disabled = True
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
