@@ -152,6 +152,16 @@ class Api:
     def events(self, name: str) -> list[str]:
         return [e["reason"] for e in self.list("Event") if e.get("involvedObject", {}).get("name") == name]
 
+    def assert_one_of_each_child(self, name: str) -> None:
+        """A FineTuneJob that succeeded once has one Job per stage and one ConfigMap: nothing duplicated."""
+        jobs = self.list("Job", f"kubetune.dev/finetunejob={name}")
+        assert sorted(j["metadata"]["name"] for j in jobs) == [
+            f"{name}-finish",
+            f"{name}-train",
+            f"{name}-validate",
+        ]
+        assert len(self.list("ConfigMap", f"kubetune.dev/finetunejob={name}")) == 1
+
 
 class OperatorProcess:
     """`kubetune operator` as a real subprocess, so it can be SIGKILLed like a crashing pod."""

@@ -103,13 +103,7 @@ def test_only_the_leader_reconciles_and_a_killed_leader_is_replaced_without_dupl
     finally:
         for replica in replicas.values():
             replica.stop()
-    jobs = api.list("Job", f"kubetune.dev/finetunejob={name}")
-    assert sorted(j["metadata"]["name"] for j in jobs) == [
-        f"{name}-finish",
-        f"{name}-train",
-        f"{name}-validate",
-    ]
-    assert len(api.list("ConfigMap", f"kubetune.dev/finetunejob={name}")) == 1
+    api.assert_one_of_each_child(name)
 
 
 def test_a_leader_stopped_cleanly_hands_over_before_its_lease_would_expire(

@@ -45,13 +45,7 @@ def test_operator_killed_at_every_point_converges_without_duplicates(
         api.wait_phase(name, "Succeeded")
     finally:
         operator.stop()
-    jobs = api.list("Job", f"kubetune.dev/finetunejob={name}")
-    assert sorted(j["metadata"]["name"] for j in jobs) == [
-        f"{name}-finish",
-        f"{name}-train",
-        f"{name}-validate",
-    ]
-    assert len(api.list("ConfigMap", f"kubetune.dev/finetunejob={name}")) == 1
+    api.assert_one_of_each_child(name)
 
 
 def test_operator_restart_mid_rollout_is_safe(api: Api, kubeconfig: Path, tmp_path: Path) -> None:
