@@ -114,19 +114,17 @@ class ChildWatcher:
                 raise ApiError(500, "the watch ended at once without events")
             except asyncio.CancelledError:
                 raise
-            except (ExpiredVersionError, ApiError) as error:
-                if isinstance(error, ExpiredVersionError) or error.status == EXPIRED:
+            # ValueError: a line that is not JSON (a proxy's answer); the next attempt starts clean.
+            except (ExpiredVersionError, ApiError, aiohttp.ClientError, TimeoutError, ValueError) as error:
+                expired = isinstance(error, ExpiredVersionError) or (
+                    isinstance(error, ApiError) and error.status == EXPIRED
+                )
+                if expired:
                     logger.info("%s watch in %s expired (%s): listing again", kind, where, error)
                     self.version = None
                     if events or not listed_now:
                         continue
                     # Expired at once after a fresh listing: something is wrong; back off like any failure.
-                failures += 1
-                delay = backoff_seconds(failures)
-                logger.warning("%s watch in %s failed (%s): retrying in %.1fs", kind, where, error, delay)
-                await asyncio.sleep(delay)
-            except (aiohttp.ClientError, TimeoutError, ValueError) as error:
-                # ValueError: a line that is not JSON (a proxy's answer); the next attempt starts clean.
                 failures += 1
                 delay = backoff_seconds(failures)
                 logger.warning("%s watch in %s failed (%r): retrying in %.1fs", kind, where, error, delay)
