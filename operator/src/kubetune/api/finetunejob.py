@@ -27,7 +27,19 @@ from kubetune.api.common import (
 
 DatasetFormat = Literal["auto", "openai", "sharegpt", "alpaca", "prompt-completion", "text", "preference"]
 Method = Literal["lora", "qlora", "full", "dpo"]
-Metric = Literal["perplexity", "rougeL", "bleu"]
+Metric = Literal["perplexity", "rougeL", "bleu", "rewardAccuracy", "rewardMargin"]
+DPO_METRICS = ("rewardAccuracy", "rewardMargin")  # measured on the held-out preference pairs; dpo only
+# TRL's training chat templates (trl/chat_templates/NAME_training.jinja): each marks the assistant turns with
+# {% generation %}, so the loss mask comes from the tokenizer; their special tokens are added when missing.
+ChatTemplateName = Literal[
+    "llama3", "qwen2_5", "qwen3", "phi3", "gemma", "gemma3", "deepseekv3", "cohere", "cohere2",
+]  # fmt: skip
+Optimizer = Literal[
+    "adamw_torch_fused", "adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd",
+]  # fmt: skip
+AttentionImplementation = Literal["auto", "sdpa", "flash_attention_2", "eager"]
+CrossEntropy = Literal["standard", "chunked", "liger"]
+Tracker = Literal["mlflow", "tensorboard", "wandb"]
 Phase = Literal[
     "Pending", "Validating", "Queued", "Running", "Evaluating", "Succeeded", "Failed", "Suspended"
 ]
@@ -38,6 +50,8 @@ ColumnRole = Literal[
 
 IMMUTABLE = "self == oldSelf"
 DEFAULT_WARMUP_RATIO = 0.03
+DEFAULT_MIN_LR_RATIO = 0.1
+DEFAULT_LOGGING_STEPS = 10
 # Training pods' requests when spec.resources leaves them out: never BestEffort, never unbounded disk.
 CPU_PER_GPU, CPU_WITHOUT_GPU = 4, 2
 MEMORY_GIB_PER_GPU, MEMORY_GIB_WITHOUT_GPU = 32, 8
@@ -80,6 +94,13 @@ class Dataset(ApiModel):
     chat_template: Annotated[str, Field(min_length=1, max_length=16_384)] | None = Field(
         default=None, description="A Jinja chat template overriding the tokenizer's; saved with the outputs"
     )
+    chat_template_name: ChatTemplateName | None = Field(
+        default=None,
+        description=(
+            "A named chat template (TRL's training variant, with assistant-turn markers) overriding the"
+            " tokenizer's; special tokens it uses are added and the embeddings resized"
+        ),
+    )
     invalid_row_tolerance: Annotated[
         float, Decimal(ge=0, lt=1, description="Fraction of rows that may be invalid before validation fails")
     ] = 0.0
@@ -90,6 +111,10 @@ class Dataset(ApiModel):
             cel(
                 "has(self.evalSplit) != has(self.evalUri)",
                 "exactly one of spec.dataset.evalSplit or spec.dataset.evalUri must be set",
+            ),
+            cel(
+                "!(has(self.chatTemplate) && has(self.chatTemplateName))",
+                "set at most one of spec.dataset.chatTemplate and spec.dataset.chatTemplateName",
             ),
             cel(
                 "!has(self.columnMap) || self.columnMap.all(k, ["
@@ -116,6 +141,22 @@ class Lora(ApiModel):
         list[Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.*-]+$")]],
         Field(min_length=1, max_length=64, json_schema_extra={"x-kubernetes-list-type": "set"}),
     ] = ["all-linear"]
+    use_rslora: bool = Field(
+        default=False, description="Rank-stabilised LoRA: scales adapters by alpha/sqrt(r)"
+    )
+    use_dora: bool = Field(default=False, description="Weight-decomposed LoRA (DoRA)")
+    modules_to_save: (
+        Annotated[
+            list[Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]],
+            Field(
+                min_length=1,
+                max_length=16,
+                json_schema_extra={"x-kubernetes-list-type": "set"},
+                description="Modules trained in full beside the adapters, such as embed_tokens and lm_head",
+            ),
+        ]
+        | None
+    ) = None
 
     model_config = ConfigDict(json_schema_extra=rules(cel(IMMUTABLE, "spec.lora is immutable")))
 
@@ -136,7 +177,20 @@ class Hyperparameters(ApiModel):
         description=f"Warmup as a fraction of all steps; {DEFAULT_WARMUP_RATIO} when neither this nor warmupSteps is set",
     )
     warmup_steps: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
-    scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
+    scheduler: Literal["cosine", "linear", "constant_with_warmup", "cosine_with_min_lr"] = "cosine"
+    min_learning_rate_ratio: Annotated[float, Decimal(ge=0, lt=1)] | None = Field(
+        default=None,
+        description=(
+            f"cosine_with_min_lr decays to this fraction of learningRate; {DEFAULT_MIN_LR_RATIO} when unset"
+        ),
+    )
+    optimizer: Optimizer = Field(
+        default="adamw_torch_fused",
+        description="The Trainer's optimizer; the 8-bit and paged ones need bitsandbytes on a GPU",
+    )
+    adam_beta1: Annotated[float, Decimal(gt=0, lt=1)] = 0.9
+    adam_beta2: Annotated[float, Decimal(gt=0, lt=1)] = 0.999
+    adam_epsilon: Annotated[float, Decimal(gt=0, le=0.001)] = 1e-8
     batch_size: Annotated[int, Field(ge=1, le=1024, description="Per device")] = 8
     gradient_accumulation_steps: Annotated[int, Field(ge=1, le=1024)] = 1
     max_seq_length: Annotated[int, Field(ge=16, le=131_072)] = 2048
@@ -145,7 +199,41 @@ class Hyperparameters(ApiModel):
     weight_decay: Annotated[float, Decimal(ge=0, lt=1)] = 0.0
     max_grad_norm: Annotated[float, Decimal(gt=0, le=1000)] = 1.0
     early_stopping_patience: Annotated[int, Field(ge=1, le=100)] | None = Field(
-        default=None, description="Evaluations without eval-loss improvement before training stops"
+        default=None,
+        description=(
+            "Evaluations without eval-loss improvement before training stops; the best checkpoint's"
+            " weights are the outputs"
+        ),
+    )
+    eval_steps: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
+        default=None,
+        description="Optimizer steps between evaluations of the eval loss; spec.checkpoint.everySteps when unset",
+    )
+    logging_steps: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
+        default=None, description="Optimizer steps between loss and learning-rate logs; 10 when unset"
+    )
+    train_on_inputs: bool = Field(
+        default=False, description="Loss on every token (prompts too), not only the assistant turns"
+    )
+    train_on_last_turn_only: bool = Field(
+        default=False, description="Loss on the last assistant turn only (earlier turns are context)"
+    )
+    neftune_noise_alpha: Annotated[float, Decimal(gt=0, le=100)] | None = Field(
+        default=None, description="NEFTune: noise added to the input embeddings while training (5 is usual)"
+    )
+    attention_implementation: AttentionImplementation = Field(
+        default="auto",
+        description=(
+            "auto picks flash_attention_2 on a GPU when the image has flash-attn, else sdpa; a named one that"
+            " cannot run fails the job"
+        ),
+    )
+    cross_entropy: CrossEntropy = Field(
+        default="standard",
+        description=(
+            "chunked computes the loss over slices of the sequence, never holding all logits (a 128k"
+            " vocabulary's logits are ~21 GB at 8 x 2048 tokens); liger uses Liger's fused kernel (GPU)"
+        ),
     )
     seed: Annotated[int, Field(ge=0, le=2_147_483_647)] = 42
 
@@ -155,6 +243,15 @@ class Hyperparameters(ApiModel):
             cel(
                 "!(has(self.warmupRatio) && has(self.warmupSteps))",
                 "set at most one of spec.hyperparameters.warmupRatio and spec.hyperparameters.warmupSteps",
+            ),
+            cel(
+                "!has(self.minLearningRateRatio) || self.scheduler == 'cosine_with_min_lr'",
+                "spec.hyperparameters.minLearningRateRatio needs scheduler: cosine_with_min_lr",
+                fieldPath=".minLearningRateRatio",
+            ),
+            cel(
+                "!(self.trainOnInputs && self.trainOnLastTurnOnly)",
+                "set at most one of spec.hyperparameters.trainOnInputs and spec.hyperparameters.trainOnLastTurnOnly",
             ),
         )
     )
@@ -183,7 +280,7 @@ class Threshold(ApiModel):
     )
 
 
-Thresholds = Annotated[dict[Metric, Threshold], Field(max_length=3)]
+Thresholds = Annotated[dict[Metric, Threshold], Field(max_length=5)]
 METRIC_NAMES: tuple[str, ...] = get_args(Metric)
 _METRIC_LIST = "[" + ", ".join(f"'{m}'" for m in METRIC_NAMES) + "]"
 THRESHOLD_KEYS_RULE = cel(
@@ -193,10 +290,13 @@ THRESHOLD_KEYS_RULE = cel(
 
 class Evaluation(ApiModel):
     metrics: Annotated[
-        list[Metric], Field(min_length=1, max_length=3, json_schema_extra={"x-kubernetes-list-type": "set"})
+        list[Metric], Field(min_length=1, max_length=5, json_schema_extra={"x-kubernetes-list-type": "set"})
     ] = ["perplexity"]
     thresholds: Annotated[Thresholds, Field(json_schema_extra=rules(THRESHOLD_KEYS_RULE))] | None = None
-    max_samples: Annotated[int, Field(ge=1, le=100_000)] = 200
+    max_samples: Annotated[int, Field(ge=1, le=10_000_000)] | None = Field(
+        default=None,
+        description="Evaluate a seeded sample of this many eval rows; the whole eval split when unset",
+    )
     max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 128
     compare_baseline: bool = Field(default=True, description="Also evaluate the base model, for comparison")
 
@@ -270,6 +370,40 @@ class Checkpoint(ApiModel):
 Quantization = Literal["bnb-nf4", "gguf-q4_k_m", "gguf-q8_0", "gguf-f16"]
 
 
+class Tracking(ApiModel):
+    report_to: Annotated[
+        list[Tracker], Field(min_length=1, max_length=3, json_schema_extra={"x-kubernetes-list-type": "set"})
+    ] = Field(description="Experiment trackers that receive the run's parameters and metrics")
+    mlflow_tracking_uri: (
+        Annotated[str, Field(min_length=1, max_length=1024, pattern=r"^https?://")] | None
+    ) = Field(default=None, description="MLflow server; mlflow without it fails admission")
+    project: Annotated[str, Field(min_length=1, max_length=128)] | None = Field(
+        default=None, description="MLflow experiment / W&B project; the FineTuneJob's namespace when unset"
+    )
+    secret_ref: SecretReference | None = Field(
+        default=None,
+        description=(
+            "Secret whose keys become the trainer's environment: MLFLOW_TRACKING_TOKEN or"
+            " MLFLOW_TRACKING_USERNAME/PASSWORD, WANDB_API_KEY (and WANDB_BASE_URL for a private server)"
+        ),
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "!self.reportTo.exists(t, t == 'mlflow') || has(self.mlflowTrackingUri)",
+                "spec.tracking.reportTo mlflow needs spec.tracking.mlflowTrackingUri",
+                fieldPath=".mlflowTrackingUri",
+            ),
+            cel(
+                "!self.reportTo.exists(t, t == 'wandb') || has(self.secretRef)",
+                "spec.tracking.reportTo wandb needs spec.tracking.secretRef (a Secret with WANDB_API_KEY)",
+                fieldPath=".secretRef",
+            ),
+        )
+    )
+
+
 class Output(ApiModel):
     uri: DataUri = Field(description="Prefix that receives the adapter, merged model, exports and manifest")
     merge: bool = False
@@ -313,6 +447,10 @@ class TrainerSpec(ApiModel):
     resources: Resources = section(Resources)
     checkpoint: Checkpoint = section(Checkpoint)
     output: Output
+    tracking: Tracking | None = Field(
+        default=None,
+        description="Experiment tracking (MLflow, TensorBoard, Weights & Biases); TensorBoard logs go to OUTPUT/tensorboard/",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -377,6 +515,29 @@ class FineTuneJobSpec(TrainerSpec):
                 "self.method != 'qlora' || !has(self.resources) || self.resources.gpus > 0",
                 "spec.method qlora needs a GPU: set spec.resources.gpus >= 1",
                 fieldPath=".resources.gpus",
+            ),
+            cel(
+                "self.method == 'dpo' || !has(self.evaluation) || !has(self.evaluation.metrics)"
+                " || !self.evaluation.metrics.exists(m, m == 'rewardAccuracy' || m == 'rewardMargin')",
+                "spec.evaluation.metrics rewardAccuracy and rewardMargin need spec.method: dpo",
+                fieldPath=".evaluation.metrics",
+            ),
+            cel(
+                "!has(self.hyperparameters) || !has(self.resources)"
+                " || (self.hyperparameters.crossEntropy != 'liger'"
+                " && self.hyperparameters.attentionImplementation != 'flash_attention_2')"
+                " || self.resources.gpus > 0",
+                "spec.hyperparameters crossEntropy liger and attentionImplementation flash_attention_2 need a GPU:"
+                " set spec.resources.gpus >= 1",
+                fieldPath=".resources.gpus",
+            ),
+            cel(
+                "!has(self.hyperparameters) || !has(self.hyperparameters.earlyStoppingPatience)"
+                " || !has(self.hyperparameters.evalSteps) || !has(self.checkpoint)"
+                " || self.checkpoint.everySteps % self.hyperparameters.evalSteps == 0",
+                "with spec.hyperparameters.earlyStoppingPatience, spec.checkpoint.everySteps must be a multiple of"
+                " spec.hyperparameters.evalSteps (the best model is restored from a checkpoint taken at an evaluation)",
+                fieldPath=".hyperparameters.evalSteps",
             ),
             cel(
                 "!has(self.output.quantize) || size(self.output.quantize) == 0"
