@@ -126,6 +126,23 @@ def test_credentials_come_only_from_the_secret_reference() -> None:
         assert not any("SECRET" in e["name"] or "KEY" in e["name"] for e in container["env"])
 
 
+def test_the_tracking_secret_reaches_only_the_training_pod_and_storage_credentials_win() -> None:
+    config, validation, training, finishing = _children(_spec("qlora-kueue"))
+    env_from = _pod(training)["containers"][0]["envFrom"]
+    # The last source wins a key both hold: the storage Secret comes last.
+    assert env_from == [{"secretRef": {"name": "mlflow-token"}}, {"secretRef": {"name": "s3-credentials"}}]
+    for other in (validation, finishing):
+        assert _pod(other)["containers"][0]["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
+    # The tracker's address and project travel in the config; no credential does.
+    tracking = json.loads(config["data"][render.CONFIG_FILE_NAME])["spec"]["tracking"]
+    assert tracking == {
+        "reportTo": ["mlflow"],
+        "mlflowTrackingUri": "https://mlflow.internal.example.com",
+        "project": "support-bot",
+        "secretRef": {"name": "mlflow-token"},
+    }
+
+
 def _with_resources(example: str, **resources: Any) -> FineTuneJobSpec:
     spec = _spec(example)
     return spec.model_copy(update={"resources": spec.resources.model_copy(update=resources)})
