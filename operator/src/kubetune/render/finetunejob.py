@@ -283,7 +283,10 @@ def _gpu_pod_spec(
     if stage == "train" and tracking is not None and tracking.secret_ref is not None:
         # The tracker's token reaches only the pods that report to it. First, so that the storage Secret's
         # keys win should both hold one (the last envFrom source takes precedence).
-        container["envFrom"] = [{"secretRef": {"name": tracking.secret_ref.name}}, *container.get("envFrom", [])]
+        container["envFrom"] = [
+            {"secretRef": {"name": tracking.secret_ref.name}},
+            *container.get("envFrom", []),
+        ]
     # The same port as the TrainerConfig's metrics_port (config_map), and where the operator scrapes.
     metrics = {"name": "metrics", "containerPort": defaults.trainer_metrics_port, "protocol": "TCP"}
     container["ports"] = [metrics]
