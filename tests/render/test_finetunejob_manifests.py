@@ -127,7 +127,14 @@ def test_credentials_come_only_from_the_secret_reference() -> None:
 
 
 def test_the_tracking_secret_reaches_only_the_training_pod_and_storage_credentials_win() -> None:
-    config, validation, training, finishing = _children(_spec("qlora-kueue"))
+    raw = load_example(EXAMPLES["qlora-kueue"])["spec"]
+    raw["tracking"] = {
+        "reportTo": ["mlflow"],
+        "mlflowTrackingUri": "https://mlflow.internal.example.com",
+        "project": "support-bot",
+        "secretRef": {"name": "mlflow-token"},
+    }
+    config, validation, training, finishing = _children(FineTuneJobSpec.model_validate(raw))
     env_from = _pod(training)["containers"][0]["envFrom"]
     # The last source wins a key both hold: the storage Secret comes last.
     assert env_from == [{"secretRef": {"name": "mlflow-token"}}, {"secretRef": {"name": "s3-credentials"}}]

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from kubetune_trainer import storage
 from kubetune_trainer.checkpoints import CheckpointStore
 from kubetune_trainer.metrics import RankInfo, TrainerMetrics, fit_summary, format_number
+from kubetune_trainer.support import check_supported
 from kubetune_trainer.training.arguments import training_arguments
 from kubetune_trainer.training.callbacks import Preemption, RunState, make_callback_class
 from kubetune_trainer.training.data import (
@@ -169,6 +170,7 @@ def train(
     from transformers import set_seed
 
     spec = config.spec
+    check_supported(spec)  # validate refused it already; a config run by hand must not train without it
     hyper = spec.hyperparameters
     rank = rank or RankInfo.from_env()
     metrics = metrics or TrainerMetrics()
@@ -228,7 +230,9 @@ def train(
         metrics.resumed_from_step.set(resumed_from)  # the operator scrapes it into status.resumedFromStep
 
     set_seed(hyper.seed)  # model init (LoRA matrices) must not depend on what ran before
-    base = load_base_model(base_dir, method=spec.method, device=device, rank=rank)
+    base = load_base_model(
+        base_dir, method=spec.method, device=device, rank=rank, attention=hyper.attention_implementation
+    )
     callback = make_callback_class()(
         store=store,
         keep_last=keep_last,

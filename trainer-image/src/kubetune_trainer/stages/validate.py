@@ -32,6 +32,7 @@ from typing import IO, TYPE_CHECKING, Any
 from kubetune_trainer import model_cache, storage
 from kubetune_trainer.estimate import MemoryEstimate, estimate_memory, human_bytes
 from kubetune_trainer.formats import DatasetFile, DatasetFileError, Example
+from kubetune_trainer.support import check_supported
 
 if TYPE_CHECKING:
     from kubetune.api.trainer_config import TrainerConfig
@@ -475,6 +476,10 @@ def run(config: TrainerConfig) -> dict[str, Any]:
     try:
         with tempfile.TemporaryDirectory(prefix="kubetune-validate-") as scratch:
             work = Path(scratch)
+            try:
+                check_supported(spec)
+            except ValueError as error:
+                raise ValidationFailedError(INVALID_SPEC, str(error)) from error
             model_dir, model_note = fetch_model_metadata(spec.base_model.uri, work / "model")
             if model_dir is None and not spec.base_model.uri.startswith("hf://"):
                 raise ValidationFailedError(INVALID_SPEC, f"base model: {model_note}")

@@ -6,10 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kubetune.api.finetunejob import DEFAULT_LOGGING_STEPS, DEFAULT_MIN_LR_RATIO
 from kubetune_trainer.training.model import Device
 
 if TYPE_CHECKING:
+    from kubetune.api.finetunejob import Hyperparameters
     from kubetune.api.trainer_config import TrainerConfig
+
+
+def _scheduler_kwargs(hyper: Hyperparameters) -> dict[str, Any]:
+    if hyper.scheduler != "cosine_with_min_lr":
+        return {}
+    ratio = hyper.min_learning_rate_ratio
+    return {"min_lr_rate": DEFAULT_MIN_LR_RATIO if ratio is None else ratio}
 
 
 def training_arguments(
@@ -37,6 +46,12 @@ def training_arguments(
         "max_steps": hyper.max_steps or -1,
         "learning_rate": hyper.learning_rate,
         "lr_scheduler_type": hyper.scheduler,
+        "lr_scheduler_kwargs": _scheduler_kwargs(hyper),
+        "optim": hyper.optimizer,
+        "adam_beta1": hyper.adam_beta1,
+        "adam_beta2": hyper.adam_beta2,
+        "adam_epsilon": hyper.adam_epsilon,
+        "neftune_noise_alpha": hyper.neftune_noise_alpha,
         "warmup_steps": warmup,
         "weight_decay": hyper.weight_decay,
         "max_grad_norm": hyper.max_grad_norm,
@@ -46,11 +61,11 @@ def training_arguments(
         "activation_checkpointing": hyper.gradient_checkpointing,
         "activation_checkpointing_kwargs": {"use_reentrant": False},
         "eval_strategy": "steps" if has_eval else "no",
-        "eval_steps": every,
+        "eval_steps": hyper.eval_steps or every,
         "save_strategy": "steps",
         "save_steps": every,
         "save_total_limit": 1,  # local disk; the object store keeps the real history
-        "logging_steps": max(1, min(10, every)),
+        "logging_steps": hyper.logging_steps or max(1, min(DEFAULT_LOGGING_STEPS, every)),
         "report_to": [],
         "disable_tqdm": True,
         "remove_unused_columns": False,

@@ -105,7 +105,23 @@ def load_tokenizer(model_dir: Path, chat_template: str | None = None) -> Any:
     return tokenizer
 
 
-def attention_implementation(device: Device) -> str:
+def attention_implementation(device: Device, requested: str = "auto") -> str:
+    """The attention kernel: the requested one, or for auto the fastest this pod can run. A requested kernel
+    that cannot run here is an error, never swapped for another."""
+    if requested == "flash_attention_2":
+        if not device.cuda:
+            raise ValueError(
+                "spec.hyperparameters.attentionImplementation flash_attention_2 needs a CUDA GPU"
+            )
+        try:
+            import flash_attn
+        except ImportError as error:
+            raise ValueError(
+                "spec.hyperparameters.attentionImplementation flash_attention_2: flash-attn does not import"
+                f" in this image ({error})"
+            ) from error
+    if requested != "auto":
+        return requested
     if device.cuda:
         try:
             import flash_attn  # noqa: F401
@@ -139,6 +155,7 @@ def load_base_model(
     device: Device,
     rank: RankInfo | None = None,
     quantize_4bit: bool | None = None,
+    attention: str = "auto",
 ) -> Any:
     """The base model as the method trains it: 4-bit nf4 for qlora, bf16 frozen weights for LoRA on GPU,
     fp32 otherwise (full fine-tuning keeps fp32 master weights; autocast does the bf16 math)."""
@@ -147,7 +164,7 @@ def load_base_model(
 
     rank = rank or RankInfo()
     four_bit = method == "qlora" if quantize_4bit is None else quantize_4bit
-    kwargs: dict[str, Any] = {"attn_implementation": attention_implementation(device)}
+    kwargs: dict[str, Any] = {"attn_implementation": attention_implementation(device, attention)}
     if four_bit:
         import transformers
 
@@ -191,6 +208,9 @@ def lora_config(spec: TrainerSpec) -> Any:
         target_modules=targets,
         task_type="CAUSAL_LM",
         bias="none",
+        use_rslora=lora.use_rslora,
+        use_dora=lora.use_dora,
+        modules_to_save=list(lora.modules_to_save) if lora.modules_to_save else None,
     )
 
 
