@@ -97,6 +97,9 @@ def named_template(name: str) -> ChatTemplate:
 
 def resolve(dataset: Dataset, tokenizer_template: str | None) -> ChatTemplate | None:
     """The template this job uses; None when neither the spec nor the tokenizer has one."""
+    if dataset.chat_template and dataset.chat_template_name:
+        # The CRD's CEL refuses this; a config written by hand must not pick one silently.
+        raise ValueError("set at most one of spec.dataset.chatTemplate and spec.dataset.chatTemplateName")
     if dataset.chat_template:
         return ChatTemplate(dataset.chat_template, "spec.dataset.chatTemplate")
     if dataset.chat_template_name:

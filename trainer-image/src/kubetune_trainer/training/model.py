@@ -4,8 +4,10 @@ loading it (and its tokenizer) the way each method trains it, and wrapping it wi
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,7 +16,9 @@ from kubetune_trainer import model_cache, storage
 from kubetune_trainer.metrics import RankInfo
 
 if TYPE_CHECKING:
-    from kubetune.api.finetunejob import TrainerSpec
+    from kubetune.api.finetunejob import Dataset, TrainerSpec
+
+log = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
@@ -33,12 +37,13 @@ class Device:
 
         if torch.cuda.is_available():
             return cls(cuda=True, bf16=bool(torch.cuda.is_bf16_supported()))
-        cpu_bf16 = False
-        try:
-            cpu_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            cpu_bf16 = False
-        return cls(cuda=False, bf16=cpu_bf16)
+        return cls(cuda=False, bf16=cpu_has_fast_bf16(torch.cpu.get_capabilities()))
+
+
+def cpu_has_fast_bf16(capabilities: Mapping[str, Any]) -> bool:
+    """Whether the CPU does bf16 math in hardware (torch.cpu.get_capabilities(): x86 AVX512-BF16 or AMX,
+    ARM BF16): elsewhere bf16 is emulated and slower than fp32."""
+    return any(bool(capabilities.get(flag)) for flag in ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16"))
 
 
 def work_root() -> Path:
@@ -93,43 +98,84 @@ def base_fingerprint(model_dir: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ model loading
 
 
-def load_tokenizer(model_dir: Path, chat_template: str | None = None) -> Any:
+# Llama 3.1+ reserve this token for padding: it keeps padding distinct from EOS without a new embedding row.
+RESERVED_PAD_TOKENS = ("<|finetune_right_pad_id|>",)
+
+
+def load_tokenizer(model_dir: Path, dataset: Dataset | str | None = None) -> Any:
+    """The base model's tokenizer with the job's chat template set (chat_templates.resolve: chatTemplate,
+    chatTemplateName or the tokenizer's own), the template's missing special tokens added, and a pad token.
+
+    `dataset` is spec.dataset. A plain string is the older call's chatTemplate text, kept while callers move
+    to spec.dataset; None keeps the tokenizer's own template (a saved adapter's tokenizer already has the job's).
+    save_pretrained writes the template and the added tokens, so every later stage reloads the same ones.
+    """
     from transformers import AutoTokenizer
 
+    from kubetune_trainer import chat_templates
+
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    if chat_template:
-        tokenizer.chat_template = chat_template
-    if tokenizer.pad_token_id is None:
-        # Padding is never attended to or trained on (labels -100), so any id works; EOS is conventional.
-        tokenizer.pad_token = tokenizer.eos_token
+    template: chat_templates.ChatTemplate | None
+    if dataset is None:
+        template = None
+    elif isinstance(dataset, str):
+        template = chat_templates.ChatTemplate(dataset, "spec.dataset.chatTemplate")
+    else:
+        template = chat_templates.resolve(dataset, tokenizer.chat_template)
+    added = chat_templates.apply_to_tokenizer(tokenizer, template)
+    if added:
+        log.info("added %d special tokens for %s: %s", len(added), template and template.source, added)
+    set_pad_token(tokenizer)
     return tokenizer
 
 
+def set_pad_token(tokenizer: Any) -> None:
+    """Give a tokenizer without one a pad token, never a new token (that would add an embedding row).
+
+    Padding is never attended to and never in the loss (labels come from the assistant mask, not from the
+    pad id), so any existing id is correct: a reserved pad token when the vocabulary has one, else EOS."""
+    if tokenizer.pad_token_id is not None:
+        return
+    vocabulary = tokenizer.get_vocab()
+    reserved = next((token for token in RESERVED_PAD_TOKENS if token in vocabulary), None)
+    fallback = reserved or tokenizer.eos_token or tokenizer.unk_token
+    if fallback is None:
+        raise ValueError("spec.baseModel: the tokenizer has no pad, EOS or unknown token to pad batches with")
+    tokenizer.pad_token = fallback
+
+
+ATTENTION_FIELD = "spec.hyperparameters.attentionImplementation"
+
+
 def attention_implementation(device: Device, requested: str = "auto") -> str:
-    """The attention kernel: the requested one, or for auto the fastest this pod can run. A requested kernel
-    that cannot run here is an error, never swapped for another."""
+    """The attention kernel: the requested one, or for auto flash_attention_2 on a bf16 GPU when the image
+    has flash-attn, else sdpa. A requested kernel that cannot run here is an error, never swapped."""
     if requested == "flash_attention_2":
         if not device.cuda:
-            raise ValueError(
-                "spec.hyperparameters.attentionImplementation flash_attention_2 needs a CUDA GPU"
-            )
-        try:
-            import flash_attn
-        except ImportError as error:
-            raise ValueError(
-                "spec.hyperparameters.attentionImplementation flash_attention_2: flash-attn does not import"
-                f" in this image ({error})"
-            ) from error
-    if requested != "auto":
+            raise ValueError(f"{ATTENTION_FIELD} flash_attention_2 needs a CUDA GPU; this pod has none")
+        problem = flash_attention_problem()
+        if problem:
+            raise ValueError(f"{ATTENTION_FIELD} flash_attention_2: {problem}")
         return requested
-    if device.cuda:
-        try:
-            import flash_attn  # noqa: F401
-
-            return "flash_attention_2"  # varlen kernels make packed rows free of wasted attention
-        except ImportError:
-            pass
+    if requested != "auto":
+        return requested  # sdpa and eager are part of torch and transformers: they always run
+    # FA2 needs Ampere or newer, which is also what bf16 support means on CUDA.
+    if device.cuda and device.bf16 and flash_attention_problem() is None:
+        return "flash_attention_2"  # varlen kernels: packed rows pay no attention across examples
     return "sdpa"
+
+
+def flash_attention_problem() -> str | None:
+    """Why transformers cannot use flash-attn 2 in this image, or None when it can."""
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError as error:
+        return f"flash-attn does not import in this image ({error})"
+    from transformers.utils import is_flash_attn_2_available
+
+    if not is_flash_attn_2_available():
+        return "the installed flash-attn is not one this transformers can use (version or CUDA build)"
+    return None
 
 
 def disable_cpu_4bit_inference_packing(model: Any) -> int:
@@ -192,7 +238,63 @@ def load_base_model(
     return model
 
 
-def lora_config(spec: TrainerSpec) -> Any:
+# The embedding rows are padded to this multiple: aligned lm_head matmuls on GPUs. Not a bitsandbytes need:
+# 4-bit loading keeps the embeddings and lm_head unquantized (checked on CPU with a 669-row vocabulary).
+EMBEDDING_ROW_MULTIPLE = 64
+
+
+def resize_embeddings(model: Any, tokenizer: Any, *, mean_resizing: bool = True) -> int:
+    """Grow the embeddings (and an untied lm_head) when the tokenizer has ids beyond their rows; returns the
+    row count before. New rows are drawn around the old rows' mean and covariance (transformers'
+    mean_resizing), so added tokens start as an average token. Reloading a saved adapter passes False: the
+    adapter carries the trained rows, which replace whatever the resize drew."""
+    rows = int(model.get_input_embeddings().weight.shape[0])
+    if len(tokenizer) > rows:
+        model.resize_token_embeddings(
+            len(tokenizer), pad_to_multiple_of=EMBEDDING_ROW_MULTIPLE, mean_resizing=mean_resizing
+        )
+        log.info(
+            "resized the embeddings from %d to %d rows for %d tokenizer ids",
+            rows,
+            model.get_input_embeddings().weight.shape[0],
+            len(tokenizer),
+        )
+    return rows
+
+
+def trainable_token_indices(
+    model: Any, tokenizer: Any, spec: TrainerSpec, rows_before: int
+) -> dict[str, list[int]] | None:
+    """PEFT's trainable_token_indices for LoRA: the rows of a named chat template's special tokens and of any
+    id the resize added, in the input embedding and (untied) lm_head, unless modules_to_save trains that
+    layer in full. Every template token, not only the ones just added: a base model's rows for them are
+    often untrained (Llama-3 base's <|eot_id|>, ids landing in a vocabulary's padding rows). Costs one merged
+    copy of each wrapped matrix per forward pass."""
+    from kubetune_trainer import chat_templates
+
+    template = chat_templates.resolve(spec.dataset, None)
+    ids = set(range(rows_before, len(tokenizer)))
+    for token in template.special_tokens if template else ():
+        ids.add(int(tokenizer.convert_tokens_to_ids(token)))
+    if not ids:
+        return None
+    embeddings, head = model.get_input_embeddings(), model.get_output_embeddings()
+    layers = [embeddings]
+    if head is not None and head.weight is not embeddings.weight:
+        layers.append(head)  # tied: PEFT ties the lm_head to the embedding's trainable rows itself
+    full = set(spec.lora.modules_to_save or []) if spec.lora else set()
+    names = [name for name, module in model.named_modules() if any(module is layer for layer in layers)]
+    wanted = {
+        name: sorted(ids)
+        for name in names
+        if not any(name == saved or name.endswith(f".{saved}") for saved in full)
+    }
+    return wanted or None
+
+
+def lora_config(spec: TrainerSpec, trainable_tokens: dict[str, list[int]] | None = None) -> Any:
+    """PEFT's LoraConfig from spec.lora (rsLoRA, DoRA and modules_to_save included); trainable_tokens are
+    embedding rows trained beside the adapters (trainable_token_indices)."""
     from peft import LoraConfig
 
     lora = spec.lora
@@ -211,21 +313,32 @@ def lora_config(spec: TrainerSpec) -> Any:
         use_rslora=lora.use_rslora,
         use_dora=lora.use_dora,
         modules_to_save=list(lora.modules_to_save) if lora.modules_to_save else None,
+        trainable_token_indices=trainable_tokens,
     )
 
 
-def prepare_trainable_model(base: Any, spec: TrainerSpec, device: Device) -> Any:
-    """Wrap the base model for its method: LoRA/QLoRA adapters, or all weights trainable for full."""
+def prepare_trainable_model(base: Any, spec: TrainerSpec, device: Device, tokenizer: Any = None) -> Any:
+    """Wrap the base model for its method: LoRA/QLoRA adapters, or all weights trainable for full.
+
+    With the job's tokenizer, the embeddings first grow to hold its ids (resize_embeddings) and, for
+    LoRA/QLoRA, the new and template-token rows train beside the adapters (full fine-tuning trains them
+    anyway). A saved adapter then carries those rows; loading it needs a base resized the same way."""
     hyper = spec.hyperparameters
+    rows_before = resize_embeddings(base, tokenizer) if tokenizer is not None else None
     if spec.method == "full":
         return base
     import peft
 
+    tokens = (
+        trainable_token_indices(base, tokenizer, spec, rows_before)
+        if tokenizer is not None and rows_before is not None
+        else None
+    )
     if spec.method == "qlora":
         # Casts norms to fp32 and enables input grads; the Trainer enables gradient checkpointing itself.
         prepare: Any = peft.prepare_model_for_kbit_training  # untyped in peft
         base = prepare(base, use_gradient_checkpointing=False)
-    model = peft.get_peft_model(base, lora_config(spec))
+    model = peft.get_peft_model(base, lora_config(spec, tokens))
     if spec.method == "qlora" and not device.cuda:
         disable_cpu_4bit_inference_packing(model)
     if hyper.gradient_checkpointing:
