@@ -236,13 +236,15 @@ def load_tuned_model(config: TrainerConfig, base_dir: Path, work: Path) -> tuple
     if spec.method == "full":
         merged = storage.download_dir(config.artifacts.merged, work / "tuned")
         model = on_device(load_base_model(merged, method="full", device=device), device)
-        return model, load_tokenizer(merged, spec.dataset.chat_template), False
+        return model, load_tokenizer(merged, spec.dataset), False
     from peft import PeftModel
 
     adapter = storage.download_dir(config.artifacts.adapter, work / "adapter")
     base = on_device(load_base_model(base_dir, method=spec.method, device=device), device)
     model = PeftModel.from_pretrained(base, str(adapter))
-    tokenizer = load_tokenizer(adapter if (adapter / "tokenizer_config.json").exists() else base_dir)
+    tokenizer = load_tokenizer(
+        adapter if (adapter / "tokenizer_config.json").exists() else base_dir, spec.dataset
+    )
     if spec.dataset.chat_template:
         tokenizer.chat_template = spec.dataset.chat_template
     return model, tokenizer, True
