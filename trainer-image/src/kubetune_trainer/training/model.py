@@ -171,7 +171,7 @@ def flash_attention_problem() -> str | None:
         import flash_attn  # noqa: F401
     except ImportError as error:
         return f"flash-attn does not import in this image ({error})"
-    from transformers.utils import is_flash_attn_2_available
+    from transformers.utils.import_utils import is_flash_attn_2_available
 
     if not is_flash_attn_2_available():
         return "the installed flash-attn is not one this transformers can use (version or CUDA build)"
